@@ -1,0 +1,134 @@
+"""The pipeline, one direction, each stage a function of the last:
+
+    text --parse--> syntax --elaborate--> graph --simplify--> graph
+         --differentiate + update--> graph --simplify--> graph --lower--> NumPy
+
+`compile_program` runs it and keeps every stage's roots so that
+`netc compile --emit graph --after STAGE` can show them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .differentiate import grad
+from .elaborate import Spec, elaborate
+from .graph import Node, shape_str, toposort
+from .lower_numpy import Function, lower
+from .parse import parse
+from .simplify import simplify
+from .update import sgd_updates
+
+STAGES = ("elaborate", "simplify", "differentiate", "simplify_grads")
+
+
+@dataclass
+class Program:
+    spec: Spec
+    loss: Node | None
+    output: Node | None
+    errors: Node | None  # number of misclassified examples in a batch (class targets)
+    grads: dict[str, Node]
+    updates: list[tuple[Node, Node]]
+    stages: dict[str, list[Node]]
+    step: Function | None = None
+    evaluate: Function | None = None
+    predict: Function | None = None
+    seconds: float = 0.0
+    rules_fired: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def state_leaves(self) -> list[Node]:
+        """Parameters and optimizer state, in a stable order."""
+        seen, out = set(), []
+        for n in list(self.spec.params.values()) + [leaf for leaf, _ in self.updates]:
+            if n.name not in seen:
+                seen.add(n.name)
+                out.append(n)
+        return out
+
+
+def parse_and_elaborate(text: str, file: str, dtype: str = "float32", check_block=None) -> Spec:
+    return elaborate(parse(text, file), dtype, check_block)
+
+
+def compile_program(spec: Spec, *, scales: dict[str, float] | None = None, momentum: bool = False,
+                    nesterov: bool = False, debug: bool = False, functions: bool = True) -> Program:
+    """Simplify, differentiate, build the update, simplify again, lower."""
+    t0 = time.perf_counter()
+    G = spec.graph
+    fired: dict[str, int] = {}
+    stages: dict[str, list[Node]] = {}
+    roots = [n for n in (spec.loss, spec.output) if n is not None]
+    stages["elaborate"] = list(roots)
+    roots = simplify(G, roots, fired=fired)
+    stages["simplify"] = list(roots)
+    loss = roots[0] if spec.loss is not None else None
+    output = roots[-1] if spec.output is not None else None
+    errors = _error_count(spec, output)
+    grads: dict[str, Node] = {}
+    updates: list[tuple[Node, Node]] = []
+    if loss is not None and spec.params:
+        params = list(spec.params.values())
+        gs = grad(G, loss, params)
+        gs = simplify(G, gs, fired=fired)
+        grads = {p.name: g for p, g in zip(params, gs)}
+        stages["differentiate"] = [loss] + gs
+        updates = sgd_updates(G, params, gs, scales or {}, momentum, nesterov)
+        news = simplify(G, [u for _, u in updates], fired=fired)
+        updates = [(leaf, u) for (leaf, _), u in zip(updates, news)]
+        stages["simplify_grads"] = [loss] + [u for _, u in updates]
+    prog = Program(spec, loss, output, errors, grads, updates, stages, rules_fired=fired)
+    if functions:
+        feeds = spec.feeds
+        if loss is not None:
+            hypers = _hypers(updates)
+            if updates:
+                prog.step = lower([loss], updates, "train_step", feeds=feeds + hypers, debug=debug)
+            outs = [loss] + ([errors] if errors is not None else [])
+            prog.evaluate = lower(outs, (), "evaluate", feeds=_used(feeds, outs), debug=debug)
+        if output is not None:
+            prog.predict = lower([output], (), "predict", feeds=_used(list(spec.inputs.values()), [output]),
+                                 debug=debug)
+    prog.seconds = time.perf_counter() - t0
+    return prog
+
+
+def _hypers(updates) -> list[Node]:
+    found = {}
+    for n in toposort([u for _, u in updates]):
+        if n.op == "hyper":
+            found[n.name] = n
+    return [found[k] for k in ("lr", "momentum") if k in found]
+
+
+def _used(feeds: list[Node], outputs: list[Node]) -> list[Node]:
+    ids = {n.id for n in toposort(outputs)}
+    return [f for f in feeds if f.id in ids]
+
+
+def _error_count(spec: Spec, output: Node | None) -> Node | None:
+    """sum(argmax(output) != t) for a class(n) target and an [B, n] output."""
+    if output is None:
+        return None
+    G = spec.graph
+    for t in spec.targets.values():
+        n = t.attr("classes")
+        if n is not None and output.ndim == 2 and output.shape[1] == n:
+            return G("sum", G("ne", G("argmax", output, axis=-1), t))
+    return None
+
+
+def dump(roots: list[Node]) -> str:
+    """The graph under `roots` as text, one node a line, inputs first."""
+    lines = []
+    for n in toposort(roots):
+        args = ", ".join(f"%{i.id}" for i in n.inputs)
+        attrs = ", ".join(f"{k}={v}" for k, v in n.attrs if k not in ("init",))
+        inner = "; ".join(x for x in (args, attrs) if x)
+        loc = f"  # {n.loc}" if n.loc else ""
+        lines.append(f"%{n.id} = {n.op}({inner}) : {shape_str(n.shape)} {n.dtype}{loc}")
+    marks = ", ".join(f"%{r.id}" for r in roots)
+    return "\n".join(lines) + f"\nroots: {marks}\n"
+
+

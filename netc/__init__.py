@@ -1,0 +1,12 @@
+"""netc: a compiler for neural-network specs.
+
+    model = netc.compile("specs/mnist_mlp.net")
+    model.fit(epochs=1)
+    model.predict(x); model.score(x, t); model.save("run"); netc.load("run")
+"""
+from netc.compiler.errors import DataError, NetcError, SpecError
+
+from .model import VERSION as __version__
+from .model import Model, compile, load
+
+__all__ = ["compile", "load", "Model", "NetcError", "SpecError", "DataError", "__version__"]

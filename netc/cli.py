@@ -1,0 +1,206 @@
+"""The `netc` command: check | compile | train | gradcheck | doc.
+
+Exit codes: 0 success, 1 internal error (a bug in netc: please report it),
+2 user error (spec, data or command line), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from netc.compiler.errors import NetcError
+
+EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPT = 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own exit code is 2 too; keep the message short
+        self.print_usage(sys.stderr)
+        print(f"netc: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="netc", description="Compile and train neural-network specs (.net files).")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="parse, elaborate and type-check a spec; print what it defines")
+    c.add_argument("spec")
+
+    c = sub.add_parser("compile", help="print the graph or the generated code")
+    c.add_argument("spec")
+    c.add_argument("--emit", choices=["graph", "numpy"], default="graph")
+    c.add_argument("--after", choices=["elaborate", "simplify", "differentiate", "simplify_grads"],
+                   default="simplify_grads", help="with --emit graph: the stage to show")
+    c.add_argument("--function", choices=["train_step", "evaluate", "predict"], default="train_step",
+                   help="with --emit numpy: which compiled function")
+
+    c = sub.add_parser("train", help="compile and train a spec")
+    c.add_argument("spec")
+    c.add_argument("--epochs", type=int, help="override the spec's epochs")
+    c.add_argument("--seed", type=int, help="override the spec's seed")
+    c.add_argument("--out", help="run directory (default runs/<spec name>-N)")
+    c.add_argument("--limit", type=int, help="use only the first N examples of each split (smoke runs)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    c.add_argument("--debug", action="store_true", help="fill buffers with NaN before use")
+
+    c = sub.add_parser("gradcheck", help="compare gradients with centered finite differences (float64)")
+    c.add_argument("spec")
+    c.add_argument("--examples", type=int, default=4)
+    c.add_argument("--entries", type=int, default=20, help="entries checked per parameter")
+    c.add_argument("--tol", type=float, default=1e-5, help="largest acceptable relative error")
+    c.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
+    c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "ops"], default="prelude")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        from netc import __version__
+        print(f"netc {__version__}")
+        return 0
+    if args.command is None:
+        build_parser().print_help()
+        return EXIT_USER
+    try:
+        return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
+                "gradcheck": cmd_gradcheck, "doc": cmd_doc}[args.command](args) or 0
+    except NetcError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("netc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPT
+    except Exception:  # a bug in netc, not the user's fault
+        traceback.print_exc()
+        print("netc: internal error (a bug in netc; please report it with the spec)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _model(path: str, **kw):
+    from netc.model import compile as compile_model
+    return compile_model(Path(path), **kw)
+
+
+def cmd_check(args) -> int:
+    m = _model(args.spec)
+    spec, prog = m.program.spec, m.program
+    print(f"{args.spec}: ok")
+    for n in spec.inputs.values():
+        print(f"  input  {n.name} {_shape(n)}")
+    for n in spec.targets.values():
+        cls = n.attr("classes")
+        print(f"  target {n.name} " + (f"class({cls})" if cls else _shape(n)))
+    total = 0
+    for n in spec.params.values():
+        size = 1
+        for d in n.shape:
+            size *= d
+        total += size
+        print(f"  param  {n.name:<16} {_shape(n):<12} {dict(n.attr('init'))['dist']}")
+    print(f"  {len(spec.params)} parameters, {total:,} values")
+    if prog.loss is not None:
+        print(f"  loss   {_shape(prog.loss)}; output {_shape(prog.output) if prog.output is not None else '-'}")
+    print(f"  compiled in {prog.seconds:.3f}s")
+    return 0
+
+
+def _shape(n) -> str:
+    from netc.compiler.graph import shape_str
+    return shape_str(n.shape)
+
+
+def cmd_compile(args) -> int:
+    from netc.compiler.pipeline import dump
+    m = _model(args.spec)
+    prog = m.program
+    if args.emit == "graph":
+        roots = prog.stages.get(args.after)
+        if roots is None:
+            raise NetcError(f"stage '{args.after}' did not run for this spec (no loss or no parameters?)")
+        print(dump(roots), end="")
+        if prog.rules_fired:
+            print("# rewrites fired: " + ", ".join(f"{k} x{v}" for k, v in sorted(prog.rules_fired.items())))
+    else:
+        fn = getattr(prog, {"train_step": "step"}.get(args.function, args.function))
+        if fn is None:
+            raise NetcError(f"this spec has no {args.function} function")
+        print(fn.source, end="")
+    return 0
+
+
+def cmd_train(args) -> int:
+    m = _model(args.spec, seed=args.seed, debug=args.debug)
+    out = Path(args.out) if args.out else _fresh_run_dir(Path(args.spec).stem)
+    print(f"training {args.spec} -> {out}", file=sys.stderr)
+    t0 = time.perf_counter()
+    progress = None if not args.no_progress else False
+    try:
+        summary = m.fit(epochs=args.epochs, out=out, progress=progress, limit=args.limit,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted: the last completed epoch is saved in {out}", file=sys.stderr)
+        raise
+    summary = {"spec": str(args.spec), **summary, "compile_seconds": m.program.seconds,
+               "wall_seconds": time.perf_counter() - t0, "seed": m.train_cfg.seed}
+    _write_json(out / "summary.json", summary)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _fresh_run_dir(stem: str) -> Path:
+    base = Path("runs")
+    k = 1
+    while (base / f"{stem}-{k}").exists():
+        k += 1
+    return base / f"{stem}-{k}"
+
+
+def _write_json(path: Path, obj) -> None:
+    from netc.runtime.checkpoint import _atomic
+    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
+
+
+def cmd_gradcheck(args) -> int:
+    from netc.gradcheck import gradcheck
+    m = _model(args.spec, dtype="float64")
+    rows = gradcheck(m, examples=args.examples, entries=args.entries, seed=args.seed)
+    worst = 0.0
+    print(f"{'parameter':<20} {'shape':<12} {'checked':>7} {'worst rel. error':>17}  at")
+    for r in rows:
+        worst = max(worst, r["error"])
+        flag = "  FAIL" if r["error"] > args.tol else ""
+        print(f"{r['name']:<20} {str(list(r['shape'])):<12} {r['checked']:>7} {r['error']:>17.3e}  {r['index']}{flag}")
+    ok = worst <= args.tol
+    print(f"{'ok' if ok else 'FAILED'}: worst relative error {worst:.3e} (tolerance {args.tol:g})")
+    return 0 if ok else EXIT_INTERNAL
+
+
+def cmd_doc(args) -> int:
+    from netc.runtime.config import DataConfig, TrainConfig, describe
+    if args.topic == "train":
+        print("train { ... } keys:\n" + describe(TrainConfig))
+    elif args.topic == "data":
+        print("data { ... } keys:\n" + describe(DataConfig))
+    elif args.topic == "ops":
+        from netc.compiler.ops import language_ops
+        for name, op in sorted(language_ops().items()):
+            params, defaults = op.lang
+            sig = ", ".join(p if p not in defaults else f"{p} = {defaults[p]}" for p in params)
+            print(f"  {name}({sig})  {op.doc}")
+    else:
+        from netc.docs import prelude_reference
+        print(prelude_reference())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

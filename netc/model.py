@@ -1,0 +1,231 @@
+"""The Python API: compile a spec into a Model that can fit, predict, score,
+save and load."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from netc.compiler.elaborate import Formula, select_params
+from netc.compiler.errors import DataError, NetcError, SpecError
+from netc.compiler.lower_numpy import lower
+from netc.compiler.pipeline import Program, compile_program, parse_and_elaborate
+from netc.runtime import checkpoint, data, normalize
+from netc.runtime.config import DataConfig, TrainConfig, from_block
+from netc.runtime.splits import load_splits
+from netc.runtime.state import assign, init_state
+from netc.runtime.trainer import Run, evaluate, predict
+
+VERSION = "0.1.0"
+
+
+def read_spec(path_or_text: str | Path) -> tuple[str, str]:
+    """(text, file name) from a path to a .net file, or from spec text itself."""
+    if isinstance(path_or_text, Path) or (isinstance(path_or_text, str) and "\n" not in path_or_text
+                                          and (path_or_text.endswith(".net") or Path(path_or_text).is_file())):
+        p = Path(path_or_text)
+        try:
+            return p.read_text(), str(p)
+        except OSError as e:
+            raise NetcError(f"cannot read spec {p}: {e.strerror or e}") from None
+    return str(path_or_text), "<spec>"
+
+
+def lr_scales(program: Program, cfg: TrainConfig) -> dict[str, float]:
+    """Per-parameter learning-rate factors from `lr_scale` (a number, or a formula
+    of fan_in, fan_out and size), then the `lr_scale SELECTOR = ...` groups in order."""
+    params = program.spec.params
+    out: dict[str, float] = {}
+    for name, p in params.items():
+        out[name] = _scale_value(cfg.lr_scale, _fan_names(params, name))
+    for key, selector, value, loc in cfg.groups:
+        if key != "lr_scale":
+            continue
+        for p in select_params(params, selector, loc):
+            out[p.name] = _scale_value(value, _fan_names(params, p.name))
+    return out
+
+
+def _fan_names(params: dict, name: str) -> dict[str, float]:
+    p = params[name]
+    if p.ndim >= 2:
+        return {"fan_in": float(p.shape[0]), "fan_out": float(p.shape[-1]), "size": float(np.prod(p.shape))}
+    # a bias: the fan-in of the weight feeding the same units in the same layer
+    prefix = name.rsplit(".", 1)[0] if "." in name else ""
+    for other in params.values():
+        if other.ndim == 2 and other.shape[-1] == p.shape[-1] and other.name.rsplit(".", 1)[0] == prefix:
+            return {"fan_in": float(other.shape[0]), "fan_out": float(p.shape[-1]), "size": float(p.shape[0])}
+    return {"fan_in": 1.0, "fan_out": float(p.shape[-1] if p.shape else 1), "size": float(np.prod(p.shape))}
+
+
+def _scale_value(value, names) -> float:
+    if isinstance(value, Formula):
+        return float(value.evaluate(names))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"lr_scale must be a number or a formula, got {value!r}")
+    return float(value)
+
+
+class Model:
+    """A compiled spec with its parameters.
+
+    `fit` trains on the spec's data block or on arrays; `predict` applies the
+    stored input normalization then the network; `save`/`netc.load` round-trip
+    everything through one .npz without pickle.
+    """
+
+    def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
+                 dtype: str | None = None, debug: bool = False):
+        self.text, self.file = text, file
+        configs = {"train": TrainConfig(), "data": DataConfig()}
+
+        def check_block(name, entries, loc):
+            if name in configs:
+                configs[name] = from_block(type(configs[name]), entries, text, loc)
+
+        spec = parse_and_elaborate(text, file, check_block=check_block)
+        self.train_cfg, self.data_cfg = configs["train"], configs["data"]
+        if seed is not None:
+            self.train_cfg.seed = seed
+        if dtype is not None:
+            self.train_cfg.dtype = dtype
+        if self.train_cfg.dtype != spec.graph.float_dtype:
+            spec = parse_and_elaborate(text, file, self.train_cfg.dtype)
+        method = self.train_cfg.method
+        probe = compile_program(spec, functions=False)
+        self.program = compile_program(spec, scales=lr_scales(probe, self.train_cfg),
+                                       momentum=method.momentum > 0, nesterov=method.nesterov, debug=debug)
+        self.state = init_state(self.program.state_leaves, self.train_cfg.seed)
+        self.normalizer = normalize.fit("none", np.zeros((1, 1)))
+        self.summary: dict | None = None
+
+    # -- inspection --------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: self.state[k] for k in self.program.spec.params}
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
+
+    # -- training ------------------------------------------------------------------
+    def fit(self, x=None, t=None, *, valid=None, test=None, epochs: int | None = None,
+            out: str | Path | None = None, progress: bool | None = False, log=None,
+            limit: int | None = None) -> dict:
+        """Train. With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
+        `limit` keeps the first `limit` examples of each split (quick smoke runs)."""
+        if x is None:
+            if self.data_cfg.train is None:
+                raise SpecError("the spec has no training data: add data { train = ... } or pass arrays to fit",
+                                self.program.spec.block_locs.get("data"), self.text)
+            splits = load_splits(self.data_cfg, self.base_dir)
+            train, valid_ds, test_ds = splits.train, splits.valid, splits.test
+        else:
+            train = data.arrays(x, t, "fit(x, t)")
+            valid_ds = None if valid is None else data.arrays(*valid, name="valid")
+            test_ds = None if test is None else data.arrays(*test, name="test")
+        if limit is not None:
+            train, valid_ds, test_ds = (None if d is None else d.slice(0, min(limit, len(d)))
+                                        for d in (train, valid_ds, test_ds))
+        self._check_data(train)
+        self.normalizer = normalize.fit(self.data_cfg.normalize, train.x)
+        dtype = self.program.spec.graph.float_dtype
+        prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
+        run = Run(self.program, self.train_cfg, self.state, Path(out) if out else None, progress,
+                  log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays)
+        self.summary = run.fit(*prepared, epochs=epochs)
+        return self.summary
+
+    def _prepare(self, ds: data.Dataset, dtype: str) -> data.Dataset:
+        self._check_data(ds)
+        x = self.normalizer.apply(ds.x).astype(dtype, copy=False)
+        t = ds.t
+        spec = self.program.spec
+        if t is not None and spec.targets:
+            tnode = next(iter(spec.targets.values()))
+            t = t.astype(tnode.dtype, copy=False)
+            if tnode.dtype != "int64" and t.ndim == 1:
+                t = t[:, None]
+        return data.Dataset(np.ascontiguousarray(x), t, ds.name)
+
+    def _check_data(self, ds: data.Dataset) -> None:
+        spec = self.program.spec
+        (xnode,) = list(spec.inputs.values())[:1] or [None]
+        if xnode is not None and ds.x.shape[1:] != tuple(xnode.shape[1:]):
+            raise DataError(f"{ds.name}: examples have {ds.x.shape[1:]} features, but input "
+                            f"'{xnode.name}' is declared {list(xnode.shape[1:])}")
+        for tnode in spec.targets.values():
+            if ds.t is None:
+                raise DataError(f"{ds.name}: no targets, but the spec declares target '{tnode.name}'")
+            n = tnode.attr("classes")
+            if n is not None:
+                bad = np.flatnonzero((ds.t < 0) | (ds.t >= n))
+                if bad.size:
+                    raise DataError(f"{ds.name}: record {bad[0]}: label {ds.t[bad[0]]} is outside "
+                                    f"class({n}) (0..{n - 1})")
+
+    # -- use -------------------------------------------------------------------------
+    def predict(self, x) -> np.ndarray:
+        if self.program.predict is None:
+            raise NetcError("this spec has no output to predict")
+        x = self.normalizer.apply(np.asarray(x)).astype(self.program.spec.graph.float_dtype, copy=False)
+        return predict(self.program, self.state, np.ascontiguousarray(x), self.train_cfg.eval_batch)
+
+    def score(self, x, t) -> float:
+        """Error rate for class targets, else the mean loss."""
+        ds = self._prepare(data.arrays(np.asarray(x), np.asarray(t), "score(x, t)"),
+                           self.program.spec.graph.float_dtype)
+        loss, err = evaluate(self.program, self.state, ds, self.train_cfg.eval_batch)
+        return err if err is not None else loss
+
+    def function(self, name: str = "loss", wrt: list[str] | None = None):
+        """A compiled NumPy function of the spec's inputs: `loss` (with the
+        gradients w.r.t. the parameters in `wrt` appended) or `output`."""
+        prog = self.program
+        if name == "loss":
+            outs = [prog.loss] + [prog.grads[w] for w in (wrt or [])]
+        elif name == "output":
+            outs = [prog.output]
+        else:
+            raise NetcError(f"unknown function {name!r}; choose 'loss' or 'output'")
+        fn = lower(outs, (), name, feeds=prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()))
+        return lambda *feeds: tuple(o.copy() for o in fn(self.state, *feeds))
+
+    # -- persistence -------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return {"netc": VERSION, "spec_file": self.file, "spec": self.text,
+                "dtype": self.program.spec.graph.float_dtype, "seed": self.train_cfg.seed,
+                "params": {k: list(v.shape) for k, v in self.params.items()}}
+
+    def _extra_arrays(self) -> dict:
+        return self.normalizer.to_arrays()
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {f"state/{k}": v for k, v in self.state.items()}
+        arrays.update(self._extra_arrays())
+        meta = {**self._meta(), "summary": self.summary}
+        return checkpoint.save(Path(path), arrays, json.loads(json.dumps(meta, default=str)))
+
+
+def compile(path_or_text: str | Path, **kw) -> Model:  # noqa: A001 - the public name
+    text, file = read_spec(path_or_text)
+    return Model(text, file, **kw)
+
+
+def load(path: str | Path) -> Model:
+    arrays, meta = checkpoint.load(Path(path))
+    m = Model(meta["spec"], meta.get("spec_file", "<spec>"), seed=meta.get("seed"), dtype=meta.get("dtype"))
+    state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
+    missing = set(m.state) - set(state)
+    if missing:
+        raise DataError(f"{path}: checkpoint lacks {sorted(missing)[:3]}")
+    for k, v in state.items():
+        if k in m.state and m.state[k].shape != v.shape:
+            raise DataError(f"{path}: '{k}' has shape {v.shape} in the checkpoint but {m.state[k].shape} in the spec")
+    assign(m.state, {k: v for k, v in state.items() if k in m.state})
+    norm = {k: v for k, v in arrays.items() if k.startswith("norm.")}
+    if norm:
+        m.normalizer = normalize.Normalizer.from_arrays(norm)
+    m.summary = meta.get("summary")
+    return m

@@ -1,0 +1,193 @@
+"""The data and train blocks, validated by pydantic models.
+
+The models are the one place where keys, types and defaults are defined
+(`netc doc train` prints them). `from_block` turns the elaborated block
+entries into a model and maps every validation failure back to the spec's
+file:line:col, with a did-you-mean for unknown keys.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from netc.compiler.elaborate import BlockCall, BlockEntry, Symbol
+from netc.compiler.errors import ErrorList, Loc, SpecError, did_you_mean
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+# ---- methods and schedules ------------------------------------------------------
+
+
+class SGD(_Strict):
+    """Stochastic gradient descent, with classic or Nesterov momentum [EB 4.7, PR 3.1]."""
+    kind: Literal["sgd"] = "sgd"
+    lr: float = Field(0.01, gt=0, description="base learning rate eps0")
+    momentum: float = Field(0.0, ge=0, lt=1, description="mu in v <- mu v - eps g; 0 = none (PR's default)")
+    nesterov: bool = Field(False, description="Nesterov's look-ahead form of momentum")
+
+
+class Constant(_Strict):
+    """A constant learning rate."""
+    kind: Literal["constant"] = "constant"
+
+
+class InverseTime(_Strict):
+    """eps_t = eps0 * tau / max(t, tau), t counted in examples [PR eq. 2]."""
+    kind: Literal["inverse_time"] = "inverse_time"
+    tau: float = Field(10000, gt=0, description="examples before the rate starts to decay")
+
+
+class Early(_Strict):
+    """Early stopping on the validation error with patience counted in examples [PR 3.1]."""
+    kind: Literal["early"] = "early"
+    patience: int = Field(10000, gt=0, description="examples to wait for a new best")
+    grow: float = Field(2.0, ge=1, description="at a new best, patience = max(patience, grow * age)")
+
+
+class Never(_Strict):
+    kind: Literal["off"] = "off"
+
+
+class Polyak(_Strict):
+    """Polyak averaging of the parameters, used for validation and prediction [PR 3.1]."""
+    kind: Literal["polyak"] = "polyak"
+
+
+METHODS = {"sgd": SGD}
+SCHEDULES = {"constant": Constant, "inverse_time": InverseTime}
+STOPS = {"early": Early, "off": Never, "none": Never}
+AVERAGES = {"polyak": Polyak, "off": Never, "none": Never}
+EMPHASIZE = {"off": Never, "none": Never}
+
+
+class TrainConfig(_Strict):
+    method: SGD = Field(default_factory=SGD, description="the optimizer: sgd(lr, momentum, nesterov)")
+    batch: int = Field(32, ge=1, description="minibatch size B; 1 = true stochastic updates [PR 3.1: 32]")
+    epochs: int = Field(10, ge=1, description="passes over the training set (at most, with early stopping)")
+    shuffle: bool = Field(True, description="reshuffle the training set each epoch [EB 4.2]")
+    seed: int = Field(0, description="one seed for initialization, shuffling and noise")
+    lr_scale: Any = Field(1.0, description="per-parameter learning-rate factor: a number or a formula of "
+                                          "fan_in, fan_out, size (e.g. fan_in ^ -0.5 [EB 4.7]); "
+                                          "`lr_scale SELECTOR = ...` sets it for a group")
+    schedule: Constant | InverseTime = Field(default_factory=Constant, description="constant or inverse_time(tau)")
+    stop: Early | Never = Field(default_factory=Never, description="early(patience, grow) or off")
+    average: Polyak | Never = Field(default_factory=Never, description="polyak or off")
+    emphasize: Never = Field(default_factory=Never, description="off (the emphasizing scheme is not implemented yet)")
+    dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
+    eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
+    groups: list = Field(default_factory=list, description="(internal) per-selector settings")
+
+
+class Source(_Strict):
+    kind: Literal["mnist", "csv", "npz"]
+    args: tuple = ()
+    kwargs: dict = Field(default_factory=dict)
+    slice: tuple | None = None
+    loc: Loc | None = None
+
+
+class DataConfig(_Strict):
+    train: Source | None = Field(None, description='training set, e.g. mnist("train")[0:50000], csv("f.csv"), npz("f.npz")')
+    valid: Source | None = Field(None, description="validation set (early stopping, model selection)")
+    test: Source | None = Field(None, description="test set, reported at the end of each epoch")
+    normalize: Literal["none", "center", "standardize"] = Field(
+        "none", description="input normalization fitted on the training set [EB 4.3]")
+
+
+_CALL_FIELDS = {"method": METHODS, "schedule": SCHEDULES, "stop": STOPS, "average": AVERAGES,
+                "emphasize": EMPHASIZE}
+_SELECTOR_KEYS = {"lr_scale"}
+_SOURCES = {"mnist", "csv", "npz"}
+
+
+def from_block(model: type[_Strict], entries: list[BlockEntry] | None, source: str | None,
+               block_loc: Loc | None = None):
+    """Validate block entries into `model`; every error names its file:line:col."""
+    values: dict[str, Any] = {}
+    locs: dict[str, Loc] = {}
+    groups: list = []
+    errors: list[SpecError] = []
+    fields = [f for f in model.model_fields if f != "groups"]
+    for e in entries or []:
+        try:
+            if e.key not in fields:
+                raise SpecError(f"unknown key '{e.key}' in this block", e.loc, source,
+                                hint=did_you_mean(e.key, fields) or f"known keys: {', '.join(fields)}")
+            if e.selector is not None:
+                if e.key not in _SELECTOR_KEYS:
+                    raise SpecError(f"'{e.key}' cannot be set per parameter group", e.loc, source)
+                groups.append((e.key, e.selector, e.value, e.loc))
+                continue
+            if e.key in values:
+                raise SpecError(f"'{e.key}' is set twice", e.loc, source)
+            values[e.key] = _convert(e.key, e.value, e.loc, source)
+            locs[e.key] = e.loc
+        except SpecError as err:
+            errors.append(err)
+    if groups:
+        values["groups"] = groups
+    try:
+        cfg = model(**values)
+    except ValidationError as v:
+        for err in v.errors():
+            key = str(err["loc"][0]) if err["loc"] else ""
+            where = " ".join(str(x) for x in err["loc"])
+            errors.append(SpecError(f"{where}: {err['msg']}", locs.get(key, block_loc), source))
+        cfg = None
+    if errors:
+        raise errors[0] if len(errors) == 1 else ErrorList(errors)
+    return cfg
+
+
+def _convert(key: str, value, loc: Loc, source):
+    kinds = _CALL_FIELDS.get(key)
+    if kinds is not None:
+        if isinstance(value, Symbol):
+            value = BlockCall(str(value), (), (), loc)
+        if isinstance(value, bool) and not value:
+            value = BlockCall("off", (), (), loc)
+        if not isinstance(value, BlockCall):
+            raise SpecError(f"'{key}' expects one of {', '.join(kinds)}, got {value!r}", loc, source)
+        cls = kinds.get(value.name)
+        if cls is None:
+            raise SpecError(f"unknown {key} '{value.name}'", value.loc, source,
+                            hint=did_you_mean(value.name, kinds) or f"choose one of: {', '.join(kinds)}")
+        if value.args:
+            raise SpecError(f"{value.name}(...) takes named arguments, like {value.name}(lr = 0.1)",
+                            value.loc, source)
+        try:
+            return cls(**value.kw)
+        except ValidationError as v:
+            err = v.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            hint = did_you_mean(field, cls.model_fields) if err["type"] == "extra_forbidden" else None
+            raise SpecError(f"{value.name}: {field}: {err['msg']}", value.loc, source, hint=hint) from None
+    if key in ("train", "valid", "test"):
+        if not isinstance(value, BlockCall) or value.name not in _SOURCES:
+            name = value.name if isinstance(value, BlockCall) else repr(value)
+            raise SpecError(f"'{key}' expects a data source (mnist, csv or npz), got {name}", loc, source,
+                            hint=did_you_mean(name, _SOURCES))
+        return Source(kind=value.name, args=value.args, kwargs=value.kw, slice=value.slice, loc=value.loc)
+    if isinstance(value, Symbol):
+        return str(value)
+    if isinstance(value, BlockCall):
+        raise SpecError(f"'{key}' does not take a call", value.loc, source)
+    return value
+
+
+def describe(model: type[_Strict]) -> str:
+    """A reference of a block's keys, defaults and meanings (`netc doc train`)."""
+    lines = []
+    for name, f in model.model_fields.items():
+        if name == "groups":
+            continue
+        default = f.default_factory() if f.default_factory else f.default
+        shown = getattr(default, "kind", None) or repr(default)
+        lines.append(f"  {name:<10} default {shown:<14} {f.description or ''}")
+    return "\n".join(lines)
+
+

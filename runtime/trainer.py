@@ -1,0 +1,242 @@
+"""The training loop: minibatches, schedules, validation, early stopping,
+averaging, divergence recovery, metrics and checkpoints.
+
+The compiled step does the arithmetic; this module decides what to feed it
+and when, and keeps the run directory up to date so an interrupted run loses
+at most the epoch in progress.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from netc.compiler.errors import NetcError
+from netc.compiler.pipeline import Program
+
+from . import checkpoint
+from .config import InverseTime, TrainConfig
+from .data import Dataset, minibatches
+from .progress import Progress
+from .state import assign, copy_state
+
+MAX_RECOVERIES = 8
+
+
+class Diverged(NetcError):
+    """Training diverged and the rate could not be cut enough to recover."""
+
+
+@dataclass
+class Batches:
+    """Preallocated minibatch buffers, filled with np.take: no allocation per step."""
+    x: np.ndarray
+    t: np.ndarray | None
+    bufs: dict = field(default_factory=dict)
+
+    def get(self, idx: np.ndarray):
+        n = len(idx)
+        b = self.bufs.get(n)
+        if b is None:
+            b = self.bufs[n] = (np.empty((n,) + self.x.shape[1:], self.x.dtype),
+                                None if self.t is None else np.empty((n,) + self.t.shape[1:], self.t.dtype))
+        np.take(self.x, idx, axis=0, out=b[0])
+        if self.t is not None:
+            np.take(self.t, idx, axis=0, out=b[1])
+        return b
+
+
+def feeds_for(program: Program, x, t) -> list:
+    spec = program.spec
+    out = [x]
+    if spec.targets:
+        if t is None:
+            raise NetcError("this spec has a target but the data has no targets")
+        out.append(t)
+    return out
+
+
+def evaluate(program: Program, state: dict, ds: Dataset, batch: int) -> tuple[float, float | None]:
+    """Mean loss and error rate (class targets) over a dataset."""
+    fn = program.evaluate
+    total, errors, n = 0.0, 0.0, len(ds)
+    with np.errstate(all="ignore"):
+        for lo in range(0, n, batch):
+            x = ds.x[lo:lo + batch]
+            t = None if ds.t is None else ds.t[lo:lo + batch]
+            outs = fn(state, *feeds_for(program, x, t)[:len(fn.feeds)])
+            total += float(outs[0]) * len(x)
+            if len(outs) > 1:
+                errors += float(outs[1])
+    return total / n, (errors / n if program.errors is not None else None)
+
+
+def predict(program: Program, state: dict, x: np.ndarray, batch: int) -> np.ndarray:
+    fn = program.predict
+    out = None
+    for lo in range(0, len(x), batch):
+        (y,) = fn(state, x[lo:lo + batch])
+        if out is None:
+            out = np.empty((len(x),) + y.shape[1:], y.dtype)
+        out[lo:lo + len(y)] = y
+    return out
+
+
+def learning_rate(cfg: TrainConfig, age: int, base: float) -> float:
+    if isinstance(cfg.schedule, InverseTime):
+        tau = cfg.schedule.tau
+        return base * tau / max(age, tau)
+    return base
+
+
+@dataclass
+class Run:
+    program: Program
+    cfg: TrainConfig
+    state: dict[str, np.ndarray]
+    out_dir: Path | None = None
+    progress: bool | None = None
+    log: Callable[[str], None] = print
+    meta: dict = field(default_factory=dict)  # saved into every checkpoint
+    extra_arrays: Callable[[], dict] = dict  # e.g. normalization statistics
+
+    def fit(self, train: Dataset, valid: Dataset | None = None, test: Dataset | None = None,
+            epochs: int | None = None) -> dict:
+        cfg, prog = self.cfg, self.program
+        if prog.step is None:
+            raise NetcError("this spec has no loss or no parameters, so there is nothing to train")
+        epochs = epochs or cfg.epochs
+        rng = np.random.default_rng([cfg.seed, 1])
+        batches = Batches(train.x, train.t if prog.spec.targets else None)
+        params = list(prog.spec.params)
+        base_lr = cfg.method.lr
+        mu = cfg.method.momentum
+        avg = copy_state(self.state, params) if cfg.average.kind == "polyak" else None
+        eval_state = self.state if avg is None else {**self.state, **avg}
+        best = {"error": math.inf, "epoch": 0, "state": None}
+        patience = getattr(cfg.stop, "patience", None)
+        metrics_file = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            metrics_file = open(self.out_dir / "metrics.jsonl", "w")
+        age, steps, recoveries, epoch, averaged = 0, 0, 0, 0, 0
+        history: list[dict] = []
+        t_start = time.perf_counter()
+        train_seconds = 0.0
+        stopped = "epochs"
+        try:
+            for epoch in range(1, epochs + 1):
+                good = copy_state(self.state)
+                t0 = time.perf_counter()
+                bar = Progress(len(train), f"epoch {epoch}/{epochs}", enabled=self.progress)
+                loss_sum, seen = 0.0, 0
+                order = minibatches(len(train), cfg.batch, rng if cfg.shuffle else None)
+                with np.errstate(all="ignore"):
+                    for idx in order:
+                        xb, tb = batches.get(idx)
+                        lr = learning_rate(cfg, age, base_lr)
+                        hypers = [lr] + ([mu] if mu else [])
+                        (loss,) = prog.step(self.state, *feeds_for(prog, xb, tb), *hypers)
+                        loss = float(loss)
+                        if not math.isfinite(loss) or loss > 1e12:
+                            recoveries += 1
+                            if recoveries > MAX_RECOVERIES:
+                                raise Diverged(f"training diverged {recoveries} times (loss {loss}); "
+                                               f"the rate is now {base_lr:g}: lower method.lr")
+                            assign(self.state, good)
+                            base_lr /= 3
+                            self.log(f"epoch {epoch}: loss {loss} at age {age}: restored the epoch's start "
+                                     f"and divided the learning rate by 3 (now {base_lr:g})")
+                            continue
+                        n = len(idx)
+                        age += n
+                        steps += 1
+                        loss_sum += loss * n
+                        seen += n
+                        if avg is not None and epoch > 1:  # the first epoch is burn-in
+                            averaged += 1
+                            for name in params:
+                                a = avg[name]
+                                a += (self.state[name] - a) * (1.0 / averaged)
+                        bar.update(n, loss=loss_sum / max(seen, 1))
+                bar.close()
+                if avg is not None and epoch == 1:
+                    assign(avg, {k: self.state[k] for k in params})
+                train_seconds += time.perf_counter() - t0
+                row = {"epoch": epoch, "age": age, "train_loss": loss_sum / max(seen, 1),
+                       "lr": learning_rate(cfg, age, base_lr)}
+                for name, ds in (("valid", valid), ("test", test)):
+                    if ds is not None:
+                        l, e = evaluate(prog, eval_state, ds, cfg.eval_batch)
+                        row[f"{name}_loss"] = l
+                        row[f"{name}_error"] = e
+                row["seconds"] = time.perf_counter() - t0
+                history.append(row)
+                if metrics_file:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                self.log(_epoch_line(row, epochs))
+                score = row.get("valid_error") if row.get("valid_error") is not None else row.get("valid_loss")
+                if score is not None and score < best["error"]:
+                    best = {"error": score, "epoch": epoch, "state": copy_state(eval_state, params)}
+                    if patience is not None:
+                        patience = max(patience, int(cfg.stop.grow * age))
+                self._checkpoint(epoch, age)
+                if patience is not None and valid is not None and age >= patience:
+                    stopped = "early"
+                    self.log(f"early stop at age {age}: no new best validation score since epoch {best['epoch']}")
+                    break
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            self.log("interrupted: the last completed epoch is saved")
+        finally:
+            if metrics_file:
+                metrics_file.close()
+        if best["state"] is not None and (cfg.stop.kind == "early"):
+            assign(self.state, best["state"])
+        elif avg is not None:
+            assign(self.state, avg)
+        last = history[-1] if history else {}
+        summary = {
+            "epochs": len(history), "age": age, "steps": steps, "stopped": stopped,
+            "train_loss": last.get("train_loss"),
+            "valid_loss": last.get("valid_loss"), "valid_error": last.get("valid_error"),
+            "test_loss": last.get("test_loss"), "test_error": last.get("test_error"),
+            "best_epoch": best["epoch"] or None, "recoveries": recoveries,
+            "seconds": time.perf_counter() - t_start,
+            "examples_per_second": age / train_seconds if train_seconds > 0 else None,
+        }
+        if best["state"] is not None and cfg.stop.kind == "early":
+            # report the restored (best) parameters' scores
+            for name, ds in (("valid", valid), ("test", test)):
+                if ds is not None:
+                    summary[f"{name}_loss"], summary[f"{name}_error"] = evaluate(prog, self.state, ds, cfg.eval_batch)
+        if history:
+            self._checkpoint(len(history), age, final=True)
+        if stopped == "interrupted":
+            raise KeyboardInterrupt
+        return summary
+
+    def _checkpoint(self, epoch: int, age: int, final: bool = False) -> None:
+        if self.out_dir is None:
+            return
+        arrays = {f"state/{k}": v for k, v in self.state.items()}
+        arrays.update(self.extra_arrays())
+        checkpoint.save(self.out_dir, arrays, {**self.meta, "epoch": epoch, "age": age, "final": final})
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"age {row['age']}", f"train_loss {row['train_loss']:.4f}"]
+    for k in ("valid_error", "test_error"):
+        if row.get(k) is not None:
+            parts.append(f"{k} {row[k] * 100:.2f}%")
+    for k in ("valid_loss",):
+        if row.get(k) is not None and row.get("valid_error") is None:
+            parts.append(f"{k} {row[k]:.4f}")
+    parts.append(f"{row['seconds']:.1f}s")
+    return "  ".join(parts)

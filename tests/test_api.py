@@ -1,0 +1,373 @@
+"""The Python API: netc.compile -> Model.fit / predict / score / save / function, netc.load."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import netc
+from netc import DataError, NetcError, SpecError
+
+SPEC = """\
+input  x : [20]
+target t : class(3)
+h = dense(x, 16, act = tanh)
+y = dense(h, 3)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.1, momentum = 0.5)
+    batch  = 10
+    epochs = 5
+}
+"""
+
+
+def make_problem(n=200, features=20, classes=3, seed=0, spread=2.0, offset=0.0, scale=1.0):
+    """Gaussian blobs around random centres (nearly linearly separable), optionally
+    shifted and scaled so that input normalization matters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, features)) * spread
+    t = rng.integers(0, classes, n)
+    x = (centres[t] + rng.normal(size=(n, features))) * scale + offset
+    return x.astype(np.float32), t.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem()
+
+
+def loss_of(model, x, t) -> float:
+    (l,) = model.function("loss")(x.astype(model.program.spec.graph.float_dtype), t)
+    return float(l)
+
+
+# ---------------------------------------------------------------------------- compile
+
+def test_compile_from_text():
+    m = netc.compile(SPEC)
+    assert isinstance(m, netc.Model)
+    assert m.file == "<spec>"
+    assert set(m.params) == {"h.W", "h.b", "y.W", "y.b"}
+    assert m.params["h.W"].shape == (20, 16) and m.params["h.W"].dtype == np.float32
+    assert m.params["y.b"].shape == (3,)
+    assert np.all(m.params["h.b"] == 0)  # biases start at zero
+    lim = (6 / (20 + 16)) ** 0.5  # glorot
+    assert 0 < np.abs(m.params["h.W"]).max() <= lim
+    assert m.train_cfg.batch == 10 and m.train_cfg.method.momentum == 0.5
+
+
+def test_compile_from_path(tmp_path):
+    p = tmp_path / "tiny.net"
+    p.write_text(SPEC)
+    for arg in (p, str(p)):
+        m = netc.compile(arg)
+        assert m.file == str(p)
+        assert set(m.params) == {"h.W", "h.b", "y.W", "y.b"}
+    # the same spec compiled from text and from a file starts from the same parameters
+    a, b = netc.compile(SPEC), netc.compile(p)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+
+
+def test_compile_errors_are_spec_errors(tmp_path):
+    with pytest.raises(SpecError) as e:
+        netc.compile(SPEC.replace("act = tanh", "act = tnah"))
+    assert e.value.loc is not None and (e.value.loc.line, e.value.loc.col) == (3, 24)
+    assert "did you mean 'tanh'?" in str(e.value)
+    assert isinstance(e.value, NetcError)
+    with pytest.raises(NetcError, match="cannot read spec"):
+        netc.compile(tmp_path / "missing.net")
+
+
+def test_dtype_override():
+    m = netc.compile(SPEC, dtype="float64")
+    assert all(v.dtype == np.float64 for v in m.state.values())
+    assert "float64" in m.program.step.source
+
+
+# ---------------------------------------------------------------------------- fit / predict / score
+
+def test_fit_on_arrays_learns(problem):
+    x, t = problem
+    m = netc.compile(SPEC, seed=3)
+    before_loss, before_err = loss_of(m, x, t), m.score(x, t)
+    lines = []
+    summary = m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), test=(x[150:], t[150:]), log=lines.append)
+    after_loss = loss_of(m, x, t)
+    assert before_err > 0.3  # an untrained net is not already good
+    assert after_loss < 0.25 * before_loss
+    assert m.score(x[:150], t[:150]) < 0.10
+    assert m.score(x[150:], t[150:]) < 0.10
+    assert summary["epochs"] == 5 and summary["age"] == 750 and summary["steps"] == 75
+    assert summary["stopped"] == "epochs" and summary["recoveries"] == 0
+    assert summary["valid_error"] == pytest.approx(m.score(x[150:], t[150:]))
+    assert summary["test_error"] == summary["valid_error"]
+    assert summary["train_loss"] < before_loss
+    assert len([l for l in lines if l.startswith("epoch ")]) == 5
+    assert m.summary is summary
+
+
+def test_fit_epochs_argument_and_continuation(problem):
+    x, t = problem
+    m = netc.compile(SPEC)
+    s1 = m.fit(x, t, epochs=1)
+    assert s1["epochs"] == 1 and s1["age"] == 200
+    l1 = loss_of(m, x, t)
+    s2 = m.fit(x, t, epochs=2)  # fit again continues from the current parameters
+    assert s2["epochs"] == 2
+    assert loss_of(m, x, t) < l1
+
+
+def test_predict_and_score(problem):
+    x, t = problem
+    m = netc.compile(SPEC)
+    m.fit(x, t)
+    y = m.predict(x)
+    assert y.shape == (200, 3) and np.all(np.isfinite(y))
+    err = m.score(x, t)
+    assert err == pytest.approx(np.mean(np.argmax(y, axis=1) != t))
+    # a single example, a list, a float64 array: all accepted
+    np.testing.assert_allclose(m.predict(x[:1]), y[:1], rtol=1e-6)
+    np.testing.assert_allclose(m.predict(x[:3].tolist()), y[:3], rtol=1e-6)
+    np.testing.assert_allclose(m.predict(x[:5].astype(np.float64)), y[:5], rtol=1e-5)
+
+
+def test_predict_independent_of_eval_batch(problem):
+    x, t = problem
+    big = netc.compile(SPEC)
+    small = netc.compile(SPEC.replace("epochs = 5", "epochs = 5\n    eval_batch = 7"))
+    for m in (big, small):
+        m.fit(x, t, epochs=1)
+    np.testing.assert_array_equal(big.params["h.W"], small.params["h.W"])
+    np.testing.assert_allclose(small.predict(x), big.predict(x), rtol=1e-5, atol=1e-6)
+    assert small.score(x, t) == big.score(x, t)
+
+
+def test_regression_target_scores_the_loss():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    w = rng.normal(size=(4, 2)).astype(np.float32)
+    t = x @ w
+    m = netc.compile("input x : [4]\ntarget t : [2]\ny = dense(x, 2)\nloss = mse(y, t)\n"
+                     "train {\n    method = sgd(lr = 0.05)\n    batch = 8\n    epochs = 20\n}\n")
+    before = m.score(x, t)
+    m.fit(x, t)
+    after = m.score(x, t)
+    assert after < 0.01 * before
+    assert m.predict(x).shape == (64, 2)
+
+
+def test_spec_without_data_and_without_arrays():
+    m = netc.compile(SPEC)
+    with pytest.raises(SpecError, match="no training data"):
+        m.fit()
+
+
+# ---------------------------------------------------------------------------- save / load
+
+def test_save_load_round_trip(problem, tmp_path):
+    x, t = problem
+    m = netc.compile(SPEC, seed=11)
+    m.fit(x, t, epochs=2)
+    path = m.save(tmp_path / "model")
+    assert Path(path).name == "params.npz"
+    m2 = netc.load(tmp_path / "model")
+    assert set(m2.state) == set(m.state)  # parameters and momentum velocities
+    assert any(k.endswith(".velocity") for k in m2.state)
+    for k in m.state:
+        np.testing.assert_array_equal(m2.state[k], m.state[k])
+        assert m2.state[k].dtype == m.state[k].dtype
+    np.testing.assert_array_equal(m2.predict(x), m.predict(x))
+    assert m2.score(x, t) == m.score(x, t)
+    assert m2.summary["epochs"] == 2
+    assert m2.train_cfg.seed == 11
+    # a loaded model can keep training
+    m2.fit(x, t, epochs=1)
+    assert not np.array_equal(m2.params["h.W"], m.params["h.W"])
+
+
+def test_save_writes_plain_npz_and_json(problem, tmp_path):
+    x, t = problem
+    m = netc.compile(SPEC)
+    m.fit(x, t, epochs=1)
+    m.save(tmp_path / "m")
+    with np.load(tmp_path / "m" / "params.npz", allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+        meta = json.loads(str(z["meta.json"]))
+    assert meta["spec"] == SPEC and meta["params"]["h.W"] == [20, 16]
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["format"] == meta["format"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DataError, match="no checkpoint"):
+        netc.load(tmp_path)
+    (tmp_path / "params.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match="not a netc checkpoint"):
+        netc.load(tmp_path)
+
+
+def test_normalization_restored_by_load(tmp_path):
+    # features far from zero mean / unit variance: standardize matters
+    x, t = make_problem(offset=50.0, scale=30.0)
+    spec = SPEC.replace("train {", "data {\n    normalize = standardize\n}\ntrain {")
+    m = netc.compile(spec)
+    m.fit(x, t, epochs=3)
+    assert m.normalizer.kind == "standardize"
+    np.testing.assert_allclose(m.normalizer.arrays["mean"], x.mean(axis=0, dtype=np.float64), rtol=1e-5)
+    assert m.score(x, t) < 0.10
+    m.save(tmp_path / "m")
+    m2 = netc.load(tmp_path / "m")
+    assert m2.normalizer.kind == "standardize"
+    for k in ("mean", "scale"):
+        np.testing.assert_array_equal(m2.normalizer.arrays[k], m.normalizer.arrays[k])
+    np.testing.assert_array_equal(m2.predict(x), m.predict(x))
+    assert m2.score(x, t) == m.score(x, t)
+    # and the statistics really matter: the same parameters without them predict differently
+    m3 = netc.compile(spec)
+    for k in m3.state:
+        np.copyto(m3.state[k], m.state[k])
+    assert not np.allclose(m3.predict(x), m.predict(x))
+
+
+# ---------------------------------------------------------------------------- function()
+
+def test_function_loss_and_gradients_match_finite_differences():
+    spec = ("input x : [5]\ntarget t : class(3)\nh = dense(x, 4, act = tanh)\n"
+            "y = dense(h, 3, act = sigmoid)\nloss = nll(softmax(y), t) + 0.1 * l2(weights)\n")
+    m = netc.compile(spec, dtype="float64", seed=2)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 5))
+    t = rng.integers(0, 3, 6)
+    names = list(m.params)
+    f = m.function("loss", wrt=names)
+    out = f(x, t)
+    assert len(out) == 1 + len(names)
+    loss, grads = float(out[0]), out[1:]
+    assert np.isfinite(loss)
+    for name, g in zip(names, grads):
+        assert g.shape == m.params[name].shape and g.dtype == np.float64
+    # the returned arrays are copies: a second call does not change them
+    kept = [g.copy() for g in grads]
+    x2 = rng.normal(size=(6, 5))
+    f(x2, t)
+    for a, b in zip(kept, grads):
+        np.testing.assert_array_equal(a, b)
+    eps = 1e-6
+    for name, g in zip(names, grads):
+        w = m.state[name]
+        flat = w.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + eps
+            fp = float(f(x, t)[0])
+            flat[i] = old - eps
+            fm = float(f(x, t)[0])
+            flat[i] = old
+            num = (fp - fm) / (2 * eps)
+            assert num == pytest.approx(g.reshape(-1)[i], rel=1e-6, abs=1e-9), (name, i)
+    assert float(f(x, t)[0]) == loss  # parameters restored exactly
+
+
+def test_function_output_matches_predict(problem):
+    x, t = problem
+    m = netc.compile(SPEC)
+    (y,) = m.function("output")(x)
+    np.testing.assert_allclose(y, m.predict(x), rtol=1e-6)
+    with pytest.raises(NetcError, match="unknown function"):
+        m.function("gradient")
+
+
+# ---------------------------------------------------------------------------- seeds
+
+def test_seed_determines_initial_parameters():
+    a, b, c = netc.compile(SPEC, seed=1), netc.compile(SPEC, seed=1), netc.compile(SPEC, seed=2)
+    for k in ("h.W", "y.W"):
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+        assert not np.array_equal(a.params[k], c.params[k])
+    # the spec's own seed is the default
+    d = netc.compile(SPEC.replace("epochs = 5", "epochs = 5\n    seed = 1"))
+    np.testing.assert_array_equal(d.params["h.W"], a.params["h.W"])
+
+
+def test_seed_determines_training(problem):
+    x, t = problem
+    runs = []
+    for seed in (1, 1, 2):
+        m = netc.compile(SPEC, seed=seed)
+        m.fit(x, t, epochs=2)
+        runs.append(m.params)
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k])
+    assert not np.array_equal(runs[0]["h.W"], runs[2]["h.W"])
+
+
+# ---------------------------------------------------------------------------- data errors
+
+def test_label_outside_classes_names_the_record(problem):
+    x, t = problem
+    t = t.copy()
+    t[37] = 3
+    m = netc.compile(SPEC)
+    with pytest.raises(DataError) as e:
+        m.fit(x, t)
+    msg = str(e.value)
+    assert "record 37" in msg and "label 3" in msg and "class(3)" in msg
+    t[37] = -1
+    with pytest.raises(DataError, match="record 37"):
+        m.fit(x, t)
+    good = problem[1].copy()
+    bad_valid = good[150:].copy()
+    bad_valid[4] = 9
+    with pytest.raises(DataError, match=r"valid: record 4: label 9"):
+        m.fit(x[:150], good[:150], valid=(x[150:], bad_valid))
+    with pytest.raises(DataError, match="record 4"):
+        m.score(x[150:], bad_valid)
+
+
+def test_feature_count_mismatch(problem):
+    x, t = problem
+    m = netc.compile(SPEC)
+    with pytest.raises(DataError, match=r"input 'x' is declared \[20\]"):
+        m.fit(x[:, :19], t)
+    with pytest.raises(DataError):
+        m.fit(x, t, valid=(x[:, :19], t))
+    with pytest.raises(DataError):
+        m.score(x[:, :19], t)
+
+
+def test_record_count_mismatch(problem):
+    x, t = problem
+    m = netc.compile(SPEC)
+    with pytest.raises(DataError, match="200 records"):
+        m.fit(x, t[:100])
+
+
+def test_data_block_npz_source(tmp_path, problem):
+    x, t = problem
+    np.savez(tmp_path / "d.npz", feats=x, labels=t)
+    spec = SPEC.replace("train {", 'data {\n    train = npz("d.npz", x = "feats", t = "labels")[0:150]\n'
+                                   '    valid = npz("d.npz", x = "feats", t = "labels")[150:]\n}\ntrain {')
+    (tmp_path / "s.net").write_text(spec)
+    m = netc.compile(tmp_path / "s.net")
+    s = m.fit(epochs=3)
+    assert s["age"] == 450 and s["valid_error"] < 0.15
+    # a missing array name is a DataError naming the file, with a suggestion
+    (tmp_path / "s2.net").write_text(spec.replace('t = "labels"', 't = "label"'))
+    with pytest.raises(DataError) as e:
+        netc.compile(tmp_path / "s2.net").fit()
+    assert "d.npz" in str(e.value) and "label" in str(e.value)
+
+
+def test_data_block_csv_source(tmp_path, problem):
+    x, t = problem
+    rows = "\n".join(",".join(f"{v:.5f}" for v in xi) + f",{ti}" for xi, ti in zip(x, t))
+    (tmp_path / "d.csv").write_text(rows + "\n")
+    spec = SPEC.replace("train {", 'data {\n    train = csv("d.csv")\n}\ntrain {')
+    (tmp_path / "s.net").write_text(spec)
+    m = netc.compile(tmp_path / "s.net")
+    s = m.fit(epochs=2, limit=120)
+    assert s["age"] == 240
+    assert m.score(x, t) < 0.15

@@ -1,0 +1,542 @@
+"""Every op in the op table, checked four ways against its reference `impl`:
+
+1. the shape/dtype rule agrees with what the reference implementation returns;
+2. the generated NumPy code (`lower`) computes what `evaluate` computes;
+3. the derivative rule agrees with centered finite differences (float64);
+4. the derivative of the derivative agrees with finite differences of the
+   first derivative (double reverse mode, Hessian-vector form).
+
+RECIPES maps every op name to one or more small test graphs rooted at that op.
+A new op without a recipe (and not listed as a leaf) fails `test_every_op_has_a_recipe`.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from netc.compiler.differentiate import grad
+from netc.compiler.evaluate import evaluate
+from netc.compiler.graph import Graph, Node, toposort
+from netc.compiler.lower_numpy import lower
+from netc.compiler.ops import OPS, concrete
+
+# lower(debug=True) fills int64 buffers (argmax) with NaN, which NumPy warns about when casting
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
+
+B = 2  # the batch size used for values (distinct from every static dim below)
+EPS = 1e-6
+RTOL = 1e-6
+ATOL = 1e-7
+
+# ---------------------------------------------------------------------------
+# samplers: (rng, concrete shape) -> array, chosen so every op is smooth there
+
+
+def normal(rng, shape):
+    return rng.uniform(-1.5, 1.5, shape)
+
+
+def positive(rng, shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def above_minus_one(rng, shape):
+    return rng.uniform(-0.5, 2.0, shape)
+
+
+def away_from_zero(rng, shape):
+    return rng.choice([-1.0, 1.0], shape) * rng.uniform(0.3, 2.0, shape)
+
+
+def half_integers(rng, shape):
+    """k + 1/2 (+-0.1): never within 0.3 of a value from `whole`."""
+    return rng.integers(-2, 3, shape) + 0.5 + rng.uniform(-0.1, 0.1, shape)
+
+
+def whole(rng, shape):
+    return rng.integers(-2, 3, shape) + rng.uniform(-0.1, 0.1, shape)
+
+
+def small_ints(rng, shape):
+    """Integer-valued floats, so comparisons see ties."""
+    return rng.integers(0, 2, shape).astype(np.float64)
+
+
+def labels(n):
+    return lambda rng, shape: rng.integers(0, n, shape).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# recipes
+
+
+@dataclass
+class Arg:
+    name: str
+    shape: tuple
+    sample: Callable = normal
+    diff: bool = True  # differentiable: a `param` leaf; otherwise a fed `input`
+    dtype: str = "float64"
+
+
+@dataclass
+class Recipe:
+    id: str
+    args: list[Arg]
+    build: Callable  # (G, *leaves) -> Node, rooted at the op under test
+    dtype: str = "float64"  # expected output dtype
+    nondiff: bool = False  # the op's derivative rule returns None for every input
+
+
+def op_recipe(op, shapes, samplers=None, id=None, nondiff=False, dtype="float64", **attrs):
+    """A recipe applying `op` (with `attrs`) to one leaf per shape."""
+    samplers = samplers or [normal] * len(shapes)
+    names = "xyzw"
+    args = [Arg(names[i], tuple(s), samplers[i], diff=not nondiff) for i, s in enumerate(shapes)]
+    label = id or "_".join(_shape_id(s) for s in shapes) + "".join(f"_{k}={v}" for k, v in attrs.items())
+    return Recipe(label, args, lambda G, *xs: G(op, *xs, **attrs), dtype=dtype, nondiff=nondiff)
+
+
+def _shape_id(shape):
+    return "[" + ",".join("B" if d is None else str(d) for d in shape) + "]"
+
+
+BCAST_SHAPES = [
+    ((None, 3), (None, 3)),
+    ((None, 3), (3,)),
+    ((None, 3), (None, 1)),
+    ((), (None, 3)),
+    ((None, 1), (1, 3)),
+]
+
+
+def binary_recipes(op, sa, sb):
+    return [op_recipe(op, shapes, [sa, sb]) for shapes in BCAST_SHAPES]
+
+
+def pow_const(value):
+    return Recipe(f"x^{value}", [Arg("x", (None, 3), positive)], lambda G, x: G("pow", x, value))
+
+
+RECIPES: dict[str, list[Recipe]] = {
+    # unary elementwise
+    "neg": [op_recipe("neg", [(None, 3)])],
+    "exp": [op_recipe("exp", [(None, 3)])],
+    "log": [op_recipe("log", [(None, 3)], [positive])],
+    "tanh": [op_recipe("tanh", [(None, 3)])],
+    "sigmoid": [op_recipe("sigmoid", [(None, 3)])],
+    "abs": [op_recipe("abs", [(None, 3)], [away_from_zero])],
+    "sign": [op_recipe("sign", [(None, 3)], [away_from_zero], nondiff=True),
+             # exact zeros too: sign(0) = 0
+             op_recipe("sign", [(None, 3)], [lambda r, s: r.integers(-1, 2, s).astype(float)],
+                       id="ties", nondiff=True)],
+    "sqrt": [op_recipe("sqrt", [(None, 3)], [positive])],
+    "square": [op_recipe("square", [(None, 3)])],
+    "log1p": [op_recipe("log1p", [(None, 3)], [above_minus_one])],
+    "expm1": [op_recipe("expm1", [(None, 3)])],
+    "softplus": [op_recipe("softplus", [(None, 3)]),
+                 op_recipe("softplus", [(None, 3)], [lambda r, s: r.uniform(-40, 40, s)], id="wide")],
+    # binary elementwise, with broadcasting
+    "add": binary_recipes("add", normal, normal),
+    "sub": binary_recipes("sub", normal, normal),
+    "mul": binary_recipes("mul", normal, normal),
+    "div": binary_recipes("div", normal, away_from_zero),
+    "pow": binary_recipes("pow", positive, normal)
+    + [pow_const(v) for v in (2.0, 0.5, -1.0, 1.0, 3.0, -2.5)],
+    "maximum": binary_recipes("maximum", half_integers, whole),
+    "minimum": binary_recipes("minimum", half_integers, whole),
+    **{cmp: [op_recipe(cmp, [(None, 3), (None, 3)], [small_ints] * 2, nondiff=True),
+             op_recipe(cmp, [(None, 3), (3,)], [small_ints] * 2, nondiff=True),
+             op_recipe(cmp, [(None, 3), ()], [small_ints] * 2, nondiff=True)]
+       for cmp in ("gt", "ge", "lt", "le", "eq", "ne")},
+    # reductions
+    "sum": [op_recipe("sum", [(None, 4)], axis=axis, keepdims=kd)
+            for axis in (None, 0, 1, -1, (0, 1)) for kd in (False, True)]
+    + [op_recipe("sum", [(None, 3, 4)], axis=(0, 2), keepdims=kd) for kd in (False, True)]
+    + [op_recipe("sum", [()], id="scalar")],
+    "mean": [op_recipe("mean", [(None, 4)], axis=axis, keepdims=kd)
+             for axis in (None, 0, 1, -1) for kd in (False, True)]
+    + [op_recipe("mean", [(None, 3, 4)], axis=(0, 2), keepdims=kd) for kd in (False, True)],
+    "argmax": [op_recipe("argmax", [(None, 4)], axis=ax, nondiff=True, dtype="int64")
+               for ax in (0, 1, -1)]
+    + [op_recipe("argmax", [(None, 3, 4)], axis=1, nondiff=True, dtype="int64")],
+    "sum_to": [op_recipe("sum_to", [src], shape=dst) for src, dst in [
+        ((None, 3), (3,)), ((None, 3), (1, 3)), ((None, 3), (None, 1)),
+        ((None, 2, 3), (2, 1)), ((None, 3), ()), ((None, 1), (1,))]],
+    "broadcast": [op_recipe("broadcast", [src], shape=dst) for src, dst in [
+        ((3,), (None, 3)), ((None, 1), (None, 3)), ((), (None, 3)), ((None, 3), (2, None, 3))]]
+    + [op_recipe("broadcast", [src], shape=dst, axes=axes) for src, dst, axes in [
+        ((None,), (None, 3), (1,)), ((3,), (None, 3), (0,)), ((2,), (None, 2, 4), (0, 2)),
+        ((), (None, 3), (0, 1))]],
+    # linear algebra
+    "matmul": [op_recipe("matmul", [(None, 4), (4, 3)]),
+               op_recipe("matmul", [(3, 4), (4, None)]),
+               Recipe("xT@y", [Arg("x", (None, 3)), Arg("y", (None, 4))],
+                      lambda G, x, y: G("matmul", G("transpose", x), y)),
+               Recipe("x@yT", [Arg("x", (None, 4)), Arg("y", (3, 4))],
+                      lambda G, x, y: G("matmul", x, G("transpose", y)))],
+    "transpose": [op_recipe("transpose", [(None, 3)]), op_recipe("transpose", [(3, 4)])],
+    # normalized exponentials
+    "log_softmax": [op_recipe("log_softmax", [(None, 4)], axis=ax) for ax in (0, 1, -1)]
+    + [op_recipe("log_softmax", [(None, 4)], [lambda r, s: r.uniform(-1e3, 1e3, s)], id="huge",
+                 axis=-1)],
+    "softmax": [op_recipe("softmax", [(None, 4)], axis=ax) for ax in (0, 1, -1)]
+    + [op_recipe("softmax", [(None, 3, 4)], axis=1)],
+    # class targets and counts
+    "one_hot": [Recipe("labels", [Arg("t", (None,), labels(4), diff=False, dtype="int64")],
+                       lambda G, t: G("one_hot", t, n=4), nondiff=True),
+                Recipe("labels2d", [Arg("t", (None, 2), labels(3), diff=False, dtype="int64")],
+                       lambda G, t: G("one_hot", t, n=3), nondiff=True),
+                Recipe("of_argmax", [Arg("x", (None, 4), normal, diff=False)],
+                       lambda G, x: G("one_hot", G("argmax", x, axis=1), n=4), nondiff=True)],
+    "count": [Recipe(f"dims={dims}", [], lambda G, dims=dims: G("count", dims=dims, dtype="float64"),
+                     nondiff=True) for dims in [(None, 3), (None,), (), (3, 4)]],
+}
+
+# leaves have no reference semantics of their own beyond "look up the value"
+LEAF_OPS = {"input", "param", "state", "hyper", "const"}
+# ops whose derivative rule returns None for every input
+NONDIFF_OPS = {"gt", "ge", "lt", "le", "eq", "ne", "argmax", "one_hot", "sign"}
+
+CASES = [(op, r) for op, rs in RECIPES.items() for r in rs]
+CASE_IDS = [f"{op}-{r.id}" for op, r in CASES]
+DIFF_CASES = [(op, r) for op, r in CASES if not r.nondiff]
+DIFF_IDS = [f"{op}-{r.id}" for op, r in DIFF_CASES]
+
+
+# ---------------------------------------------------------------------------
+# harness
+
+
+@dataclass
+class Case:
+    G: Graph
+    leaves: list[Node]
+    node: Node
+    values: dict = field(default_factory=dict)
+    rng: np.random.Generator | None = None
+
+    @property
+    def params(self):
+        return [n for n in self.leaves if n.op == "param"]
+
+    def feed(self, name, shape):
+        """A fed float64 input leaf with fixed random values."""
+        leaf = self.G("input", name=name, shape=tuple(shape), dtype="float64")
+        if name not in self.values:
+            self.values[name] = self.rng.uniform(-1.0, 1.0, concrete(shape, B))
+        return leaf
+
+
+def make_case(op: str, recipe: Recipe) -> Case:
+    G = Graph("float64")
+    rng = np.random.default_rng(zlib.crc32(f"{op}-{recipe.id}".encode()))
+    leaves = [G("param" if a.diff else "input", name=a.name, shape=a.shape, dtype=a.dtype)
+              for a in recipe.args]
+    node = recipe.build(G, *leaves)
+    assert node.op == op, f"recipe built {node!r}, not a {op} node"
+    values = {a.name: np.asarray(a.sample(rng, concrete(a.shape, B)), dtype=a.dtype)
+              for a in recipe.args}
+    return Case(G, leaves, node, values, rng)
+
+
+def ev(outputs, values, batch=B):
+    return evaluate(list(outputs), values, batch=batch)
+
+
+def run_lowered(outputs, values, batch=B):
+    """Generate code for `outputs` (NaN-filled buffers) and run it once."""
+    order = toposort(outputs)
+    feeds = [n for n in order if n.op in ("input", "hyper")]
+    fn = lower(list(outputs), feeds=feeds, debug=True)
+    state = {n.name: np.array(values[n.name]) for n in order if n.op in ("param", "state")}
+    res = fn.bind(state, batch)(*[np.asarray(values[f.name], dtype=f.dtype) for f in feeds])
+    return [np.array(r) for r in res], fn
+
+
+def assert_values_equal(got, want, what, rtol=1e-12, atol=1e-12):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=what)
+
+
+def finite_diff(f, values, name, eps=EPS):
+    """Centered differences of the scalar f(values) in every entry of values[name]."""
+    x = values[name]
+    out = np.zeros(x.shape)
+    for idx in np.ndindex(x.shape):
+        orig = x[idx]
+        x[idx] = orig + eps
+        fp = f(values)
+        x[idx] = orig - eps
+        fm = f(values)
+        x[idx] = orig
+        out[idx] = (fp - fm) / (2 * eps)
+    return out
+
+
+def assert_matches_fd(analytic, numeric, what, rtol=RTOL, atol=ATOL):
+    analytic, numeric = np.asarray(analytic, dtype=np.float64), np.asarray(numeric)
+    assert analytic.shape == numeric.shape, f"{what}: shape {analytic.shape} != {numeric.shape}"
+    assert np.all(np.isfinite(analytic)), f"{what}: non-finite derivative {analytic}"
+    scale = max(1.0, float(np.max(np.abs(numeric), initial=0.0)))
+    err = np.abs(analytic - numeric)
+    tol = rtol * np.maximum(np.abs(analytic), np.abs(numeric)) + atol * scale
+    worst = np.unravel_index(np.argmax(err - tol), err.shape) if err.size else ()
+    assert np.all(err <= tol), (f"{what}: analytic {analytic[worst]} vs finite difference "
+                                f"{numeric[worst]} at {worst}\nanalytic=\n{analytic}\nnumeric=\n{numeric}")
+
+
+def scalar_fn(node):
+    return lambda values: float(ev([node], values)[0])
+
+
+def weighted_loss(case: Case) -> Node:
+    """sum(op(inputs) * R) for a fixed random R."""
+    G = case.G
+    R = case.feed("R", case.node.shape)
+    return G("sum", G("mul", case.node, R))
+
+
+# ---------------------------------------------------------------------------
+# the table is covered
+
+
+def test_every_op_has_a_recipe():
+    assert not set(RECIPES) & LEAF_OPS
+    assert set(RECIPES) | LEAF_OPS == set(OPS), (
+        f"ops without a recipe: {sorted(set(OPS) - set(RECIPES) - LEAF_OPS)}; "
+        f"recipes for unknown ops: {sorted(set(RECIPES) - set(OPS))}")
+    assert all(RECIPES[op] for op in RECIPES)
+    assert NONDIFF_OPS <= set(RECIPES)
+
+
+def test_every_op_with_inputs_has_impl_emit_and_grad():
+    for name, op in OPS.items():
+        if name in LEAF_OPS:
+            continue
+        assert op.impl is not None and op.emit is not None, name
+        if name != "count":  # count has no inputs, so nothing to differentiate
+            assert op.grad is not None, name
+
+
+# ---------------------------------------------------------------------------
+# 1. shape and dtype rule vs reference implementation
+
+
+@pytest.mark.parametrize("op,recipe", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_shape_rule_matches_impl(op, recipe, batch):
+    case = make_case(op, recipe)
+    rng = np.random.default_rng(batch)
+    values = {a.name: np.asarray(a.sample(rng, concrete(a.shape, batch)), dtype=a.dtype)
+              for a in recipe.args}
+    ins = ev(case.node.inputs, values, batch) if case.node.inputs else []
+    out = np.asarray(OPS[op].impl(ins, case.node.a, batch))
+    assert out.shape == concrete(case.node.shape, batch), (
+        f"{case.node!r}: rule says {case.node.shape}, impl returned {out.shape}")
+    assert case.node.dtype == recipe.dtype
+    assert np.can_cast(out.dtype, case.node.dtype, "same_kind"), (out.dtype, case.node.dtype)
+
+
+# ---------------------------------------------------------------------------
+# 2. generated code vs reference interpreter
+
+
+@pytest.mark.parametrize("op,recipe", CASES, ids=CASE_IDS)
+def test_lowered_matches_evaluate(op, recipe):
+    case = make_case(op, recipe)
+    (want,) = ev([case.node], case.values)
+    (got,), fn = run_lowered([case.node], case.values)
+    assert got.dtype == np.dtype(case.node.dtype), fn.source
+    assert_values_equal(got, want, f"{op}:\n{fn.source}")
+
+
+@pytest.mark.parametrize("op,recipe", CASES, ids=CASE_IDS)
+def test_lowered_in_a_larger_graph(op, recipe):
+    """The op's output consumed by another op (and twice), so it is an intermediate buffer."""
+    case = make_case(op, recipe)
+    G, n = case.G, case.node
+    if n.dtype != "float64":
+        n = G("one_hot", n, n=4)
+    out = G("sum", G("mul", G("exp", G("mul", n, 0.5)), G("add", n, 1.0)))
+    (want,) = ev([out], case.values)
+    (got,), fn = run_lowered([out], case.values)
+    assert_values_equal(got, want, fn.source)
+
+
+# ---------------------------------------------------------------------------
+# 3. first derivatives
+
+
+@pytest.mark.parametrize("op,recipe", CASES, ids=CASE_IDS)
+def test_first_derivative(op, recipe):
+    case = make_case(op, recipe)
+    if recipe.nondiff:
+        _check_no_derivative(case)
+        return
+    L = weighted_loss(case)
+    params = case.params
+    grads = grad(case.G, L, params)
+    for p, g in zip(params, grads):
+        assert g.shape == p.shape and g.dtype == p.dtype, f"d/d{p.name}: {g!r} for {p!r}"
+    analytic = ev(grads, case.values)
+    for p, a in zip(params, analytic):
+        numeric = finite_diff(scalar_fn(L), case.values, p.name)
+        assert_matches_fd(a, numeric, f"d/d{p.name} of {case.node!r}")
+    # and the generated code for the gradient graph agrees with the interpreter
+    lowered, fn = run_lowered(grads, case.values)
+    for p, got, want in zip(params, lowered, analytic):
+        assert_values_equal(got, want, f"lowered d/d{p.name}:\n{fn.source}", rtol=1e-11)
+
+
+def _check_no_derivative(case: Case):
+    """The op's rule returns None for every input, and grad() gives zeros."""
+    n = case.node
+    op = OPS[n.op]
+    if not n.inputs:
+        assert op.grad is None
+        return
+    gy = case.feed("gy", n.shape) if n.dtype == "float64" else case.G.const(1.0)
+    parts = op.grad(case.G, n, gy)
+    assert len(parts) == len(n.inputs) and all(p is None for p in parts), parts
+    float_leaves = [leaf for leaf in case.leaves if leaf.dtype == "float64"]
+    if float_leaves and n.dtype == "float64":
+        L = weighted_loss(case)
+        for leaf, g in zip(float_leaves, grad(case.G, L, float_leaves)):
+            assert g.shape == leaf.shape
+            (v,) = ev([g], case.values)
+            assert v.shape == case.values[leaf.name].shape and not v.any()
+
+
+@pytest.mark.parametrize("op", sorted(NONDIFF_OPS))
+def test_nondifferentiable_rules_return_none(op):
+    for recipe in RECIPES[op]:
+        case = make_case(op, recipe)
+        parts = OPS[op].grad(case.G, case.node, case.G.const(1.0))
+        assert list(parts) == [None] * len(case.node.inputs)
+
+
+# ---------------------------------------------------------------------------
+# 4. second derivatives: d/dx sum(grad(L, x) * V) vs finite differences of it
+
+
+@pytest.mark.parametrize("op,recipe", DIFF_CASES, ids=DIFF_IDS)
+def test_second_derivative(op, recipe):
+    case = make_case(op, recipe)
+    G = case.G
+    L = weighted_loss(case)
+    params = case.params
+    grads = grad(G, L, params)
+    S = None
+    for p, g in zip(params, grads):
+        term = G("sum", G("mul", g, case.feed(f"V_{p.name}", p.shape)))
+        S = term if S is None else G("add", S, term)
+    hv = grad(G, S, params)
+    analytic = ev(hv, case.values)
+    for p, a in zip(params, analytic):
+        assert a.shape == case.values[p.name].shape
+        numeric = finite_diff(scalar_fn(S), case.values, p.name)
+        assert_matches_fd(a, numeric, f"second derivative d/d{p.name} of {case.node!r}")
+    lowered, fn = run_lowered(hv, case.values)
+    for p, got, want in zip(params, lowered, analytic):
+        assert_values_equal(got, want, f"lowered Hv d/d{p.name}:\n{fn.source}", rtol=1e-10,
+                            atol=1e-11)
+
+
+# ---------------------------------------------------------------------------
+# specific properties
+
+
+def test_count_is_the_runtime_size():
+    G = Graph("float64")
+    c = G("count", dims=(None, 3), dtype="float64")
+    for batch in (1, 7):
+        (v,) = ev([c], {}, batch)
+        assert v == 3 * batch
+        (got,), _ = run_lowered([c], {}, batch)
+        assert got == 3 * batch
+
+
+def test_const_output_is_an_array():
+    G = Graph("float64")
+    c = G.const(2.5)
+    assert c.shape == () and c.dtype == "float64"
+    (got,), _ = run_lowered([c], {})
+    assert isinstance(got, np.ndarray) and got == 2.5
+
+
+def test_reductions_normalize_axis():
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 4))
+    assert G("sum", x, axis=1) is G("sum", x, axis=-1) is G("sum", x, axis=(1,))
+    assert G("sum", x) is G("sum", x, axis=(0, 1)) is G("sum", x, axis=None, keepdims=False)
+    assert G("mean", x, axis=0, keepdims=True).shape == (1, 4)
+    assert G("softmax", x) is G("softmax", x, axis=1)
+    assert G("argmax", x).shape == (None,)
+
+
+def test_sum_to_of_same_shape_is_identity_and_double_transpose_cancels():
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 4))
+    assert G("sum_to", x, shape=(None, 4)) is x
+    assert G("broadcast", x, shape=(None, 4)) is x
+    assert G("transpose", G("transpose", x)) is x
+
+
+@pytest.mark.parametrize("bad", [
+    lambda G, x, w: G("add", x, G("param", name="v", shape=(4,))),
+    lambda G, x, w: G("matmul", x, x),
+    lambda G, x, w: G("matmul", w, x),
+    lambda G, x, w: G("sum_to", x, shape=(2, 3)),
+    lambda G, x, w: G("broadcast", x, shape=(None, 4)),
+    lambda G, x, w: G("sum", x, axis=2),
+    lambda G, x, w: G("transpose", G("sum", x, axis=1)),
+    lambda G, x, w: G("one_hot", x, n=3),
+])
+def test_shape_errors(bad):
+    from netc.compiler.errors import SpecError
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 3))
+    w = G("param", name="W", shape=(4, 2))
+    with pytest.raises(SpecError):
+        bad(G, x, w)
+
+
+def test_broadcast_gradients_sum_back_to_operand_shapes():
+    """[B,3] op [3], [B,3] op [B,1] and scalar op [B,3]: each gradient has its operand's
+    shape and equals the broadcast gradient summed over the broadcast axes."""
+    G = Graph("float64")
+    rng = np.random.default_rng(0)
+    x = G("param", name="x", shape=(None, 3))
+    R = G("input", name="R", shape=(None, 3))
+    values = {"x": rng.normal(size=(B, 3)), "R": rng.normal(size=(B, 3))}
+    for shape, axes in [((3,), (0,)), ((None, 1), (1,)), ((), (0, 1)), ((1, 3), (0,))]:
+        y = G("param", name=f"y{len(shape)}{shape[0] if shape else ''}", shape=shape)
+        values[y.name] = rng.normal(size=concrete(shape, B))
+        for op in ("add", "mul"):
+            L = G("sum", G("mul", G(op, x, y), R))
+            gx, gy = grad(G, L, [x, y])
+            assert gy.shape == shape
+            vgx, vgy = ev([gx, gy], values)
+            full = values["R"] * (1.0 if op == "add" else values["x"])
+            want = full.sum(axis=axes, keepdims=True).reshape(concrete(shape, B))
+            assert_values_equal(vgy, want, f"{op} {shape}")
+            assert_values_equal(vgx, values["R"] * (1.0 if op == "add" else values[y.name])
+                                * np.ones((B, 3)), f"{op} {shape} (x side)")
+
+
+def test_mean_of_integer_labels_is_float():
+    G = Graph("float64")
+    t = G("input", name="t", shape=(None,), dtype="int64")
+    m = G("mean", t)
+    values = {"t": np.array([0, 1, 1, 0, 1])}
+    assert m.dtype == "float64"
+    (want,) = ev([m], values, batch=5)
+    assert want == pytest.approx(0.6)
+    (got,), _ = run_lowered([m], values, batch=5)
+    assert got == pytest.approx(0.6)
