@@ -1,7 +1,8 @@
 """One epoch of the MNIST 784-800-800-10 tanh network (minibatch 128, SGD with
 momentum 0.9, float32) three ways in one process, measured side by side:
 
-  netc      the compiled step generated from specs/mnist_mlp.net's network
+  netc      the compiled step generated from the spec below (the shipped
+            specs/mnist_mlp.net uses rectifiers; the issue fixes tanh here)
   numpy     a hand-written NumPy implementation of the same step
   gemm      the eight matrix products of a step alone (a floor for both)
 
@@ -16,14 +17,24 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
-
 import numpy as np
+from pathlib import Path
 
 import netc
 from netc.runtime.data import mnist
 
-SPEC = (Path(__file__).resolve().parent.parent / "specs" / "mnist_mlp.net").read_text()
+SPEC = """
+input  x : [784]
+target t : class(10)
+h1 = dense(x,  800, act = tanh, init = glorot)
+h2 = dense(h1, 800, act = tanh, init = glorot)
+y  = dense(h2, 10,  act = identity)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.01, momentum = 0.9)
+    batch  = 128
+}
+"""
 SIZES = (784, 800, 800, 10)
 LR, MU, B = 0.01, 0.9, 128
 
@@ -147,8 +158,13 @@ def main():
         print(f"  {k:<6} {med[k]:8.3f} s   runs: {', '.join(f'{v:.3f}' for v in times[k])}")
     print(f"ratio netc/numpy: {med['netc'] / med['numpy']:.3f}   (target <= 1.15)")
     print(f"ratio netc/gemm:  {med['netc'] / med['gemm']:.3f}")
-    print(f"compile specs/mnist_mlp.net (parse to lowered step): median {statistics.median(compile_times):.3f} s "
+    print(f"compile the spec (parse to lowered step): median {statistics.median(compile_times):.3f} s "
           f"(target < 1 s)")
+    shipped = Path(__file__).resolve().parent.parent / "specs" / "mnist_mlp.net"
+    t0 = time.perf_counter()
+    netc.compile(shipped)
+    print(f"compile specs/mnist_mlp.net: {time.perf_counter() - t0:.3f} s (first compile in this process: "
+          f"grammar already loaded)")
 
 
 if __name__ == "__main__":

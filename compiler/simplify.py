@@ -127,6 +127,33 @@ def softplus_forms(G: Graph, n: Node) -> Node | None:
     return None
 
 
+NOMINAL_BATCH = 128  # the cost model's guess at the batch size
+
+
+def _size(n: Node) -> int:
+    size = 1
+    for d in n.shape:
+        size *= NOMINAL_BATCH if d is None else d
+    return size
+
+
+def scale_into_matmul(G: Graph, n: Node) -> Node | None:
+    """s * (a @ b) -> (s * a) @ b or a @ (s * b) for a scalar s, scaling the smaller
+    operand when it is smaller than the product (the weight gradient lr * x'd:
+    one pass over the batch instead of one over the weight matrix)."""
+    if n.op != "mul":
+        return None
+    for s, m in ((n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])):
+        if s.shape == () and m.op == "matmul" and s.dtype == m.dtype:
+            a, b = m.inputs
+            small = min((a, b), key=_size)
+            if _size(small) * 2 <= _size(m):
+                a2 = G("mul", s, a, loc=n.loc) if small is a else a
+                b2 = G("mul", s, b, loc=n.loc) if small is b else b
+                return G("matmul", a2, b2, loc=n.loc)
+    return None
+
+
 RULES: dict[str, Rule] = {
     "fold_constants": fold_constants,
     "identities": identities,
@@ -134,6 +161,7 @@ RULES: dict[str, Rule] = {
     "log_of_softmax": log_of_softmax,
     "log_of_sigmoid": log_of_sigmoid,
     "softplus_forms": softplus_forms,
+    "scale_into_matmul": scale_into_matmul,
 }
 
 

@@ -1,0 +1,29 @@
+"""Every shipped spec checks, compiles and trains a few steps (on a slice of
+its data: the full runs and their target errors are in bench/)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+import netc
+
+SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
+
+
+def test_specs_exist():
+    names = {p.name for p in SPECS}
+    assert {"mnist_mlp.net", "mnist_lecun98.net", "bengio_defaults.net"} <= names
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_spec_trains_a_few_steps(path):
+    model = netc.compile(path)
+    before = {k: v.copy() for k, v in model.params.items()}
+    summary = model.fit(epochs=1, limit=300)
+    assert summary["epochs"] == 1 and summary["age"] == 300
+    assert math.isfinite(summary["train_loss"])
+    assert any((model.params[k] != before[k]).any() for k in before), "no parameter moved"
+    if summary.get("valid_error") is not None:
+        assert 0.0 <= summary["valid_error"] <= 1.0
