@@ -46,7 +46,14 @@ class Builtin:
 
 
 class Symbol(str):
-    """A bare name in a block (`standardize`, `polyak`) or a selector."""
+    """A bare name in a block (`standardize`, `polyak`), with where it was written."""
+
+    loc: Loc | None
+
+    def __new__(cls, value: str, loc: Loc | None = None):
+        s = super().__new__(cls, value)
+        s.loc = loc
+        return s
 
 
 @dataclass(frozen=True)
@@ -521,12 +528,12 @@ class _Context:
             case S.Str(value=v):
                 return v
             case S.Name(name=n):
-                return {"true": True, "false": False}.get(n, Symbol(n))
+                return {"true": True, "false": False}.get(n, Symbol(n, e.loc))
             case S.Neg(operand=x):
                 v = self._block_value(x)
                 return -v if isinstance(v, (int, float)) else Formula(e)
             case S.Attr():
-                return Symbol(_dotted(e) or "?")
+                return Symbol(_dotted(e) or "?", e.loc)
             case S.BinOp():
                 a, b = self._block_value(e.left), self._block_value(e.right)
                 if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):

@@ -39,12 +39,17 @@ class Function:
     _steps: dict = field(repr=False, default_factory=dict)
 
     def bind(self, state: dict[str, np.ndarray], batch: int):
-        key = (id(state), batch)
-        step = self._steps.get(key)
+        """The step bound to `state`'s arrays for this batch size (made once, then cached).
+        The cache holds the dict itself: an id() could be reused by a new dict."""
+        bindings = self._steps.setdefault("bindings", [])  # [(state dict, {batch: step})]
+        steps = next((s for st, s in bindings if st is state), None)
+        if steps is None:
+            steps = {}
+            bindings.insert(0, (state, steps))
+            del bindings[4:]  # a few live state dicts (training, averaged) at most
+        step = steps.get(batch)
         if step is None:
-            step = self._make(np, state, batch)
-            self._steps = {k: v for k, v in self._steps.items() if k[0] == id(state)}
-            self._steps[key] = step
+            step = steps[batch] = self._make(np, state, batch)
         return step
 
     def __call__(self, state: dict[str, np.ndarray], *feeds):

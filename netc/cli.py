@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
+    except BrokenPipeError:  # `netc doc | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception:  # a bug in netc, not the user's fault
         traceback.print_exc()
         print("netc: internal error (a bug in netc; please report it with the spec)", file=sys.stderr)

@@ -147,7 +147,7 @@ def _convert(key: str, value, loc: Loc, source):
     kinds = _CALL_FIELDS.get(key)
     if kinds is not None:
         if isinstance(value, Symbol):
-            value = BlockCall(str(value), (), (), loc)
+            value = BlockCall(str(value), (), (), value.loc or loc)
         if isinstance(value, bool) and not value:
             value = BlockCall("off", (), (), loc)
         if not isinstance(value, BlockCall):

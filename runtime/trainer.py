@@ -129,9 +129,12 @@ class Run:
         t_start = time.perf_counter()
         train_seconds = 0.0
         stopped = "epochs"
+        good, good_age, in_epoch = copy_state(self.state), 0, False
+        watch = _Watch()
+        best_epoch_loss = math.inf
         try:
             for epoch in range(1, epochs + 1):
-                good = copy_state(self.state)
+                in_epoch = True
                 t0 = time.perf_counter()
                 bar = Progress(len(train), f"epoch {epoch}/{epochs}", enabled=self.progress)
                 loss_sum, seen = 0.0, 0
@@ -143,15 +146,10 @@ class Run:
                         hypers = [lr] + ([mu] if mu else [])
                         (loss,) = prog.step(self.state, *feeds_for(prog, xb, tb), *hypers)
                         loss = float(loss)
-                        if not math.isfinite(loss) or loss > 1e12:
+                        if watch.exploded(loss):
                             recoveries += 1
-                            if recoveries > MAX_RECOVERIES:
-                                raise Diverged(f"training diverged {recoveries} times (loss {loss}); "
-                                               f"the rate is now {base_lr:g}: lower method.lr")
-                            assign(self.state, good)
-                            base_lr /= 3
-                            self.log(f"epoch {epoch}: loss {loss} at age {age}: restored the epoch's start "
-                                     f"and divided the learning rate by 3 (now {base_lr:g})")
+                            base_lr = self._recover(recoveries, loss, age, base_lr, good)
+                            watch.reset()
                             continue
                         n = len(idx)
                         age += n
@@ -165,6 +163,14 @@ class Run:
                                 a += (self.state[name] - a) * (1.0 / averaged)
                         bar.update(n, loss=loss_sum / max(seen, 1))
                 bar.close()
+                in_epoch = False
+                epoch_loss = loss_sum / max(seen, 1)
+                if watch.healthy_epoch(epoch_loss, best_epoch_loss):
+                    best_epoch_loss = min(best_epoch_loss, epoch_loss)
+                    good, good_age = copy_state(self.state), age  # the last healthy state
+                else:  # the epoch as a whole blew up: back to the last healthy state
+                    recoveries += 1
+                    base_lr = self._recover(recoveries, epoch_loss, age, base_lr, good)
                 if avg is not None and epoch == 1:
                     assign(avg, {k: self.state[k] for k in params})
                 train_seconds += time.perf_counter() - t0
@@ -193,6 +199,9 @@ class Run:
                     break
         except KeyboardInterrupt:
             stopped = "interrupted"
+            if in_epoch:  # keep the last completed epoch, not a half-trained state
+                assign(self.state, good)
+                age = good_age
             self.log("interrupted: the last completed epoch is saved")
         finally:
             if metrics_file:
@@ -222,12 +231,55 @@ class Run:
             raise KeyboardInterrupt
         return summary
 
+    def _recover(self, count: int, loss: float, age: int, lr: float, good: dict) -> float:
+        """Bengio 2012 §2.1: restore the last healthy state and divide the rate by 3."""
+        if count > MAX_RECOVERIES:
+            raise Diverged(f"training diverged {count} times (loss {loss:g}); the rate is now {lr:g}: "
+                           f"lower method.lr")
+        assign(self.state, good)
+        self.log(f"loss {loss:g} at age {age}: diverging; restored the last healthy state and divided "
+                 f"the learning rate by 3 (now {lr / 3:g})")
+        return lr / 3
+
     def _checkpoint(self, epoch: int, age: int, final: bool = False) -> None:
         if self.out_dir is None:
             return
         arrays = {f"state/{k}": v for k, v in self.state.items()}
         arrays.update(self.extra_arrays())
         checkpoint.save(self.out_dir, arrays, {**self.meta, "epoch": epoch, "age": age, "final": final})
+
+
+class _Watch:
+    """Divergence: a non-finite loss, a step loss 1000x the initial one, or a
+    smoothed loss 100x above its lowest."""
+
+    WARMUP = 50
+
+    def __init__(self):
+        self.floor = math.inf
+        self.initial = None  # the first step's loss: computed before any update
+        self.reset()
+
+    def reset(self) -> None:
+        self.ema, self.n = None, 0
+
+    def healthy_epoch(self, epoch_loss: float, best: float) -> bool:
+        ref = min(best, self.initial if self.initial is not None else math.inf)
+        return math.isfinite(epoch_loss) and epoch_loss <= 10 * max(ref, 1e-12)
+
+    def exploded(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return True
+        if self.initial is None:
+            self.initial = loss
+        if loss > 1000 * max(self.initial, 1e-12):
+            return True
+        self.ema = loss if self.ema is None else 0.98 * self.ema + 0.02 * loss
+        self.n += 1
+        if self.n < self.WARMUP:
+            return False
+        self.floor = min(self.floor, self.ema)
+        return self.ema > 100 * self.floor
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

@@ -232,9 +232,6 @@ def test_frozen_parameter_is_not_updated():
     assert not np.array_equal(m.state["y.W"], before["y.W"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lower_numpy.Function.bind caches the bound step under id(state); after a state dict is freed, "
-    "a new dict at the same address reuses the step bound to the old (dead) dict's arrays"))
 def test_compiled_function_does_not_reuse_binding_of_dead_state_dict():
     m = netc.compile(net_spec(NETS["tanh-nll-l2"], 4, 3))
     x, _ = batch(5, 4)

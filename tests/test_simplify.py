@@ -25,7 +25,12 @@ def leaves(G):
 def feeds(seed=0, scale=1.0):
     rng = np.random.default_rng(seed)
     return {"x": scale * rng.uniform(-2, 2, (B, 4)), "y": rng.uniform(-2, 2, (B, 4)),
-            "v": rng.uniform(0.5, 2, (4,))}
+            "v": rng.uniform(0.5, 2, (4,)), "W": rng.uniform(-1, 1, (4, 300))}
+
+
+def _wide(G):
+    """A [4, 300] parameter: x @ W is much larger than x."""
+    return G("param", name="W", shape=(4, 300), dtype="float64")
 
 
 def run_lowered(nodes, values):
@@ -78,6 +83,11 @@ RULE_CASES = {
         "log(s)": lambda G, x, y, v: G("log", G("sigmoid", x)),
         "log(1-s)": lambda G, x, y, v: G("log", G("sub", 1, G("sigmoid", x))),
         "log(s(-x))": lambda G, x, y, v: G("log", G("sigmoid", G("neg", x))),
+    },
+    "scale_into_matmul": {
+        "s*(x@W)": lambda G, x, y, v: G("mul", 0.5, G("matmul", x, _wide(G))),
+        "(x@W)*s": lambda G, x, y, v: G("mul", G("matmul", x, _wide(G)), G("sum", v)),
+        "s*(W'@x')": lambda G, x, y, v: G("mul", 3.0, G("matmul", G("transpose", _wide(G)), G("transpose", x))),
     },
     "softplus_forms": {
         "log1p(exp)": lambda G, x, y, v: G("log1p", G("exp", x)),
