@@ -12,7 +12,7 @@ from typing import Callable
 
 
 from .evaluate import evaluate
-from .graph import Graph, Node, toposort
+from .graph import Graph, Node
 from .ops import OPS
 
 Rule = Callable[[Graph, Node], "Node | None"]
@@ -171,10 +171,25 @@ def simplify(G: Graph, roots: list[Node], rules: dict[str, Rule] | None = None,
     rules = RULES if rules is None else rules
     done: dict[int, Node] = {}  # node id -> its simplified form (which maps to itself)
 
-    def settle(root: Node) -> Node:
-        for n in toposort([root]):
-            if n.id in done:
+    def pending(root: Node) -> list[Node]:
+        """Nodes under root not simplified yet, inputs first (never walks into done ones)."""
+        order, seen, stack = [], set(), [(root, 0)]
+        while stack:
+            n, i = stack.pop()
+            if i == 0 and (n.id in done or n.id in seen):
                 continue
+            if i < len(n.inputs):
+                stack.append((n, i + 1))
+                c = n.inputs[i]
+                if c.id not in done and c.id not in seen:
+                    stack.append((c, 0))
+            else:
+                seen.add(n.id)
+                order.append(n)
+        return order
+
+    def settle(root: Node) -> Node:
+        for n in pending(root):
             m = G.rebuild(n, [done[i.id] for i in n.inputs])
             for _ in range(100):
                 for name, rule in rules.items():

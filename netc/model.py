@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from netc.compiler.elaborate import Formula, select_params
+from netc.compiler.elaborate import Formula, Spec, select_params
 from netc.compiler.errors import DataError, NetcError, SpecError
 from netc.compiler.lower_numpy import lower
-from netc.compiler.pipeline import Program, compile_program, parse_and_elaborate
+from netc.compiler.pipeline import compile_program, parse_and_elaborate
 from netc.runtime import checkpoint, data, normalize
 from netc.runtime.config import DataConfig, TrainConfig, from_block
 from netc.runtime.splits import load_splits
@@ -32,10 +32,10 @@ def read_spec(path_or_text: str | Path) -> tuple[str, str]:
     return str(path_or_text), "<spec>"
 
 
-def lr_scales(program: Program, cfg: TrainConfig) -> dict[str, float]:
+def lr_scales(spec: Spec, cfg: TrainConfig) -> dict[str, float]:
     """Per-parameter learning-rate factors from `lr_scale` (a number, or a formula
     of fan_in, fan_out and size), then the `lr_scale SELECTOR = ...` groups in order."""
-    params = program.spec.params
+    params = spec.params
     out: dict[str, float] = {}
     for name, p in params.items():
         out[name] = _scale_value(cfg.lr_scale, _fan_names(params, name))
@@ -93,8 +93,7 @@ class Model:
         if self.train_cfg.dtype != spec.graph.float_dtype:
             spec = parse_and_elaborate(text, file, self.train_cfg.dtype)
         method = self.train_cfg.method
-        probe = compile_program(spec, functions=False)
-        self.program = compile_program(spec, scales=lr_scales(probe, self.train_cfg),
+        self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
                                        momentum=method.momentum > 0, nesterov=method.nesterov, debug=debug)
         self.state = init_state(self.program.state_leaves, self.train_cfg.seed)
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
