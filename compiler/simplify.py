@@ -12,7 +12,7 @@ from typing import Callable
 
 
 from .evaluate import evaluate
-from .graph import Graph, Node
+from .graph import Graph, Node, toposort
 from .ops import OPS
 
 Rule = Callable[[Graph, Node], "Node | None"]
