@@ -566,6 +566,8 @@ class _Context:
                              "param(shape, init = glorot): a trainable tensor named by where it is assigned")
         v["dim"] = Builtin("dim", _dim, "dim(x, axis = -1): the size of one axis of x")
         v["grad"] = Builtin("grad", _grad_builtin, "grad(e, x): the derivative of scalar e with respect to x")
+        v["jacobian"] = Builtin("jacobian", _jacobian_builtin,
+                                "jacobian(y, x): per-example d y/d x, [B, m, n] for y [B, m] and x [B, n]")
         v["gaussian_init"] = Builtin("gaussian_init", _init("normal", "std"), "gaussian_init(std): N(0, std^2)")
         v["uniform_init"] = Builtin("uniform_init", _init("uniform", "limit"), "uniform_init(limit): U(-limit, limit)")
         v["constant_init"] = Builtin("constant_init", _init("constant", "value"), "constant_init(value)")
@@ -657,6 +659,13 @@ def _grad_builtin(ctx: _Context, args, kwargs, loc):
     if isinstance(x, ParamSet):
         return ParamSet(tuple(_grad(ctx.G, e, list(x.nodes))))
     return _grad(ctx.G, e, [ctx._tensor(x, loc, "grad()")])[0]
+
+
+def _jacobian_builtin(ctx: _Context, args, kwargs, loc):
+    from .jacobian import jacobian
+    a = _bind("jacobian", ["y", "x"], {}, args, kwargs, loc)
+    y, x = ctx._tensor(a["y"], loc, "jacobian()"), ctx._tensor(a["x"], loc, "jacobian()")
+    return jacobian(ctx.G, y, x, loc)
 
 
 def _init(dist: str, key: str):

@@ -1,11 +1,12 @@
 """The op table: every primitive op, defined in one place.
 
 An entry holds all there is to know about an op: how the language calls it,
-its shape/dtype rule, its reverse-mode derivative (a rule that *builds graph
-nodes*, so derivatives of derivatives work), its reference NumPy
-implementation (used for constant folding and as ground truth in tests), and
-its NumPy code emitter (the lowering writes into a preallocated `out`).
-Elementwise ops also carry a C expression for the CUDA lowering.
+its shape/dtype rule, its reverse-mode derivative and its forward-mode
+derivative (rules that *build graph nodes*, so derivatives of derivatives work
+and the two modes compose), its reference NumPy implementation (used for
+constant folding and as ground truth in tests), and its NumPy code emitter (the
+lowering writes into a preallocated `out`). Elementwise ops also carry a C
+expression for the CUDA lowering (`cuda_expr` renders it for a node).
 
 Adding an op = adding one entry here + its finite-difference test.
 """
@@ -31,10 +32,11 @@ class Op:
     impl: Callable | None = None  # (arrays, attrs, B) -> ndarray   reference semantics
     emit: Callable | None = None  # (Emit) -> None                   NumPy lowering
     grad: Callable | None = None  # (G, node, gy) -> tuple[Node|None]  reverse mode
+    jvp: Callable | None = None  # (G, node, tangents: list[Node|None]) -> Node|None  forward mode
     lang: tuple | None = None  # how the language calls it: (params, defaults dict)
     scratch: Callable | None = None  # node -> [(shape, dtype)] temporaries for emit
-    cuda: str | None = None  # elementwise C expression over {0}, {1}, ...
-    simplify_on_build: Callable | None = None  # (G, inputs, attrs) -> Node | None
+    cuda: str | None = None  # elementwise C expression over {0}, {1}, ... and {attr}
+    simplify_on_build: Callable | None = None  # (G, inputs, attrs[, loc]) -> Node | None
     doc: str = ""
 
 
@@ -62,7 +64,7 @@ def _register(op: Op) -> Op:
 
 
 # ---------------------------------------------------------------------------
-# shape helpers
+# shape and attribute helpers
 
 
 def broadcast_shapes(a: tuple, b: tuple, loc=None, what: str = "") -> tuple:
@@ -82,12 +84,19 @@ def broadcast_shapes(a: tuple, b: tuple, loc=None, what: str = "") -> tuple:
     return tuple(out)
 
 
+def _whole(v) -> bool:
+    return (not isinstance(v, bool) and isinstance(v, (int, float, np.integer))
+            and float(v).is_integer())
+
+
 def norm_axes(axis, ndim: int, loc=None) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, float)) else tuple(axis)
+    axes = (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)
     out = []
     for ax in axes:
+        if not _whole(ax):
+            raise SpecError(f"an axis must be a whole number, got {ax!r}", loc)
         ax = int(ax)
         if not -ndim <= ax < ndim:
             raise SpecError(f"axis {ax} is out of range for a tensor of rank {ndim}", loc)
@@ -120,6 +129,141 @@ def _float_of(G, ins) -> str:
     return G.float_dtype
 
 
+def _number(op: str, a: dict, key: str, loc) -> float:
+    v = a.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SpecError(f"{op}: `{key}` must be a number, got "
+                        f"{'nothing' if v is None else type(v).__name__ if not isinstance(v, Node) else 'a tensor'}",
+                        loc)
+    return float(v)
+
+
+def _integer(op: str, a: dict, key: str, loc) -> int:
+    v = a.get(key)
+    if not _whole(v):
+        raise SpecError(f"{op}: `{key}` must be a whole number, got "
+                        f"{'a tensor' if isinstance(v, Node) else repr(v)}", loc)
+    return int(v)
+
+
+def _py(v: float) -> str:
+    """A float as a Python literal in generated code."""
+    v = float(v)
+    return repr(v) if np.isfinite(v) else ("np.inf" if v > 0 else "-np.inf" if v < 0 else "np.nan")
+
+
+def _c(v: float) -> str:
+    """A number as a C literal (double)."""
+    v = float(v)
+    if np.isfinite(v):
+        return repr(v)
+    return "(1.0/0.0)" if v > 0 else "(-1.0/0.0)" if v < 0 else "(0.0/0.0)"
+
+
+def cuda_expr(node: Node, args: list[str]) -> str:
+    """The elementwise C expression for `node`: its op's `cuda` template with
+    {0}, {1}, ... the argument expressions and {attr} its numeric attributes."""
+    attrs = {k: _c(v) for k, v in node.attrs
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return OPS[node.op].cuda.format(*args, **attrs)
+
+
+def _canonical(name: str, normalize: Callable, identity: Callable | None = None) -> Callable:
+    """A build hook that re-interns a node under canonical attributes.
+
+    `normalize(inputs, attrs, loc) -> attrs` is also what `infer` calls, so it
+    raises SpecError for bad attributes; the hook leaves those to `infer`, which
+    reports them with the source location. `identity(inputs, attrs)` says when
+    the op is a no-op and the node is its first input."""
+    def build(G, ins, a, loc=None):
+        try:
+            b = normalize(ins, a, loc)
+        except SpecError:
+            return None
+        if identity is not None and identity(ins, b):
+            return ins[0]
+        if repr(sorted(b.items())) == repr(sorted(a.items())):
+            return None
+        return G(name, *ins, loc=loc, **b)
+    return build
+
+
+def _axes_attrs(op: str, default, single: bool = False, keepdims: bool = True) -> Callable:
+    """Canonical reduction-style attributes: sorted `axes` (from `axis`, or
+    `default` when absent) and `keepdims` only when true."""
+    def normalize(ins, a, loc):
+        x = ins[0]
+        axes = norm_axes(a["axes"] if "axes" in a else a.get("axis", default), x.ndim, loc)
+        if single and len(axes) != 1:
+            raise SpecError(f"{op} works along one axis, got {len(axes)}", loc)
+        b = {k: v for k, v in a.items() if k not in ("axis", "axes", "keepdims")}
+        b["axes"] = axes
+        if keepdims and a.get("keepdims"):
+            b["keepdims"] = True
+        return b
+    return normalize
+
+
+def _axis_shape_infer(normalize, dtype=None):
+    def infer(G, ins, a, loc):
+        b = normalize(ins, a, loc)
+        x = ins[0]
+        return reduced_shape(x.shape, b["axes"], b.get("keepdims")), dtype or x.dtype
+    return infer
+
+
+def _index(ndim_before: int, part: str) -> str:
+    """An index expression selecting `part` along axis `ndim_before`."""
+    return "[" + ":, " * ndim_before + part + "]"
+
+
+# ---------------------------------------------------------------------------
+# forward-mode helpers: tangents are nodes, None means zero
+
+
+def _zeros(G, n: Node) -> Node:
+    dtype = n.dtype if n.dtype.startswith("float") else G.float_dtype
+    return G("broadcast", G.const(0.0, dtype), shape=n.shape)
+
+
+def _fit(G, t: Node | None, shape) -> Node | None:
+    """A tangent broadcast up to the node's shape (a broadcasting operand's term)."""
+    if t is None or tuple(t.shape) == tuple(shape):
+        return t
+    return G("broadcast", t, shape=tuple(shape))
+
+
+def _terms(G, n: Node, *terms) -> Node | None:
+    """The sum of the non-zero terms, shaped like `n`."""
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = G("add", total, t)
+    return _fit(G, total, n.shape)
+
+
+def _times(G, t: Node | None, d) -> Node | None:
+    return None if t is None else G("mul", t, d)
+
+
+def _linear_jvp(G, n: Node, ts) -> Node | None:
+    """For an op linear in its first input (the others not differentiable):
+    the same op applied to the tangent."""
+    return None if ts[0] is None else G.rebuild(n, [ts[0], *n.inputs[1:]])
+
+
+def _self_adjoint(grad: Callable) -> Callable:
+    """For an op with a symmetric Jacobian (unary elementwise ops, softmax):
+    J t is the reverse rule applied to t."""
+    return lambda G, n, ts: grad(G, n, ts[0])[0]
+
+
+def _no_jvp(G, n, ts):
+    return None
+
+
 # ---------------------------------------------------------------------------
 # leaves: inputs fed per step, parameters and optimizer state, runtime scalars
 
@@ -132,7 +276,8 @@ for _name, _doc in [
     ("input", "data fed each step (inputs and targets)"),
     ("param", "a trainable tensor, initialized from its `init` attribute"),
     ("state", "optimizer state kept between steps (velocities, running averages)"),
-    ("hyper", "a scalar fed each step (learning rate, momentum): changing it never recompiles"),
+    ("hyper", "a scalar fed each step (learning rate, momentum, the step number): "
+              "changing it never recompiles"),
 ]:
     _register(Op(_name, "leaf", _leaf_infer, doc=_doc))
 
@@ -181,16 +326,18 @@ def _ufunc_emit(ufunc: str):
 
 
 def unary(name, fn, grad, cuda, ufunc=None, emit=None, doc="", scratch=None):
+    """A unary elementwise op; its Jacobian is diagonal, so forward mode reuses `grad`."""
     return _register(Op(
         name, "elementwise", _ew_infer, impl=lambda xs, a, B: fn(xs[0]),
-        emit=emit or _ufunc_emit(ufunc or name), grad=grad, lang=(("x",), {}),
-        cuda=cuda, doc=doc, scratch=scratch))
+        emit=emit or _ufunc_emit(ufunc or name), grad=grad, jvp=_self_adjoint(grad),
+        lang=(("x",), {}), cuda=cuda, doc=doc, scratch=scratch))
 
 
-def binary(name, fn, grad, cuda, ufunc=None, infer=_ew_infer, doc=""):
+def binary(name, fn, grad, jvp, cuda, ufunc=None, infer=_ew_infer, doc=""):
     return _register(Op(
         name, "elementwise", infer, impl=lambda xs, a, B: fn(xs[0], xs[1]),
-        emit=_ufunc_emit(ufunc or name), grad=grad, lang=(("x", "y"), {}), cuda=cuda, doc=doc))
+        emit=_ufunc_emit(ufunc or name), grad=grad, jvp=jvp, lang=(("x", "y"), {}), cuda=cuda,
+        doc=doc))
 
 
 def _sigmoid_emit(e: Emit):
@@ -200,9 +347,10 @@ def _sigmoid_emit(e: Emit):
 
 
 def _softplus_emit(e: Emit):
+    # max(x, 0) first: `out` may be x's own storage (an in-place update)
     x, o, s = e.args[0], e.out, e.scratch[0]
-    e(f"np.abs({x}, out={o}); np.negative({o}, out={o}); np.exp({o}, out={o}); "
-      f"np.log1p({o}, out={o}); np.maximum({x}, 0.0, out={s}); np.add({o}, {s}, out={o})")
+    e(f"np.maximum({x}, 0.0, out={s}); np.abs({x}, out={o}); np.negative({o}, out={o}); "
+      f"np.exp({o}, out={o}); np.log1p({o}, out={o}); np.add({o}, {s}, out={o})")
 
 
 def _softplus_ref(x):
@@ -262,6 +410,13 @@ def _g_pow(G, n, g):
     return _sum_to(G, da, a.shape), None if db is None else _sum_to(G, db, b.shape)
 
 
+def _j_pow(G, n, ts):
+    a, b = n.inputs
+    ta, tb = ts
+    return _terms(G, n, _times(G, ta, G("mul", b, G("pow", a, G("sub", b, 1)))),
+                  _times(G, tb, G("mul", n, G("log", a))))
+
+
 def _pow_emit(e: Emit):
     b = e.node.inputs[1]
     special = {2.0: "square", 0.5: "sqrt", -1.0: "reciprocal", 1.0: "positive"}
@@ -283,42 +438,129 @@ def _g_min(G, n, g):
             _sum_to(G, G("mul", g, G("gt", a, b)), b.shape))
 
 
-binary("add", np.add, _g_add, "({0}+{1})")
-binary("sub", np.subtract, _g_sub, "({0}-{1})", ufunc="subtract")
-binary("mul", np.multiply, _g_mul, "({0}*{1})", ufunc="multiply")
-binary("div", np.divide, _g_div, "({0}/{1})", ufunc="divide")
+def _j_extremum(first: str, second: str):
+    def jvp(G, n, ts):
+        a, b = n.inputs
+        return _terms(G, n, _times(G, ts[0], G(first, a, b)), _times(G, ts[1], G(second, a, b)))
+    return jvp
+
+
+binary("add", np.add, _g_add, lambda G, n, ts: _terms(G, n, *ts), "({0}+{1})")
+binary("sub", np.subtract, _g_sub,
+       lambda G, n, ts: _terms(G, n, ts[0], None if ts[1] is None else G("neg", ts[1])),
+       "({0}-{1})", ufunc="subtract")
+binary("mul", np.multiply, _g_mul,
+       lambda G, n, ts: _terms(G, n, _times(G, ts[0], n.inputs[1]), _times(G, ts[1], n.inputs[0])),
+       "({0}*{1})", ufunc="multiply")
+binary("div", np.divide, _g_div,
+       lambda G, n, ts: _terms(G, n, None if ts[0] is None else G("div", ts[0], n.inputs[1]),
+                               None if ts[1] is None else
+                               G("neg", G("div", G("mul", ts[1], n), n.inputs[1]))),
+       "({0}/{1})", ufunc="divide")
 OPS["pow"] = Op("pow", "elementwise", _ew_infer, impl=lambda xs, a, B: np.power(xs[0], xs[1]),
-                emit=_pow_emit, grad=_g_pow, lang=(("x", "y"), {}), cuda="pow({0},{1})")
-binary("maximum", np.maximum, _g_max, "fmax({0},{1})",
+                emit=_pow_emit, grad=_g_pow, jvp=_j_pow, lang=(("x", "y"), {}),
+                cuda="pow({0},{1})")
+binary("maximum", np.maximum, _g_max, _j_extremum("ge", "lt"), "fmax({0},{1})",
        doc="elementwise maximum; the derivative goes to the first argument on ties")
-binary("minimum", np.minimum, _g_min, "fmin({0},{1})")
-_no_grad = lambda G, n, g: (None, None)  # noqa: E731
-for _n, _uf, _c in [("gt", "greater", ">"), ("ge", "greater_equal", ">="), ("lt", "less", "<"),
-                    ("le", "less_equal", "<="), ("eq", "equal", "=="), ("ne", "not_equal", "!=")]:
-    binary(_n, getattr(np, _uf), _no_grad, f"(({{0}}{_c}{{1}})?1:0)", ufunc=_uf, infer=_cmp_infer,
-           doc=f"1 where x {_c} y, else 0 (no derivative)")
+binary("minimum", np.minimum, _g_min, _j_extremum("le", "gt"), "fmin({0},{1})")
+_no_grad = lambda G, n, g: (None,) * len(n.inputs)  # noqa: E731
+for _n, _uf, _c_op in [("gt", "greater", ">"), ("ge", "greater_equal", ">="), ("lt", "less", "<"),
+                       ("le", "less_equal", "<="), ("eq", "equal", "=="), ("ne", "not_equal", "!=")]:
+    binary(_n, getattr(np, _uf), _no_grad, _no_jvp, f"(({{0}}{_c_op}{{1}})?1:0)", ufunc=_uf,
+           infer=_cmp_infer, doc=f"1 where x {_c_op} y, else 0 (no derivative)")
+
+
+# -- clip(x, lo, hi) --------------------------------------------------------
+
+
+def _clip_attrs(ins, a, loc):
+    lo, hi = _number("clip", a, "lo", loc), _number("clip", a, "hi", loc)
+    if lo > hi:
+        raise SpecError(f"clip: lo = {lo:g} is above hi = {hi:g}", loc)
+    return {**a, "lo": lo, "hi": hi}
+
+
+def _clip_infer(G, ins, a, loc):
+    _clip_attrs(ins, a, loc)
+    return ins[0].shape, _float_of(G, ins)
+
+
+def _clip_mask(G, n) -> Node | None:
+    """1 where x is inside [lo, hi] (the derivative passes), else 0."""
+    x, lo, hi = n.inputs[0], n.attr("lo"), n.attr("hi")
+    lo_ok = G("ge", x, lo) if lo > -np.inf else None
+    hi_ok = G("le", x, hi) if hi < np.inf else None
+    if lo_ok is None or hi_ok is None:
+        return lo_ok if hi_ok is None else hi_ok
+    return G("mul", lo_ok, hi_ok)
+
+
+def _g_clip(G, n, g):
+    m = _clip_mask(G, n)
+    return (g if m is None else G("mul", g, m),)
+
+
+def _j_clip(G, n, ts):
+    m = _clip_mask(G, n)
+    return ts[0] if m is None else G("mul", ts[0], m)
+
+
+_register(Op(
+    "clip", "elementwise", _clip_infer,
+    impl=lambda xs, a, B: np.clip(xs[0], a["lo"], a["hi"]),
+    emit=lambda e: e(f"np.clip({e.args[0]}, {_py(e.node.attr('lo'))}, {_py(e.node.attr('hi'))}, "
+                     f"out={e.out})"),
+    grad=_g_clip, jvp=_j_clip, cuda="fmin(fmax({0},{lo}),{hi})",
+    lang=(("x", "lo", "hi"), {"lo": -np.inf, "hi": np.inf}),
+    simplify_on_build=_canonical("clip", _clip_attrs,
+                                 lambda ins, b: b["lo"] == -np.inf and b["hi"] == np.inf),
+    doc="clip(x, lo, hi): x limited to [lo, hi] (numbers); the derivative is 1 inside, "
+        "0 outside"))
+
+
+# -- where(c, x, y) ---------------------------------------------------------
+
+
+def _where_infer(G, ins, a, loc):
+    if len(ins) != 3:
+        raise SpecError("where(c, x, y) takes a condition and two tensors", loc)
+    shape = _ew_infer(G, ins, a, loc)[0]
+    return shape, _float_of(G, ins[1:])
+
+
+def _where_emit(e: Emit):
+    # alias-safe: `out` may be x's or y's own storage (an in-place update)
+    (c, x, y), o, (s,) = e.args, e.out, e.scratch
+    e(f"np.not_equal({c}, 0, out={s}); np.copyto({o}, {x}, where={s}); "
+      f"np.logical_not({s}, out={s}); np.copyto({o}, {y}, where={s})")
+
+
+def _g_where(G, n, g):
+    c, x, y = n.inputs
+    return (None, _sum_to(G, G("where", c, g, 0.0), x.shape),
+            _sum_to(G, G("where", c, 0.0, g), y.shape))
+
+
+def _j_where(G, n, ts):
+    _, tx, ty = ts
+    if tx is None and ty is None:
+        return None
+    c = n.inputs[0]
+    return _fit(G, G("where", c, 0.0 if tx is None else tx, 0.0 if ty is None else ty), n.shape)
+
+
+_register(Op(
+    "where", "elementwise", _where_infer,
+    impl=lambda xs, a, B: np.where(xs[0] != 0, xs[1], xs[2]),
+    emit=_where_emit, grad=_g_where, jvp=_j_where, cuda="(({0}!=0)?({1}):({2}))",
+    scratch=lambda n: [(n.inputs[0].shape, "bool")], lang=(("c", "x", "y"), {}),
+    doc="where(c, x, y): x where c is nonzero, else y (broadcasting); no derivative through c"))
 
 # ---------------------------------------------------------------------------
 # reductions and broadcasting
 
-
-def _reduce_infer(G, ins, a, loc):
-    x = ins[0]
-    return reduced_shape(x.shape, a["axes"], a.get("keepdims", False)), x.dtype
-
-
-def _mean_infer(G, ins, a, loc):
-    return _reduce_infer(G, ins, a, loc)[0], _float_of(G, ins)
-
-
-def _reduce_build(fn):
-    """Normalize `axis` into sorted `axes` before interning."""
-    def build(G, ins, a):
-        if "axes" in a:
-            return None
-        axes = norm_axes(a.pop("axis", None), ins[0].ndim)
-        return G(fn, *ins, axes=axes, keepdims=bool(a.get("keepdims", False)) or None)
-    return build
+_sum_attrs = _axes_attrs("sum", None)
+_mean_attrs = _axes_attrs("mean", None)
 
 
 def _sum_emit(e: Emit):
@@ -333,9 +575,14 @@ def _mean_emit(e: Emit):
       f"np.multiply({e.out}, 1.0 / ({'*'.join(dim_expr(d) for d in dims) or '1'}), out={e.out})")
 
 
-def _g_sum(G, n, g):
+def _unreduce(G, n: Node, g: Node) -> Node:
+    """A reduction's adjoint `g` broadcast back over the input's shape."""
     x = n.inputs[0]
-    return (G("broadcast", g, shape=x.shape, axes=None if n.attr("keepdims") else n.attr("axes")),)
+    return G("broadcast", g, shape=x.shape, axes=None if n.attr("keepdims") else n.attr("axes"))
+
+
+def _g_sum(G, n, g):
+    return (_unreduce(G, n, g),)
 
 
 def _g_mean(G, n, g):
@@ -345,29 +592,70 @@ def _g_mean(G, n, g):
     return (G("div", b, G("count", dims=dims, dtype=n.dtype)),)
 
 
-_register(Op("sum", "reduce", _reduce_infer,
+_REDUCE_LANG = (("x", "axis", "keepdims"), {"axis": None, "keepdims": False})
+
+_register(Op("sum", "reduce", _axis_shape_infer(_sum_attrs),
              impl=lambda xs, a, B: np.sum(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
-             emit=_sum_emit, grad=_g_sum, lang=(("x", "axis", "keepdims"), {"axis": None, "keepdims": False}),
-             simplify_on_build=_reduce_build("sum"), doc="sum over `axis` (all axes by default)"))
+             emit=_sum_emit, grad=_g_sum, jvp=_linear_jvp, lang=_REDUCE_LANG,
+             simplify_on_build=_canonical("sum", _sum_attrs),
+             doc="sum over `axis` (all axes by default)"))
+
+
+def _mean_infer(G, ins, a, loc):
+    shape, _ = _axis_shape_infer(_mean_attrs)(G, ins, a, loc)
+    return shape, _float_of(G, ins)
+
+
 _register(Op("mean", "reduce", _mean_infer,
              impl=lambda xs, a, B: np.mean(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
-             emit=_mean_emit, grad=_g_mean, lang=(("x", "axis", "keepdims"), {"axis": None, "keepdims": False}),
-             simplify_on_build=_reduce_build("mean"), doc="mean over `axis` (all axes by default)"))
+             emit=_mean_emit, grad=_g_mean, jvp=_linear_jvp, lang=_REDUCE_LANG,
+             simplify_on_build=_canonical("mean", _mean_attrs),
+             doc="mean over `axis` (all axes by default)"))
 
 
-def _argmax_build(G, ins, a):
-    if "axes" in a:
-        return None
-    (ax,) = norm_axes(a.pop("axis", -1), ins[0].ndim)
-    return G("argmax", *ins, axes=(ax,))
+# -- max and min reductions ---------------------------------------------------
 
 
-_register(Op("argmax", "reduce",
-             lambda G, ins, a, loc: (reduced_shape(ins[0].shape, a["axes"], False), "int64"),
+def _extreme_weights(G, n: Node) -> Node:
+    """Where the extreme value is attained, 1/(number of ties); else 0. The
+    derivative of max (min) is the derivative of that weighted average."""
+    x, axes = n.inputs[0], n.attr("axes")
+    hit = G("eq", x, _unreduce(G, n, n))
+    return G("div", hit, G("sum", hit, axis=axes, keepdims=True))
+
+
+def _g_extreme(G, n, g):
+    return (G("mul", _unreduce(G, n, g), _extreme_weights(G, n)),)
+
+
+def _j_extreme(G, n, ts):
+    return G("sum", G("mul", ts[0], _extreme_weights(G, n)), axes=n.attr("axes"),
+             keepdims=n.attr("keepdims"))
+
+
+for _name, _fn in (("max", "max"), ("min", "min")):
+    _attrs = _axes_attrs(_name, None)
+    _register(Op(
+        _name, "reduce", _axis_shape_infer(_attrs),
+        impl=lambda xs, a, B, _fn=_fn: getattr(np, _fn)(xs[0], axis=a["axes"],
+                                                        keepdims=bool(a.get("keepdims"))),
+        emit=lambda e, _fn=_fn: e(f"np.{_fn}({e.args[0]}, axis={e.node.attr('axes')}, "
+                                  f"keepdims={bool(e.node.attr('keepdims'))}, out={e.out})"),
+        grad=_g_extreme, jvp=_j_extreme, lang=_REDUCE_LANG,
+        simplify_on_build=_canonical(_name, _attrs),
+        doc=f"{_name}(x, axis, keepdims): the {'largest' if _name == 'max' else 'smallest'} entry "
+            f"over `axis` (all axes by default); the derivative goes to the {_name}imal entries, "
+            f"split evenly between ties"))
+
+
+_argmax_attrs = _axes_attrs("argmax", -1, single=True, keepdims=False)
+
+_register(Op("argmax", "reduce", _axis_shape_infer(_argmax_attrs, dtype="int64"),
              impl=lambda xs, a, B: np.argmax(xs[0], axis=a["axes"][0]),
              emit=lambda e: e(f"np.argmax({e.args[0]}, axis={e.node.attr('axes')[0]}, out={e.out})"),
-             grad=lambda G, n, g: (None,), lang=(("x", "axis"), {"axis": -1}),
-             simplify_on_build=_argmax_build, doc="index of the largest entry along `axis`"))
+             grad=lambda G, n, g: (None,), jvp=_no_jvp, lang=(("x", "axis"), {"axis": -1}),
+             simplify_on_build=_canonical("argmax", _argmax_attrs),
+             doc="index of the largest entry along `axis`"))
 
 
 def _sum_to_axes(src, dst):
@@ -408,7 +696,7 @@ def _sum_to_infer(G, ins, a, loc):
 
 
 _register(Op("sum_to", "reduce", _sum_to_infer, impl=_sum_to_impl, emit=_sum_to_emit,
-             grad=lambda G, n, g: (G("broadcast", g, shape=n.inputs[0].shape),),
+             grad=lambda G, n, g: (G("broadcast", g, shape=n.inputs[0].shape),), jvp=_linear_jvp,
              simplify_on_build=_sum_to_build,
              doc="sum a broadcast result back down to an operand's shape (derivative of broadcasting)"))
 
@@ -450,6 +738,7 @@ def _g_bcast(G, n, g):
 
 
 _register(Op("broadcast", "other", _bcast_infer, impl=_bcast_impl, emit=_bcast_emit, grad=_g_bcast,
+             jvp=_linear_jvp,
              simplify_on_build=lambda G, ins, a: ins[0] if not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]) else None,
              doc="broadcast to a shape (with reduced `axes` re-inserted first)"))
 
@@ -467,11 +756,18 @@ def _matmul_infer(G, ins, a, loc):
     return (x.shape[0], w.shape[1]), _float_of(G, ins)
 
 
+def _j_matmul(G, n, ts):
+    x, w = n.inputs
+    tx, tw = ts
+    return _terms(G, n, None if tx is None else G("matmul", tx, w),
+                  None if tw is None else G("matmul", x, tw))
+
+
 _register(Op("matmul", "matmul", _matmul_infer, impl=lambda xs, a, B: xs[0] @ xs[1],
              emit=lambda e: e(f"np.matmul({e.args[0]}, {e.args[1]}, out={e.out})"),
              grad=lambda G, n, g: (G("matmul", g, G("transpose", n.inputs[1])),
                                    G("matmul", G("transpose", n.inputs[0]), g)),
-             lang=(("x", "y"), {}), doc="matrix product (`@`)"))
+             jvp=_j_matmul, lang=(("x", "y"), {}), doc="matrix product (`@`)"))
 
 
 def _transpose_infer(G, ins, a, loc):
@@ -483,24 +779,248 @@ def _transpose_infer(G, ins, a, loc):
 
 _register(Op("transpose", "view", _transpose_infer, impl=lambda xs, a, B: xs[0].T,
              emit=lambda e: f"{e.args[0]}.T", grad=lambda G, n, g: (G("transpose", g),),
+             jvp=_linear_jvp,
              simplify_on_build=lambda G, ins, a: ins[0].inputs[0] if ins[0].op == "transpose" else None,
              lang=(("x",), {}), doc="matrix transpose (`W'` or `W.T`)"))
+
+# ---------------------------------------------------------------------------
+# shape manipulation: reshape, slice, pad, concat
+
+
+def _reshape_attrs(ins, a, loc):
+    x, shape = ins[0], a.get("shape")
+    if _whole(shape):
+        shape = (shape,)
+    if not isinstance(shape, tuple):
+        raise SpecError("reshape needs a shape, a list of sizes as in reshape(x, [4, 7])", loc)
+    batch = bool(x.shape) and x.shape[0] is None
+    if None in x.shape[1:]:
+        raise SpecError(f"reshape needs the batch dimension first, got {shape_str(x.shape)}", loc)
+    dims = list(shape)
+    if batch and (not dims or dims[0] is not None):
+        dims = [None] + dims  # the batch dimension is kept; `shape` gives the rest
+    rest = dims[1:] if batch else dims
+    if None in rest or (not batch and None in dims):
+        raise SpecError(f"reshape cannot move the batch dimension: {shape_str(x.shape)} to "
+                        f"{shape_str(shape)}", loc)
+    if not all(_whole(d) and (d > 0 or d == -1) for d in rest) or sum(d == -1 for d in rest) > 1:
+        raise SpecError(f"reshape's sizes must be positive whole numbers (with at most one -1), "
+                        f"got {list(shape)}", loc)
+    rest = [int(d) for d in rest]
+    size = int(np.prod([d for d in x.shape if d is not None], dtype=np.int64))
+    known = int(np.prod([d for d in rest if d != -1], dtype=np.int64))
+    if -1 in rest:
+        if known == 0 or size % known:
+            raise SpecError(f"cannot reshape {shape_str(x.shape)} to {list(shape)}", loc)
+        rest[rest.index(-1)] = size // known
+    if int(np.prod(rest, dtype=np.int64)) != size:
+        raise SpecError(f"cannot reshape {shape_str(x.shape)} ({size} entries"
+                        f"{' per example' if batch else ''}) to {shape_str(rest)}", loc)
+    return {"shape": tuple(([None] if batch else []) + rest)}
+
+
+_register(Op(
+    "reshape", "view",
+    lambda G, ins, a, loc: (_reshape_attrs(ins, a, loc)["shape"], ins[0].dtype),
+    impl=lambda xs, a, B: np.reshape(xs[0], concrete(a["shape"], B)),
+    emit=lambda e: f"np.reshape({e.args[0]}, {shape_expr(e.node.attr('shape'))})",
+    grad=lambda G, n, g: (G("reshape", g, shape=n.inputs[0].shape),), jvp=_linear_jvp,
+    lang=(("x", "shape"), {"shape": None}),
+    simplify_on_build=_canonical("reshape", _reshape_attrs,
+                                 lambda ins, b: tuple(b["shape"]) == tuple(ins[0].shape)),
+    doc="reshape(x, shape): the same entries in a new shape; the batch dimension is kept, so "
+        "`shape` lists the others (one may be -1). A view where the storage allows"))
+
+
+def _slice_axis(op, ins, a, loc) -> tuple[int, int]:
+    x = ins[0]
+    if x.ndim == 0:
+        raise SpecError(f"{op} needs a tensor with at least one axis", loc)
+    (ax,) = norm_axes(a["axes"] if "axes" in a else a.get("axis", -1), x.ndim, loc) or (None,)
+    d = x.shape[ax]
+    if d is None:
+        raise SpecError(f"{op} cannot work along the batch dimension", loc)
+    return ax, d
+
+
+def _slice_attrs(ins, a, loc):
+    ax, d = _slice_axis("slice", ins, a, loc)
+    lo = _integer("slice", a, "lo", loc) if "lo" in a else 0
+    hi = _integer("slice", a, "hi", loc) if "hi" in a else d
+    lo2, hi2 = lo + d if lo < 0 else lo, hi + d if hi < 0 else hi
+    if not 0 <= lo2 < hi2 <= d:
+        raise SpecError(f"slice [{lo}:{hi}] is empty or out of range for an axis of size {d}", loc)
+    return {"axes": (ax,), "lo": lo2, "hi": hi2}
+
+
+def _slice_infer(G, ins, a, loc):
+    b = _slice_attrs(ins, a, loc)
+    (ax,) = b["axes"]
+    shape = list(ins[0].shape)
+    shape[ax] = b["hi"] - b["lo"]
+    return tuple(shape), ins[0].dtype
+
+
+def _slice_impl(xs, a, B):
+    (ax,) = a["axes"]
+    return xs[0][(slice(None),) * ax + (slice(a["lo"], a["hi"]),)]
+
+
+def _g_slice(G, n, g):
+    (ax,), x = n.attr("axes"), n.inputs[0]
+    return (G("pad", g, axis=ax, before=n.attr("lo"), after=x.shape[ax] - n.attr("hi")),)
+
+
+_register(Op(
+    "slice", "view", _slice_infer, impl=_slice_impl,
+    emit=lambda e: e.args[0] + _index(e.node.attr("axes")[0], f"{e.node.attr('lo')}:{e.node.attr('hi')}"),
+    grad=_g_slice, jvp=_linear_jvp, lang=(("x", "lo", "hi", "axis"), {"lo": None, "hi": None, "axis": -1}),
+    simplify_on_build=_canonical("slice", _slice_attrs,
+                                 lambda ins, b: b["hi"] - b["lo"] == ins[0].shape[b["axes"][0]]),
+    doc="slice(x, lo, hi, axis = -1): entries lo <= i < hi along `axis` (negative counts from "
+        "the end; not the batch axis). A view"))
+
+
+def _pad_attrs(ins, a, loc):
+    ax, _ = _slice_axis("pad", ins, a, loc)
+    before, after = (_integer("pad", a, k, loc) if k in a else 0 for k in ("before", "after"))
+    if before < 0 or after < 0:
+        raise SpecError(f"pad needs sizes >= 0, got before = {before}, after = {after}", loc)
+    return {"axes": (ax,), "before": before, "after": after}
+
+
+def _pad_infer(G, ins, a, loc):
+    b = _pad_attrs(ins, a, loc)
+    (ax,) = b["axes"]
+    shape = list(ins[0].shape)
+    shape[ax] += b["before"] + b["after"]
+    return tuple(shape), ins[0].dtype
+
+
+def _pad_impl(xs, a, B):
+    (ax,), x = a["axes"], xs[0]
+    widths = [(0, 0)] * x.ndim
+    widths[ax] = (a["before"], a["after"])
+    return np.pad(x, widths)
+
+
+def _pad_emit(e: Emit):
+    (ax,), n0, b, d = e.node.attr("axes"), e.node.attr("before"), e.node.attr("before"), None
+    d = e.node.inputs[0].shape[ax]
+    o = e.out
+    if b:
+        e(f"{o}{_index(ax, f':{b}')} = 0")
+    if e.node.attr("after"):
+        e(f"{o}{_index(ax, f'{b + d}:')} = 0")
+    e(f"{o}{_index(ax, f'{n0}:{b + d}')} = {e.args[0]}")
+
+
+_register(Op(
+    "pad", "other", _pad_infer, impl=_pad_impl, emit=_pad_emit,
+    grad=lambda G, n, g: (G("slice", g, axis=n.attr("axes")[0], lo=n.attr("before"),
+                            hi=n.attr("before") + n.inputs[0].shape[n.attr("axes")[0]]),),
+    jvp=_linear_jvp, lang=(("x", "before", "after", "axis"), {"before": 0, "after": 0, "axis": -1}),
+    simplify_on_build=_canonical("pad", _pad_attrs, lambda ins, b: not b["before"] and not b["after"]),
+    doc="pad(x, before, after, axis = -1): x with `before` zeros in front and `after` zeros "
+        "behind along `axis` (not the batch axis)"))
+
+
+def _concat_attrs(ins, a, loc):
+    if len(ins) != 2:
+        raise SpecError("concat(x, y, axis) joins two tensors; nest it for more", loc)
+    x, y = ins
+    if x.ndim != y.ndim or x.ndim == 0:
+        raise SpecError(f"concat needs two tensors of the same rank (at least 1), got "
+                        f"{shape_str(x.shape)} and {shape_str(y.shape)}", loc)
+    (ax,) = norm_axes(a["axes"] if "axes" in a else a.get("axis", -1), x.ndim, loc)
+    if x.shape[ax] is None or y.shape[ax] is None:
+        raise SpecError("concat cannot join along the batch dimension", loc)
+    if any(i != ax and dx != dy for i, (dx, dy) in enumerate(zip(x.shape, y.shape))):
+        raise SpecError(f"concat along axis {ax}: shapes {shape_str(x.shape)} and "
+                        f"{shape_str(y.shape)} differ in another axis", loc)
+    return {"axes": (ax,)}
+
+
+def _concat_infer(G, ins, a, loc):
+    (ax,) = _concat_attrs(ins, a, loc)["axes"]
+    x, y = ins
+    shape = list(x.shape)
+    shape[ax] = x.shape[ax] + y.shape[ax]
+    return tuple(shape), x.dtype if x.dtype == y.dtype else _float_of(G, ins)
+
+
+def _g_concat(G, n, g):
+    (ax,), dx = n.attr("axes"), n.inputs[0].shape[n.attr("axes")[0]]
+    return (G("slice", g, axis=ax, lo=0, hi=dx),
+            G("slice", g, axis=ax, lo=dx, hi=n.shape[ax]))
+
+
+def _j_concat(G, n, ts):
+    x, y = n.inputs
+    return G("concat", _zeros(G, x) if ts[0] is None else ts[0],
+             _zeros(G, y) if ts[1] is None else ts[1], axes=n.attr("axes"))
+
+
+_register(Op(
+    "concat", "other", _concat_infer,
+    impl=lambda xs, a, B: np.concatenate(xs, axis=a["axes"][0]),
+    emit=lambda e: e(f"np.concatenate(({e.args[0]}, {e.args[1]}), axis={e.node.attr('axes')[0]}, "
+                     f"out={e.out})"),
+    grad=_g_concat, jvp=_j_concat, lang=(("x", "y", "axis"), {"axis": -1}),
+    simplify_on_build=_canonical("concat", _concat_attrs),
+    doc="concat(x, y, axis = -1): x and y joined along `axis` (not the batch axis); the other "
+        "sizes must agree"))
+
+# ---------------------------------------------------------------------------
+# gathering rows: embeddings
+
+
+def _take_infer(G, ins, a, loc):
+    table, idx = ins
+    if table.ndim == 0:
+        raise SpecError("take(table, idx) needs a table with at least one axis", loc)
+    if idx.dtype != "int64":
+        raise SpecError(f"take(table, idx) needs integer indices, got {idx.dtype} "
+                        f"{shape_str(idx.shape)}", loc)
+    return tuple(idx.shape) + tuple(table.shape[1:]), table.dtype
+
+
+def _scatter_add_infer(G, ins, a, loc):
+    g, idx = ins
+    shape = tuple(a.get("shape", ()))
+    if idx.dtype != "int64" or not shape or tuple(g.shape) != tuple(idx.shape) + shape[1:]:
+        raise SpecError(f"scatter_add: cannot add rows {shape_str(g.shape)} at indices "
+                        f"{idx.dtype} {shape_str(idx.shape)} into {shape_str(shape)}", loc)
+    return shape, g.dtype
+
+
+def _scatter_add_impl(xs, a, B):
+    g, idx = xs
+    out = np.zeros(concrete(a["shape"], B), dtype=g.dtype)
+    np.add.at(out, idx, g)
+    return out
+
+
+_register(Op(
+    "take", "other", _take_infer, impl=lambda xs, a, B: np.take(xs[0], xs[1], axis=0),
+    emit=lambda e: e(f"np.take({e.args[0]}, {e.args[1]}, axis=0, out={e.out})"),
+    grad=lambda G, n, g: (G("scatter_add", g, n.inputs[1], shape=n.inputs[0].shape), None),
+    jvp=_linear_jvp, lang=(("table", "idx"), {}),
+    doc="take(table, idx): rows of `table` at the integer indices `idx` (an embedding lookup); "
+        "the result has shape idx.shape + table.shape[1:]"))
+_register(Op(
+    "scatter_add", "other", _scatter_add_infer, impl=_scatter_add_impl,
+    emit=lambda e: e(f"{e.out}[...] = 0; np.add.at({e.out}, {e.args[1]}, {e.args[0]})"),
+    grad=lambda G, n, g: (G("take", g, n.inputs[1]), None), jvp=_linear_jvp,
+    doc="rows added into a zero tensor of `shape` at the indices (the derivative of take)"))
 
 # ---------------------------------------------------------------------------
 # normalized exponentials: stable by construction
 
 
-def _axis_build(name):
-    def build(G, ins, a):
-        if "axes" in a:
-            return None
-        (ax,) = norm_axes(a.pop("axis", -1), ins[0].ndim)
-        return G(name, *ins, axes=(ax,))
-    return build
-
-
 def _keep_scratch(n):
-    return [(reduced_shape(n.shape, n.attr("axes"), True), n.dtype), (n.shape, n.dtype)]
+    x = n.inputs[0]
+    return [(reduced_shape(x.shape, n.attr("axes"), True), n.dtype), (x.shape, n.dtype)]
 
 
 def _log_softmax_ref(xs, a, B):
@@ -528,19 +1048,76 @@ def _g_log_softmax(G, n, g):
     return (G("sub", g, G("mul", G("exp", n), G("sum", g, axis=ax, keepdims=True))),)
 
 
+def _j_log_softmax(G, n, ts):
+    t = ts[0]
+    return G("sub", t, G("sum", G("mul", G("exp", n), t), axis=n.attr("axes"), keepdims=True))
+
+
 def _g_softmax(G, n, g):
     ax = n.attr("axes")
     return (G("mul", n, G("sub", g, G("sum", G("mul", g, n), axis=ax, keepdims=True))),)
 
 
-_register(Op("log_softmax", "other", lambda G, ins, a, loc: (ins[0].shape, ins[0].dtype),
+_softmax_attrs = _axes_attrs("softmax", -1, single=True, keepdims=False)
+_log_softmax_attrs = _axes_attrs("log_softmax", -1, single=True, keepdims=False)
+
+
+def _same_shape_infer(normalize):
+    def infer(G, ins, a, loc):
+        normalize(ins, a, loc)
+        return ins[0].shape, ins[0].dtype
+    return infer
+
+
+_register(Op("log_softmax", "other", _same_shape_infer(_log_softmax_attrs),
              impl=_log_softmax_ref, emit=_log_softmax_emit, grad=_g_log_softmax,
-             scratch=_keep_scratch, simplify_on_build=_axis_build("log_softmax"),
+             jvp=_j_log_softmax, scratch=_keep_scratch,
+             simplify_on_build=_canonical("log_softmax", _log_softmax_attrs),
              lang=(("x", "axis"), {"axis": -1}), doc="log(softmax(x)), computed stably"))
-_register(Op("softmax", "other", lambda G, ins, a, loc: (ins[0].shape, ins[0].dtype),
+_register(Op("softmax", "other", _same_shape_infer(_softmax_attrs),
              impl=lambda xs, a, B: np.exp(_log_softmax_ref(xs, a, B)), emit=_softmax_emit,
-             grad=_g_softmax, scratch=_keep_scratch, simplify_on_build=_axis_build("softmax"),
+             grad=_g_softmax, jvp=_self_adjoint(_g_softmax), scratch=_keep_scratch,
+             simplify_on_build=_canonical("softmax", _softmax_attrs),
              lang=(("x", "axis"), {"axis": -1}), doc="normalized exponential along `axis`"))
+
+
+_logsumexp_attrs = _axes_attrs("logsumexp", -1, single=True)
+
+
+def _logsumexp_ref(xs, a, B):
+    x, ax, kd = xs[0], a["axes"][0], bool(a.get("keepdims"))
+    m = np.max(x, axis=ax, keepdims=True)
+    y = m + np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True))
+    return y if kd else np.squeeze(y, axis=ax)
+
+
+def _logsumexp_emit(e: Emit):
+    n = e.node
+    x, o, (s, t), ax, kd = e.args[0], e.out, e.scratch, n.attr("axes")[0], bool(n.attr("keepdims"))
+    m = s if kd else f"{s}.reshape({o}.shape)"  # a view: the max with the axis dropped
+    e(f"np.max({x}, axis={ax}, keepdims=True, out={s}); np.subtract({x}, {s}, out={t}); "
+      f"np.exp({t}, out={t})")
+    e(f"np.sum({t}, axis={ax}, keepdims={kd}, out={o}); np.log({o}, out={o}); "
+      f"np.add({o}, {m}, out={o})")
+
+
+def _g_logsumexp(G, n, g):
+    x = n.inputs[0]
+    return (G("mul", _unreduce(G, n, g), G("softmax", x, axes=n.attr("axes"))),)
+
+
+def _j_logsumexp(G, n, ts):
+    x = n.inputs[0]
+    return G("sum", G("mul", ts[0], G("softmax", x, axes=n.attr("axes"))), axes=n.attr("axes"),
+             keepdims=n.attr("keepdims"))
+
+
+_register(Op("logsumexp", "other", _axis_shape_infer(_logsumexp_attrs),
+             impl=_logsumexp_ref, emit=_logsumexp_emit, grad=_g_logsumexp, jvp=_j_logsumexp,
+             scratch=_keep_scratch, simplify_on_build=_canonical("logsumexp", _logsumexp_attrs),
+             lang=(("x", "axis", "keepdims"), {"axis": -1, "keepdims": False}),
+             doc="logsumexp(x, axis = -1, keepdims = false): log(sum(exp(x))) along `axis`, "
+                 "computed stably; its derivative is softmax(x)"))
 
 # ---------------------------------------------------------------------------
 # class targets
@@ -565,8 +1142,124 @@ def _one_hot_emit(e: Emit):
 
 _register(Op("one_hot", "other", _one_hot_infer,
              impl=lambda xs, a, B: (xs[0][..., None] == np.arange(a["n"])).astype(np.float64),
-             emit=_one_hot_emit, grad=lambda G, n, g: (None,), lang=(("t", "n"), {"n": None}),
+             emit=_one_hot_emit, grad=lambda G, n, g: (None,), jvp=_no_jvp,
+             lang=(("t", "n"), {"n": None}),
              doc="class labels to one-hot rows (n defaults to the target's class count)"))
+
+# ---------------------------------------------------------------------------
+# random streams: stateless, keyed by (seed, step)
+#
+# A random op's inputs are a tensor giving the shape and the `step` hyper (the
+# trainer feeds the step number); its numbers come from a Philox generator
+# keyed by (seed, step), so the same (seed, step) gives the same numbers in
+# every run and every lowering, and nothing carries over between steps. The
+# derivative with respect to everything is zero.
+
+_KEY = 2 ** 63  # Philox key words are taken modulo this (NumPy warns above it)
+
+
+def step_hyper(G) -> Node:
+    """The `step` hyper every random op reads (int64, fed by the trainer)."""
+    return G("hyper", name="step", shape=(), dtype="int64")
+
+
+def _default_seed(op: str, x: Node) -> int:
+    """A seed for an op built without one: different ops and shape tensors get
+    different streams (deterministic for a given graph)."""
+    import zlib
+    return zlib.crc32(f"{op}:{x.id}".encode())
+
+
+def _random_op(name: str, params: dict, check: Callable, fill: Callable, doc: str):
+    """`params` are the op's numeric attributes with their defaults; `fill(gen,
+    out, attrs)` returns the code lines that fill `out` from generator `gen`
+    (used by both the emitter and, executed, the reference implementation)."""
+    def build(G, ins, a, loc=None):
+        if len(ins) not in (1, 2) or (len(ins) == 2 and all(k in a for k in ("seed", "dtype", *params))):
+            return None
+        x = ins[0]
+        b = {**params, **a}
+        b.setdefault("seed", _default_seed(name, x))
+        b.setdefault("dtype", x.dtype if x.dtype.startswith("float") else G.float_dtype)
+        return G(name, x, ins[1] if len(ins) == 2 else step_hyper(G), loc=loc, **b)
+
+    def infer(G, ins, a, loc):
+        if len(ins) != 2 or ins[1].shape != ():
+            raise SpecError(f"{name} takes a tensor giving the shape and the scalar step", loc)
+        _integer(name, a, "seed", loc)
+        check({k: _number(name, a, k, loc) for k in params}, loc)
+        return ins[0].shape, a["dtype"]
+
+    def generator(a, step: str) -> str:
+        return (f"np.random.Generator(np.random.Philox(key=[{int(a['seed']) % _KEY}, "
+                f"int({step}) % {_KEY}]))")
+
+    def emit(e: Emit):
+        e("; ".join(fill(generator(e.node.a, e.args[1]), e.out, e.node.a)))
+
+    def impl(xs, a, B):
+        out = np.empty(xs[0].shape, dtype=a["dtype"])
+        step = np.asarray(xs[1])
+        exec("\n".join(fill(generator(a, "step"), "out", a)),  # noqa: S102  (our own code)
+             {"np": np, "out": out, "step": step})
+        return out
+
+    lang = (("x", *params, "seed"), {**params, "seed": None})
+    return _register(Op(name, "other", infer, impl=impl, emit=emit,
+                        grad=lambda G, n, g: (None, None), jvp=_no_jvp, lang=lang,
+                        simplify_on_build=build, doc=doc))
+
+
+def _dt(a) -> str:
+    return f"np.{a['dtype']}"
+
+
+def _check_uniform(v, loc):
+    if not v["lo"] <= v["hi"]:
+        raise SpecError(f"uniform_noise needs lo <= hi, got lo = {v['lo']:g}, hi = {v['hi']:g}", loc)
+
+
+def _check_normal(v, loc):
+    if not v["std"] >= 0:
+        raise SpecError(f"normal_noise needs std >= 0, got {v['std']:g}", loc)
+
+
+def _check_keep(v, loc):
+    if not 0 <= v["keep"] <= 1:
+        raise SpecError(f"bernoulli_mask needs 0 <= keep <= 1, got {v['keep']:g}", loc)
+
+
+def _fill_uniform(gen, o, a):
+    lines = [f"{gen}.random(dtype={_dt(a)}, out={o})"]
+    lo, hi = float(a["lo"]), float(a["hi"])
+    if (lo, hi) != (0.0, 1.0):
+        lines += [f"np.multiply({o}, {_py(hi - lo)}, out={o})", f"np.add({o}, {_py(lo)}, out={o})"]
+    return lines
+
+
+def _fill_normal(gen, o, a):
+    lines = [f"{gen}.standard_normal(dtype={_dt(a)}, out={o})"]
+    mean, std = float(a["mean"]), float(a["std"])
+    if std != 1.0:
+        lines.append(f"np.multiply({o}, {_py(std)}, out={o})")
+    if mean != 0.0:
+        lines.append(f"np.add({o}, {_py(mean)}, out={o})")
+    return lines
+
+
+def _fill_bernoulli(gen, o, a):
+    return [f"{gen}.random(dtype={_dt(a)}, out={o})", f"np.less({o}, {_py(a['keep'])}, out={o})"]
+
+
+_random_op("uniform_noise", {"lo": 0.0, "hi": 1.0}, _check_uniform, _fill_uniform,
+           "uniform_noise(x, lo = 0, hi = 1, seed): numbers uniform in [lo, hi), shaped like x, "
+           "drawn afresh each step from the stream (seed, step)")
+_random_op("normal_noise", {"mean": 0.0, "std": 1.0}, _check_normal, _fill_normal,
+           "normal_noise(x, mean = 0, std = 1, seed): Gaussian numbers shaped like x, drawn "
+           "afresh each step from the stream (seed, step)")
+_random_op("bernoulli_mask", {"keep": 0.5}, _check_keep, _fill_bernoulli,
+           "bernoulli_mask(x, keep = 0.5, seed): 1 with probability `keep`, else 0, shaped like "
+           "x, drawn afresh each step from the stream (seed, step)")
 
 
 def language_ops() -> dict[str, Op]:
@@ -576,4 +1269,3 @@ def language_ops() -> dict[str, Op]:
 
 def describe(node: Node) -> str:
     return f"{node.op} {shape_str(node.shape)}"
-

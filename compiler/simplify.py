@@ -41,8 +41,12 @@ def _zero(n: Node) -> bool:
     return _const(n, 0.0) or (n.op == "broadcast" and _const(n.inputs[0], 0.0))
 
 
+def _one(n: Node) -> bool:
+    return _const(n, 1.0) or (n.op == "broadcast" and _const(n.inputs[0], 1.0))
+
+
 def identities(G: Graph, n: Node) -> Node | None:
-    """x+0, 0+x, x-0, 0-x, x*0, x*1, 1*x, x/1, x^1, --x."""
+    """x+0, 0+x, x-0, 0-x, x*0, x*1, 1*x, x/1, x^1, --x, a broadcast of a broadcast scalar."""
     ins = n.inputs
     match n.op:
         case "add":
@@ -58,7 +62,7 @@ def identities(G: Graph, n: Node) -> Node | None:
             for x, c in ((ins[0], ins[1]), (ins[1], ins[0])):
                 if _zero(c) and n.shape != () and not _zero(x):
                     return G("broadcast", G.const(0.0, n.dtype), shape=n.shape, loc=n.loc)
-                if _const(c, 1.0) and _same_shape(n, x):
+                if _one(c) and _same_shape(n, x):
                     return x
                 if _const(c, -1.0) and _same_shape(n, x):
                     return G("neg", x, loc=n.loc)
@@ -71,6 +75,9 @@ def identities(G: Graph, n: Node) -> Node | None:
         case "neg":
             if ins[0].op == "neg" and _same_shape(n, ins[0].inputs[0]):
                 return ins[0].inputs[0]
+        case "broadcast":
+            if ins[0].op == "broadcast" and ins[0].inputs[0].shape == ():  # of a scalar
+                return G("broadcast", ins[0].inputs[0], shape=n.attr("shape"), loc=n.loc)
     return None
 
 
@@ -154,6 +161,79 @@ def scale_into_matmul(G: Graph, n: Node) -> Node | None:
     return None
 
 
+def _two(n: Node) -> bool:
+    return _const(n, 2.0)
+
+
+def square_of_product(G: Graph, n: Node) -> Node | None:
+    """(a * b)^2 -> a^2 * b^2, so squares reach the factors of a structured product."""
+    if n.op == "pow" and _two(n.inputs[1]) and n.inputs[0].op == "mul":
+        a, b = n.inputs[0].inputs
+        return G("mul", G("pow", a, 2.0), G("pow", b, 2.0), loc=n.loc)
+    return None
+
+
+def elementwise_through_layout(G: Graph, n: Node) -> Node | None:
+    """f(broadcast(a)) -> broadcast(f(a)) and f(a') -> f(a)' for a unary elementwise f
+    (or a power by a constant): compute on the smaller tensor, let transposes cancel."""
+    spec = OPS[n.op]
+    if spec.kind != "elementwise" or not n.inputs:
+        return None
+    if len(n.inputs) == 2 and not (n.op == "pow" and _const(n.inputs[1])):
+        return None
+    x = n.inputs[0]
+    rest = n.inputs[1:]
+    if x.op == "broadcast" and x.inputs[0].op != "const":
+        return G("broadcast", G(n.op, x.inputs[0], *rest, loc=n.loc), shape=x.attr("shape"),
+                 axes=x.attr("axes"), loc=n.loc)
+    if x.op == "transpose":
+        return G("transpose", G(n.op, x.inputs[0], *rest, loc=n.loc), loc=n.loc)
+    return None
+
+
+def _factors(n: Node) -> list[Node]:
+    if n.op == "mul" and tuple(n.inputs[0].shape) == tuple(n.shape) == tuple(n.inputs[1].shape):
+        return _factors(n.inputs[0]) + _factors(n.inputs[1])
+    return [n]
+
+
+def _missing_axis(f: Node) -> int | None:
+    """For broadcast(a) to rank 3 from a rank-2 a: the one axis a lacks."""
+    if f.op != "broadcast" or len(f.shape) != 3 or f.inputs[0].ndim != 2:
+        return None
+    axes = f.attr("axes")
+    if axes:
+        return axes[0] if len(axes) == 1 else None
+    return 0
+
+
+def contract_sum(G: Graph, n: Node) -> Node | None:
+    """sum over all axes of a product of rank-2 tensors broadcast to rank 3 ->
+    the same sum contracted on the small tensors: P[a,b] Q[b,c] R[a,c] ->
+    sum(P * (R @ Q')), and the two-factor cases. The closed form of a squared
+    Jacobian norm falls out of this without an [a, b, c] tensor."""
+    if n.op != "sum" or n.inputs[0].ndim != 3 or n.attr("axes") != (0, 1, 2) or n.attr("keepdims"):
+        return None
+    groups: dict[int, Node] = {}
+    for f in _factors(n.inputs[0]):
+        ax = _missing_axis(f)
+        if ax is None:
+            return None
+        groups[ax] = f.inputs[0] if ax not in groups else G("mul", groups[ax], f.inputs[0], loc=n.loc)
+    P, Q, R = groups.get(2), groups.get(0), groups.get(1)  # P[a,b], Q[b,c], R[a,c]
+    if P is not None and Q is not None and R is not None:
+        inner = G("mul", P, G("matmul", R, G("transpose", Q)), loc=n.loc)
+    elif P is not None and Q is not None:
+        inner = G("mul", P, G("sum", Q, axis=1), loc=n.loc)
+    elif P is not None and R is not None:
+        inner = G("mul", G("sum", P, axis=1), G("sum", R, axis=1), loc=n.loc)
+    elif Q is not None and R is not None:
+        inner = G("mul", Q, G("sum", R, axis=0), loc=n.loc)
+    else:
+        return None
+    return G("sum", inner, loc=n.loc)
+
+
 RULES: dict[str, Rule] = {
     "fold_constants": fold_constants,
     "identities": identities,
@@ -162,6 +242,9 @@ RULES: dict[str, Rule] = {
     "log_of_sigmoid": log_of_sigmoid,
     "softplus_forms": softplus_forms,
     "scale_into_matmul": scale_into_matmul,
+    "square_of_product": square_of_product,
+    "elementwise_through_layout": elementwise_through_layout,
+    "contract_sum": contract_sum,
 }
 
 

@@ -64,6 +64,8 @@ RULE_CASES = {
         "x^1": lambda G, x, y, v: G("pow", x, 1),
         "--x": lambda G, x, y, v: G("neg", G("neg", x)),
         "inner": lambda G, x, y, v: G("tanh", G("add", G("mul", x, 1), 0)),
+        "bcast(bcast(2))": lambda G, x, y, v: G("mul", x, G("broadcast", G("broadcast", G.const(2.0, "float64"),
+                                                                         shape=(4,)), shape=(None, 4))),
     },
     "negations": {
         "(-x)*y": lambda G, x, y, v: G("mul", G("neg", x), y),
@@ -88,6 +90,29 @@ RULE_CASES = {
         "s*(x@W)": lambda G, x, y, v: G("mul", 0.5, G("matmul", x, _wide(G))),
         "(x@W)*s": lambda G, x, y, v: G("mul", G("matmul", x, _wide(G)), G("sum", v)),
         "s*(W'@x')": lambda G, x, y, v: G("mul", 3.0, G("matmul", G("transpose", _wide(G)), G("transpose", x))),
+    },
+    "square_of_product": {
+        "(x*y)^2": lambda G, x, y, v: G("pow", G("mul", x, y), 2),
+        "(x*v)^2": lambda G, x, y, v: G("pow", G("mul", x, v), 2),
+    },
+    "elementwise_through_layout": {
+        "tanh(bcast v)": lambda G, x, y, v: G("add", x, G("tanh", G("broadcast", v, shape=(None, 4)))),
+        "exp(x')": lambda G, x, y, v: G("transpose", G("exp", G("transpose", x))),
+        "bcast(v)^2": lambda G, x, y, v: G("add", x, G("pow", G("broadcast", v, shape=(None, 4)), 2)),
+    },
+    "contract_sum": {
+        "P*Q*R": lambda G, x, y, v: G("sum", G("mul", G("broadcast", x, shape=(None, 4, 300), axes=(2,)),
+                                               G("mul", G("broadcast", _wide(G), shape=(None, 4, 300)),
+                                                     G("broadcast", G("matmul", y, _wide(G)),
+                                                       shape=(None, 4, 300), axes=(1,))))),
+        "P*Q": lambda G, x, y, v: G("sum", G("mul", G("broadcast", x, shape=(None, 4, 300), axes=(2,)),
+                                             G("broadcast", _wide(G), shape=(None, 4, 300)))),
+        "P*R": lambda G, x, y, v: G("sum", G("mul", G("broadcast", x, shape=(None, 4, 300), axes=(2,)),
+                                             G("broadcast", G("matmul", y, _wide(G)), shape=(None, 4, 300),
+                                               axes=(1,)))),
+        "Q*R": lambda G, x, y, v: G("sum", G("mul", G("broadcast", _wide(G), shape=(None, 4, 300)),
+                                             G("broadcast", G("matmul", y, _wide(G)), shape=(None, 4, 300),
+                                               axes=(1,)))),
     },
     "softplus_forms": {
         "log1p(exp)": lambda G, x, y, v: G("log1p", G("exp", x)),
