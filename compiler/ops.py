@@ -146,6 +146,11 @@ def _integer(op: str, a: dict, key: str, loc) -> int:
     return int(v)
 
 
+def _arity(op: str, ins, k: int, loc, usage: str) -> None:
+    if len(ins) != k:
+        raise SpecError(f"{op} takes {k} tensor{'s' * (k != 1)}, got {len(ins)}: {usage}", loc)
+
+
 def _py(v: float) -> str:
     """A float as a Python literal in generated code."""
     v = float(v)
@@ -192,6 +197,7 @@ def _axes_attrs(op: str, default, single: bool = False, keepdims: bool = True) -
     """Canonical reduction-style attributes: sorted `axes` (from `axis`, or
     `default` when absent) and `keepdims` only when true."""
     def normalize(ins, a, loc):
+        _arity(op, ins, 1, loc, f"{op}(x, axis) with the axis a number or a list")
         x = ins[0]
         axes = norm_axes(a["axes"] if "axes" in a else a.get("axis", default), x.ndim, loc)
         if single and len(axes) != 1:
@@ -474,6 +480,7 @@ for _n, _uf, _c_op in [("gt", "greater", ">"), ("ge", "greater_equal", ">="), ("
 
 
 def _clip_attrs(ins, a, loc):
+    _arity("clip", ins, 1, loc, "clip(x, lo, hi) with lo and hi numbers")
     lo, hi = _number("clip", a, "lo", loc), _number("clip", a, "hi", loc)
     if lo > hi:
         raise SpecError(f"clip: lo = {lo:g} is above hi = {hi:g}", loc)
@@ -684,7 +691,7 @@ def _sum_to_emit(e: Emit):
           f"out={e.out}.reshape({shape_expr((1,) * len(lead) + tuple(dst))}))")
 
 
-def _sum_to_build(G, ins, a):
+def _sum_to_build(G, ins, a, loc=None):
     return ins[0] if tuple(ins[0].shape) == tuple(a["shape"]) else None
 
 
@@ -739,7 +746,7 @@ def _g_bcast(G, n, g):
 
 _register(Op("broadcast", "other", _bcast_infer, impl=_bcast_impl, emit=_bcast_emit, grad=_g_bcast,
              jvp=_linear_jvp,
-             simplify_on_build=lambda G, ins, a: ins[0] if not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]) else None,
+             simplify_on_build=lambda G, ins, a, loc=None: ins[0] if not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]) else None,
              doc="broadcast to a shape (with reduced `axes` re-inserted first)"))
 
 # ---------------------------------------------------------------------------
@@ -780,7 +787,7 @@ def _transpose_infer(G, ins, a, loc):
 _register(Op("transpose", "view", _transpose_infer, impl=lambda xs, a, B: xs[0].T,
              emit=lambda e: f"{e.args[0]}.T", grad=lambda G, n, g: (G("transpose", g),),
              jvp=_linear_jvp,
-             simplify_on_build=lambda G, ins, a: ins[0].inputs[0] if ins[0].op == "transpose" else None,
+             simplify_on_build=lambda G, ins, a, loc=None: ins[0].inputs[0] if ins[0].op == "transpose" else None,
              lang=(("x",), {}), doc="matrix transpose (`W'` or `W.T`)"))
 
 # ---------------------------------------------------------------------------
@@ -788,6 +795,7 @@ _register(Op("transpose", "view", _transpose_infer, impl=lambda xs, a, B: xs[0].
 
 
 def _reshape_attrs(ins, a, loc):
+    _arity("reshape", ins, 1, loc, "reshape(x, shape) with the shape a list of sizes")
     x, shape = ins[0], a.get("shape")
     if _whole(shape):
         shape = (shape,)
@@ -832,11 +840,19 @@ _register(Op(
         "`shape` lists the others (one may be -1). A view where the storage allows"))
 
 
+def _one_axis(op, x: Node, a, loc) -> int:
+    axes = norm_axes(a["axes"] if "axes" in a else a.get("axis", -1), x.ndim, loc)
+    if len(axes) != 1:
+        raise SpecError(f"{op} works along one axis, got {len(axes)}", loc)
+    return axes[0]
+
+
 def _slice_axis(op, ins, a, loc) -> tuple[int, int]:
+    _arity(op, ins, 1, loc, f"{op}(x, ...) with the sizes and the axis numbers")
     x = ins[0]
     if x.ndim == 0:
         raise SpecError(f"{op} needs a tensor with at least one axis", loc)
-    (ax,) = norm_axes(a["axes"] if "axes" in a else a.get("axis", -1), x.ndim, loc) or (None,)
+    ax = _one_axis(op, x, a, loc)
     d = x.shape[ax]
     if d is None:
         raise SpecError(f"{op} cannot work along the batch dimension", loc)
@@ -905,14 +921,14 @@ def _pad_impl(xs, a, B):
 
 
 def _pad_emit(e: Emit):
-    (ax,), n0, b, d = e.node.attr("axes"), e.node.attr("before"), e.node.attr("before"), None
-    d = e.node.inputs[0].shape[ax]
-    o = e.out
+    n, o = e.node, e.out
+    (ax,), b = n.attr("axes"), n.attr("before")
+    d = n.inputs[0].shape[ax]
     if b:
         e(f"{o}{_index(ax, f':{b}')} = 0")
-    if e.node.attr("after"):
+    if n.attr("after"):
         e(f"{o}{_index(ax, f'{b + d}:')} = 0")
-    e(f"{o}{_index(ax, f'{n0}:{b + d}')} = {e.args[0]}")
+    e(f"{o}{_index(ax, f'{b}:{b + d}')} = {e.args[0]}")
 
 
 _register(Op(
@@ -932,7 +948,7 @@ def _concat_attrs(ins, a, loc):
     if x.ndim != y.ndim or x.ndim == 0:
         raise SpecError(f"concat needs two tensors of the same rank (at least 1), got "
                         f"{shape_str(x.shape)} and {shape_str(y.shape)}", loc)
-    (ax,) = norm_axes(a["axes"] if "axes" in a else a.get("axis", -1), x.ndim, loc)
+    ax = _one_axis("concat", x, a, loc)
     if x.shape[ax] is None or y.shape[ax] is None:
         raise SpecError("concat cannot join along the batch dimension", loc)
     if any(i != ax and dx != dy for i, (dx, dy) in enumerate(zip(x.shape, y.shape))):
@@ -976,6 +992,7 @@ _register(Op(
 
 
 def _take_infer(G, ins, a, loc):
+    _arity("take", ins, 2, loc, "take(table, idx)")
     table, idx = ins
     if table.ndim == 0:
         raise SpecError("take(table, idx) needs a table with at least one axis", loc)
@@ -986,6 +1003,7 @@ def _take_infer(G, ins, a, loc):
 
 
 def _scatter_add_infer(G, ins, a, loc):
+    _arity("scatter_add", ins, 2, loc, "scatter_add(rows, idx; shape)")
     g, idx = ins
     shape = tuple(a.get("shape", ()))
     if idx.dtype != "int64" or not shape or tuple(g.shape) != tuple(idx.shape) + shape[1:]:
@@ -1001,9 +1019,19 @@ def _scatter_add_impl(xs, a, B):
     return out
 
 
+def _take_emit(e: Emit):
+    # np.take(out=..., mode="raise") buffers the whole result internally; check the
+    # bounds with two scalar reductions instead and gather with mode="wrap"
+    (table, idx), rows = e.args, e.node.inputs[0].shape[0]
+    n = dim_expr(rows)
+    e(f"if {idx}.size and ({idx}.max() >= {n} or {idx}.min() < -{n}): "
+      f"raise IndexError(f'take: an index is out of range for a table of {{{n}}} rows')")
+    e(f"np.take({table}, {idx}, axis=0, out={e.out}, mode='wrap')")
+
+
 _register(Op(
     "take", "other", _take_infer, impl=lambda xs, a, B: np.take(xs[0], xs[1], axis=0),
-    emit=lambda e: e(f"np.take({e.args[0]}, {e.args[1]}, axis=0, out={e.out})"),
+    emit=_take_emit,
     grad=lambda G, n, g: (G("scatter_add", g, n.inputs[1], shape=n.inputs[0].shape), None),
     jvp=_linear_jvp, lang=(("table", "idx"), {}),
     doc="take(table, idx): rows of `table` at the integer indices `idx` (an embedding lookup); "
@@ -1170,10 +1198,14 @@ def _default_seed(op: str, x: Node) -> int:
     return zlib.crc32(f"{op}:{x.id}".encode())
 
 
-def _random_op(name: str, params: dict, check: Callable, fill: Callable, doc: str):
+def _generator(seed, step) -> np.random.Generator:
+    return np.random.Generator(np.random.Philox(key=[int(seed) % _KEY, int(step) % _KEY]))
+
+
+def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Callable, doc: str):
     """`params` are the op's numeric attributes with their defaults; `fill(gen,
-    out, attrs)` returns the code lines that fill `out` from generator `gen`
-    (used by both the emitter and, executed, the reference implementation)."""
+    out, attrs)` returns the code lines that fill `out` from the generator
+    expression `gen`; `ref(generator, shape, attrs)` is the reference."""
     def build(G, ins, a, loc=None):
         if len(ins) not in (1, 2) or (len(ins) == 2 and all(k in a for k in ("seed", "dtype", *params))):
             return None
@@ -1198,11 +1230,7 @@ def _random_op(name: str, params: dict, check: Callable, fill: Callable, doc: st
         e("; ".join(fill(generator(e.node.a, e.args[1]), e.out, e.node.a)))
 
     def impl(xs, a, B):
-        out = np.empty(xs[0].shape, dtype=a["dtype"])
-        step = np.asarray(xs[1])
-        exec("\n".join(fill(generator(a, "step"), "out", a)),  # noqa: S102  (our own code)
-             {"np": np, "out": out, "step": step})
-        return out
+        return ref(_generator(a["seed"], xs[1]), np.shape(xs[0]), a)
 
     lang = (("x", *params, "seed"), {**params, "seed": None})
     return _register(Op(name, "other", infer, impl=impl, emit=emit,
@@ -1251,13 +1279,29 @@ def _fill_bernoulli(gen, o, a):
     return [f"{gen}.random(dtype={_dt(a)}, out={o})", f"np.less({o}, {_py(a['keep'])}, out={o})"]
 
 
-_random_op("uniform_noise", {"lo": 0.0, "hi": 1.0}, _check_uniform, _fill_uniform,
+def _ref_uniform(gen, shape, a):
+    u = gen.random(shape, dtype=a["dtype"])
+    lo, hi = float(a["lo"]), float(a["hi"])
+    return u if (lo, hi) == (0.0, 1.0) else u * (hi - lo) + lo
+
+
+def _ref_normal(gen, shape, a):
+    z = gen.standard_normal(shape, dtype=a["dtype"])
+    z = z if float(a["std"]) == 1.0 else z * float(a["std"])
+    return z if float(a["mean"]) == 0.0 else z + float(a["mean"])
+
+
+def _ref_bernoulli(gen, shape, a):
+    return (gen.random(shape, dtype=a["dtype"]) < float(a["keep"])).astype(a["dtype"])
+
+
+_random_op("uniform_noise", {"lo": 0.0, "hi": 1.0}, _check_uniform, _fill_uniform, _ref_uniform,
            "uniform_noise(x, lo = 0, hi = 1, seed): numbers uniform in [lo, hi), shaped like x, "
            "drawn afresh each step from the stream (seed, step)")
-_random_op("normal_noise", {"mean": 0.0, "std": 1.0}, _check_normal, _fill_normal,
+_random_op("normal_noise", {"mean": 0.0, "std": 1.0}, _check_normal, _fill_normal, _ref_normal,
            "normal_noise(x, mean = 0, std = 1, seed): Gaussian numbers shaped like x, drawn "
            "afresh each step from the stream (seed, step)")
-_random_op("bernoulli_mask", {"keep": 0.5}, _check_keep, _fill_bernoulli,
+_random_op("bernoulli_mask", {"keep": 0.5}, _check_keep, _fill_bernoulli, _ref_bernoulli,
            "bernoulli_mask(x, keep = 0.5, seed): 1 with probability `keep`, else 0, shaped like "
            "x, drawn afresh each step from the stream (seed, step)")
 

@@ -8,6 +8,7 @@
 
 RECIPES maps every op name to one or more small test graphs rooted at that op.
 A new op without a recipe (and not listed as a leaf) fails `test_every_op_has_a_recipe`.
+tests/test_forward.py checks every recipe's forward-mode rule against these.
 """
 from __future__ import annotations
 
@@ -70,6 +71,17 @@ def labels(n):
     return lambda rng, shape: rng.integers(0, n, shape).astype(np.int64)
 
 
+def distinct(rng, shape):
+    """All entries different, at least 0.2 apart (no ties for max/min)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    v = (rng.permutation(size) - size / 2) * 0.3 + rng.uniform(-0.05, 0.05, size)
+    return v.reshape(shape)
+
+
+def steps(rng, shape):
+    return rng.integers(0, 1000, shape).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------
 # recipes
 
@@ -116,6 +128,26 @@ BCAST_SHAPES = [
 
 def binary_recipes(op, sa, sb):
     return [op_recipe(op, shapes, [sa, sb]) for shapes in BCAST_SHAPES]
+
+
+def where_recipe(cs, xs, ys, csample=small_ints):
+    return Recipe(f"{_shape_id(cs)}_{_shape_id(xs)}_{_shape_id(ys)}",
+                  [Arg("c", cs, csample, diff=False), Arg("x", xs), Arg("y", ys)],
+                  lambda G, c, x, y: G("where", c, x, y))
+
+
+def random_recipe(op, shape=(None, 3), id=None, x_sample=normal, x_dtype="float64", **attrs):
+    """A random op over a fed tensor and an explicit int64 `step` input."""
+    label = id or _shape_id(shape) + "".join(f"_{k}={v}" for k, v in attrs.items())
+    return Recipe(label, [Arg("x", shape, x_sample, diff=False, dtype=x_dtype),
+                          Arg("step", (), steps, diff=False, dtype="int64")],
+                  lambda G, x, step: G(op, x, step, **attrs), nondiff=True)
+
+
+def take_recipe(table, idx, rows):
+    return Recipe(f"{_shape_id(table)}_at_{_shape_id(idx)}",
+                  [Arg("W", table), Arg("i", idx, labels(rows), diff=False, dtype="int64")],
+                  lambda G, w, i: G("take", w, i))
 
 
 def pow_const(value):
@@ -195,12 +227,77 @@ RECIPES: dict[str, list[Recipe]] = {
                        lambda G, x: G("one_hot", G("argmax", x, axis=1), n=4), nondiff=True)],
     "count": [Recipe(f"dims={dims}", [], lambda G, dims=dims: G("count", dims=dims, dtype="float64"),
                      nondiff=True) for dims in [(None, 3), (None,), (), (3, 4)]],
+    # clipping and selection
+    "clip": [op_recipe("clip", [(None, 3)], [whole], lo=-0.5, hi=0.5),
+             op_recipe("clip", [(None, 3)], [whole], lo=-0.5, hi=np.inf),
+             op_recipe("clip", [(None, 3)], [whole], lo=-np.inf, hi=1.5),
+             op_recipe("clip", [(3, 2)], [whole], lo=0.5, hi=0.5)],
+    "where": [where_recipe(*shapes) for shapes in [
+        ((None, 3), (None, 3), (None, 3)), ((None, 1), (3,), ()), ((3,), (None, 3), (None, 1)),
+        ((), (None, 3), (3,)), ((None, 3), (1, 3), (None, 1))]]
+    + [where_recipe((None, 3), (None, 3), (None, 3), csample=normal)],  # any nonzero is true
+    # max and min reductions
+    **{op: [op_recipe(op, [(None, 4)], [distinct], axis=axis, keepdims=kd)
+            for axis in (None, 0, 1, -1) for kd in (False, True)]
+       + [op_recipe(op, [(None, 3, 4)], [distinct], axis=(0, 2), keepdims=kd) for kd in (False, True)]
+       + [op_recipe(op, [()], id="scalar")]
+       for op in ("max", "min")},
+    "logsumexp": [op_recipe("logsumexp", [(None, 4)], axis=ax) for ax in (0, 1, -1)]
+    + [op_recipe("logsumexp", [(None, 4)], axis=-1, keepdims=True),
+       op_recipe("logsumexp", [(None, 3, 4)], axis=1),
+       op_recipe("logsumexp", [(None, 3, 4)], axis=0, keepdims=True),
+       op_recipe("logsumexp", [(None, 4)], [lambda r, s: r.uniform(-1e3, 1e3, s)], id="huge",
+                 axis=-1)],
+    # shapes: reshape, slice, pad, concat
+    "reshape": [op_recipe("reshape", [src], shape=dst) for src, dst in [
+        ((None, 6), (2, 3)), ((None, 2, 3), (6,)), ((None, 6), (3, -1)), ((4, 6), (3, 8)),
+        ((4, 6), (-1,)), ((), (1, 1)), ((None,), (1,))]]
+    + [Recipe("of_transpose", [Arg("x", (3, 4))],
+              lambda G, x: G("reshape", G("transpose", x), shape=(2, 6))),
+       Recipe("of_slice", [Arg("x", (None, 6))],
+              lambda G, x: G("reshape", G("slice", x, lo=1, hi=5), shape=(2, 2)))],
+    "slice": [op_recipe("slice", [(None, 5)], lo=1, hi=4),
+              op_recipe("slice", [(None, 5)], lo=-3),
+              op_recipe("slice", [(None, 5)], hi=1),
+              op_recipe("slice", [(None, 3, 4)], axis=1, lo=0, hi=2),
+              op_recipe("slice", [(4, 5)], axis=0, lo=1, hi=3),
+              Recipe("of_transpose", [Arg("x", (None, 4))],
+                     lambda G, x: G("slice", G("transpose", x), axis=0, lo=1, hi=3))],
+    "pad": [op_recipe("pad", [(None, 3)], before=1, after=2),
+            op_recipe("pad", [(None, 3)], after=2),
+            op_recipe("pad", [(None, 2, 3)], axis=1, before=2),
+            op_recipe("pad", [(3, 4)], axis=0, after=1)],
+    "concat": [op_recipe("concat", shapes, **kw) for shapes, kw in [
+        ([(None, 2), (None, 3)], {}), ([(None, 2, 3), (None, 1, 3)], {"axis": 1}),
+        ([(2, 3), (4, 3)], {"axis": 0}), ([(None, 3), (None, 3)], {"axis": -1})]]
+    + [Recipe("param_and_input", [Arg("x", (None, 2)), Arg("y", (None, 2), diff=False)],
+              lambda G, x, y: G("concat", x, y))],
+    # gathering rows
+    "take": [take_recipe((5, 3), (None,), 5), take_recipe((5, 3), (None, 2), 5),
+             take_recipe((6,), (None, 3), 6), take_recipe((4, 2, 3), (None,), 4)],
+    "scatter_add": [Recipe("rows", [Arg("g", (None, 2, 3)),
+                                    Arg("i", (None, 2), labels(4), diff=False, dtype="int64")],
+                           lambda G, g, i: G("scatter_add", g, i, shape=(4, 3))),
+                    Recipe("scalars", [Arg("g", (None,)),
+                                       Arg("i", (None,), labels(3), diff=False, dtype="int64")],
+                           lambda G, g, i: G("scatter_add", g, i, shape=(3,)))],
+    # random streams
+    "uniform_noise": [random_recipe("uniform_noise", seed=1),
+                      random_recipe("uniform_noise", (None, 2, 3), seed=2, lo=-1.0, hi=2.0),
+                      random_recipe("uniform_noise", (None,), id="of_labels", x_sample=labels(3),
+                                    x_dtype="int64", seed=3)],
+    "normal_noise": [random_recipe("normal_noise", seed=1),
+                     random_recipe("normal_noise", (None, 4), seed=5, mean=1.0, std=0.5)],
+    "bernoulli_mask": [random_recipe("bernoulli_mask", seed=1, keep=0.7),
+                       random_recipe("bernoulli_mask", (None, 5), seed=2, keep=0.0),
+                       random_recipe("bernoulli_mask", (None, 5), seed=2, keep=1.0)],
 }
 
 # leaves have no reference semantics of their own beyond "look up the value"
 LEAF_OPS = {"input", "param", "state", "hyper", "const"}
 # ops whose derivative rule returns None for every input
-NONDIFF_OPS = {"gt", "ge", "lt", "le", "eq", "ne", "argmax", "one_hot", "sign"}
+NONDIFF_OPS = {"gt", "ge", "lt", "le", "eq", "ne", "argmax", "one_hot", "sign",
+               "uniform_noise", "normal_noise", "bernoulli_mask"}
 
 CASES = [(op, r) for op, rs in RECIPES.items() for r in rs]
 CASE_IDS = [f"{op}-{r.id}" for op, r in CASES]
@@ -321,7 +418,9 @@ def test_every_op_with_inputs_has_impl_emit_and_grad():
             continue
         assert op.impl is not None and op.emit is not None, name
         if name != "count":  # count has no inputs, so nothing to differentiate
-            assert op.grad is not None, name
+            assert op.grad is not None and op.jvp is not None, name
+        if op.kind == "elementwise":
+            assert op.cuda, name
 
 
 # ---------------------------------------------------------------------------

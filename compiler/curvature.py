@@ -1,0 +1,165 @@
+"""Diagonal curvature: LeCun's "bbprop" (Efficient BackProp §7.3-7.4).
+
+A second backward pass that carries h = (an approximation of) d2L/dz2 for
+every node z, elementwise, next to the gradient g = dL/dz:
+
+- below the network's output (the layers): Gauss-Newton, h_u = J^2 h_z, with
+  squared Jacobians (squared weights in the backward sums) and the f'' terms
+  dropped;
+- from the output to the loss: exact second derivatives (h_u = J^2 h_z +
+  d2z/du2 g_z), so the loss's own curvature (e.g. p(1-p) of softmax NLL) is
+  right.
+
+Cross terms between units are dropped everywhere (the diagonal
+approximation). The result is a graph: one node per parameter, compiled and
+run like any other (stochastic diagonal Levenberg-Marquardt feeds on it).
+"""
+from __future__ import annotations
+
+from .differentiate import grad
+from .errors import SpecError
+from .graph import Graph, Node, toposort
+from .ops import OPS
+
+# ops whose Jacobian entries are 0 or 1: the squared rule is the gradient rule itself
+_SELECTING = {"sum", "sum_to", "broadcast", "transpose"}
+
+
+def gauss_newton_diag(G: Graph, loss: Node, params: list[Node], output: Node | None = None) -> list[Node]:
+    """Per-parameter diagonal curvature of `loss` (Gauss-Newton below `output`)."""
+    order = toposort([loss])
+    wanted = {p.id for p in params}
+    on_path: set[int] = set()
+    for n in order:
+        if n.id in wanted or any(i.id in on_path for i in n.inputs):
+            on_path.add(n.id)
+    network = {n.id for n in toposort([output])} if output is not None else set()
+    consumers: dict[int, set[int]] = {}
+    for n in order:
+        for i in n.inputs:
+            consumers.setdefault(i.id, set()).add(n.id)
+    path_nodes = [n for n in order if n.id in on_path]
+    grads = dict(zip((n.id for n in path_nodes), grad(G, loss, path_nodes)))
+    h: dict[int, list[Node]] = {loss.id: [G.const(0.0, loss.dtype)]}
+    absorbed: set[int] = set()
+    for z in reversed(order):
+        parts = h.get(z.id)
+        if not parts or z.id not in on_path or not z.inputs or z.id in absorbed:
+            continue
+        hz = _total(G, parts)
+        h[z.id] = [hz]
+        exact = z.id not in network
+        if OPS[z.op].kind == "elementwise":
+            inner, inputs = _region(z, on_path, consumers, network, exact)
+            absorbed |= inner
+            flows = _region_rule(G, z, inputs, hz, grads.get(z.id) if exact else None)
+        else:
+            inputs = list(z.inputs)
+            flows = _rule(G, z, hz, grads.get(z.id), exact)
+        for inp, hu in zip(inputs, flows):
+            if hu is not None and inp.id in on_path:
+                h.setdefault(inp.id, []).append(hu)
+    return [_total(G, h[p.id]) if p.id in h else G("broadcast", G.const(0.0, p.dtype), shape=p.shape)
+            for p in params]
+
+
+def _region(z: Node, on_path, consumers, network, exact):
+    """The elementwise subgraph rooted at z that computes one function per element
+    (e.g. softsign = a / (1 + |a|)): its inner nodes and its inputs on the path.
+    bbprop squares the derivative of the whole unit, not of each piece."""
+    inner: set[int] = set()
+    members = {z.id}
+    inputs: list[Node] = []
+    stack = [z]
+    while stack:
+        n = stack.pop()
+        for i in n.inputs:
+            if i.id not in on_path or i.id in members or i in inputs:
+                continue
+            same_part = (i.id not in network) == exact
+            if (OPS[i.op].kind == "elementwise" and i.inputs and tuple(i.shape) == tuple(z.shape)
+                    and same_part and consumers.get(i.id, set()) <= members):
+                members.add(i.id)
+                inner.add(i.id)
+                stack.append(i)
+            else:
+                inputs.append(i)
+    return inner, inputs
+
+
+def _substitute(G: Graph, root: Node, mapping: dict[int, Node]) -> Node:
+    memo = dict(mapping)
+    for n in toposort([root]):
+        if n.id not in memo:
+            memo[n.id] = G.rebuild(n, [memo.get(i.id, i) for i in n.inputs])
+    return memo[root.id]
+
+
+def _region_rule(G: Graph, z: Node, inputs: list[Node], hz: Node, gz: Node | None) -> list[Node]:
+    """h_u = sum_to(F_u^2 h_z [+ F_uu g_z]) for z = F(u, ...) elementwise, with F's partials
+    taken on stand-in leaves so other paths to u do not leak in."""
+    leaves = [G("input", name=f"__bbprop.{z.id}.{k}", shape=z.shape, dtype=u.dtype)
+              for k, u in enumerate(inputs)]
+    zl = _substitute(G, z, {u.id: leaf for u, leaf in zip(inputs, leaves)})
+    back = {leaf.id: (u if tuple(u.shape) == tuple(z.shape) else G("broadcast", u, shape=z.shape))
+            for u, leaf in zip(inputs, leaves)}
+    firsts = grad(G, G("sum", zl), leaves)
+    out = []
+    for u, leaf, d in zip(inputs, leaves, firsts):
+        term = G("mul", _sq(G, d), hz)
+        if gz is not None:
+            (d2,) = grad(G, G("sum", d), [leaf])
+            term = G("add", term, G("mul", d2, gz))
+        out.append(G("sum_to", _substitute(G, term, back), shape=u.shape))
+    return out
+
+
+def _total(G, parts):
+    t = parts[0]
+    for p in parts[1:]:
+        t = G("add", t, p)
+    return t
+
+
+def _sq(G, x):
+    return G("mul", x, x)
+
+
+def _rule(G: Graph, z: Node, hz: Node, gz: Node | None, exact: bool) -> list[Node | None]:
+    spec = OPS[z.op]
+    if spec.grad is None:
+        raise SpecError(f"'{z.op}' has no derivative", z.loc)
+    if z.op in _SELECTING:
+        return list(spec.grad(G, z, hz))
+    if z.op == "mean":
+        dims = tuple(z.inputs[0].shape[i] for i in z.attr("axes"))
+        return list(OPS["sum"].grad(G, z, G("div", hz, _sq(G, G("count", dims=dims, dtype=z.dtype)))))
+    if z.op == "matmul":
+        u, w = z.inputs
+        return [G("matmul", hz, G("transpose", _sq(G, w))), G("matmul", G("transpose", _sq(G, u)), hz)]
+    if z.op in ("log_softmax", "softmax"):
+        return [_normalized_exp(G, z, hz, gz if exact else None)]
+    if all(r is None for r in spec.grad(G, z, hz)):
+        return [None] * len(z.inputs)  # not differentiable: no curvature flows
+    raise SpecError(f"diagonal curvature (bbprop) does not handle '{z.op}' yet", z.loc)
+
+
+def _normalized_exp(G: Graph, z: Node, hz: Node, gz: Node | None) -> Node:
+    ax = z.attr("axes")
+    p = G("exp", z) if z.op == "log_softmax" else z
+
+    def total(x):
+        return G("sum", x, axis=ax, keepdims=True)
+
+    if z.op == "log_softmax":
+        # J_kj = delta_kj - p_j: sum_k J_kj^2 h_k = h_j (1 - 2 p_j) + p_j^2 sum_k h_k
+        hu = G("add", G("mul", hz, G("sub", 1.0, G("mul", 2.0, p))), G("mul", _sq(G, p), total(hz)))
+        if gz is not None:  # d2 z_k / d y_j^2 = -p_j (1 - p_j) for every k
+            hu = G("sub", hu, G("mul", G("mul", p, G("sub", 1.0, p)), total(gz)))
+        return hu
+    # softmax: J_kj = p_k (delta_kj - p_j): p_j^2 [(1 - 2 p_j) h_j + sum_k p_k^2 h_k]
+    hu = G("mul", _sq(G, p), G("add", G("mul", G("sub", 1.0, G("mul", 2.0, p)), hz), total(G("mul", _sq(G, p), hz))))
+    if gz is not None:  # sum_k g_k d2 p_k / d y_j^2 = p_j (1 - 2 p_j) (g_j - sum_k g_k p_k)
+        hu = G("add", hu, G("mul", G("mul", p, G("sub", 1.0, G("mul", 2.0, p))),
+                            G("sub", gz, total(G("mul", gz, p)))))
+    return hu
