@@ -132,3 +132,21 @@ def dump(roots: list[Node]) -> str:
     return "\n".join(lines) + f"\nroots: {marks}\n"
 
 
+
+
+def dot(roots: list[Node]) -> str:
+    """The graph under `roots` in Graphviz's dot language (`netc compile --emit dot | dot -Tsvg`)."""
+    lines = ["digraph netc {", "  rankdir=BT;", '  node [shape=box, fontname="monospace", fontsize=10];']
+    root_ids = {r.id for r in roots}
+    for n in toposort(roots):
+        label = n.name or n.op
+        if n.op == "const":
+            label = f"{n.attr('value'):g}"
+        style = ', style=filled, fillcolor="#dde8ff"' if n.op in ("param", "state") else ""
+        style = ', style=filled, fillcolor="#ffe8c8"' if n.id in root_ids else style
+        text = f"{label}\\n{shape_str(n.shape)}".replace('"', "'")
+        lines.append(f'  n{n.id} [label="{text}"{style}];')
+        for i in n.inputs:
+            lines.append(f"  n{i.id} -> n{n.id};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="print the graph or the generated code")
     c.add_argument("spec")
-    c.add_argument("--emit", choices=["graph", "numpy"], default="graph")
+    c.add_argument("--emit", choices=["graph", "dot", "numpy"], default="graph",
+                   help="graph: the IR as text; dot: the IR for Graphviz; numpy: generated source")
     c.add_argument("--after", choices=["elaborate", "simplify", "differentiate", "simplify_grads"],
-                   default="simplify_grads", help="with --emit graph: the stage to show")
+                   default="simplify_grads", help="with --emit graph|dot: the stage to show")
     c.add_argument("--function", choices=["train_step", "evaluate", "predict"], default="train_step",
                    help="with --emit numpy: which compiled function")
 
@@ -124,14 +125,16 @@ def _shape(n) -> str:
 
 
 def cmd_compile(args) -> int:
-    from netc.compiler.pipeline import dump
+    from netc.compiler.pipeline import dot, dump
     m = _model(args.spec)
     prog = m.program
-    if args.emit == "graph":
+    if args.emit in ("graph", "dot"):
         roots = prog.stages.get(args.after)
         if roots is None:
             raise NetcError(f"stage '{args.after}' did not run for this spec (no loss or no parameters?)")
-        print(dump(roots), end="")
+        print((dump if args.emit == "graph" else dot)(roots), end="")
+        if args.emit == "dot":
+            return 0
         if prog.rules_fired:
             print("# rewrites fired: " + ", ".join(f"{k} x{v}" for k, v in sorted(prog.rules_fired.items())))
     else:
