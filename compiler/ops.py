@@ -1191,11 +1191,14 @@ def step_hyper(G) -> Node:
     return G("hyper", name="step", shape=(), dtype="int64")
 
 
-def _default_seed(op: str, x: Node) -> int:
-    """A seed for an op built without one: different ops and shape tensors get
-    different streams (deterministic for a given graph)."""
+def _default_seed(op: str, x: Node, loc) -> int:
+    """A seed for an op built without one: different ops, shape tensors and
+    call sites (where the build knows its location) get different streams,
+    deterministic for a given spec. Identical calls are one node (hash-consing),
+    hence one stream: give them different seeds to draw twice."""
     import zlib
-    return zlib.crc32(f"{op}:{x.id}".encode())
+    where = f"{loc.line}:{loc.col}" if loc is not None else ""
+    return zlib.crc32(f"{op}:{x.id}:{where}".encode())
 
 
 def _generator(seed, step) -> np.random.Generator:
@@ -1206,20 +1209,32 @@ def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Ca
     """`params` are the op's numeric attributes with their defaults; `fill(gen,
     out, attrs)` returns the code lines that fill `out` from the generator
     expression `gen`; `ref(generator, shape, attrs)` is the reference."""
+    def numbers(a, loc) -> dict:
+        if "seed" in a:
+            _integer(name, a, "seed", loc)
+        v = {k: _number(name, {**params, **a}, k, loc) for k in params}
+        check(v, loc)
+        return v
+
     def build(G, ins, a, loc=None):
-        if len(ins) not in (1, 2) or (len(ins) == 2 and all(k in a for k in ("seed", "dtype", *params))):
+        if len(ins) not in (1, 2):
             return None
+        try:
+            v = numbers(a, loc)
+        except SpecError:
+            return None  # `infer` reports it, with the location
         x = ins[0]
-        b = {**params, **a}
-        b.setdefault("seed", _default_seed(name, x))
+        b = {**a, **v}
+        b["seed"] = int(a["seed"]) if "seed" in a else _default_seed(name, x, loc)
         b.setdefault("dtype", x.dtype if x.dtype.startswith("float") else G.float_dtype)
+        if len(ins) == 2 and repr(sorted(b.items())) == repr(sorted(a.items())):
+            return None
         return G(name, x, ins[1] if len(ins) == 2 else step_hyper(G), loc=loc, **b)
 
     def infer(G, ins, a, loc):
+        numbers(a, loc)
         if len(ins) != 2 or ins[1].shape != ():
             raise SpecError(f"{name} takes a tensor giving the shape and the scalar step", loc)
-        _integer(name, a, "seed", loc)
-        check({k: _number(name, a, k, loc) for k in params}, loc)
         return ins[0].shape, a["dtype"]
 
     def generator(a, step: str) -> str:

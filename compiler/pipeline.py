@@ -17,7 +17,8 @@ from .graph import Node, shape_str, toposort
 from .lower_numpy import Function, lower
 from .parse import parse
 from .simplify import simplify
-from .update import sgd_updates
+from .curvature import gauss_newton_diag
+from .update import Optimizer, build_updates
 
 STAGES = ("elaborate", "simplify", "differentiate", "simplify_grads")
 
@@ -34,6 +35,7 @@ class Program:
     step: Function | None = None
     evaluate: Function | None = None
     predict: Function | None = None
+    curvature: Function | None = None  # per-parameter bbprop diagonal (for sdlm)
     seconds: float = 0.0
     rules_fired: dict[str, int] = field(default_factory=dict)
 
@@ -41,7 +43,8 @@ class Program:
     def state_leaves(self) -> list[Node]:
         """Parameters and optimizer state, in a stable order."""
         seen, out = set(), []
-        for n in list(self.spec.params.values()) + [leaf for leaf, _ in self.updates]:
+        read = [n for n in toposort([u for _, u in self.updates]) if n.op == "state"]
+        for n in list(self.spec.params.values()) + [leaf for leaf, _ in self.updates] + read:
             if n.name not in seen:
                 seen.add(n.name)
                 out.append(n)
@@ -52,8 +55,8 @@ def parse_and_elaborate(text: str, file: str, dtype: str = "float32", check_bloc
     return elaborate(parse(text, file), dtype, check_block)
 
 
-def compile_program(spec: Spec, *, scales: dict[str, float] | None = None, momentum: bool = False,
-                    nesterov: bool = False, debug: bool = False, functions: bool = True) -> Program:
+def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
+                    optimizer: Optimizer | None = None, debug: bool = False, functions: bool = True) -> Program:
     """Simplify, differentiate, build the update, simplify again, lower."""
     t0 = time.perf_counter()
     G = spec.graph
@@ -74,11 +77,16 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None, momen
         gs = simplify(G, gs, fired=fired)
         grads = {p.name: g for p, g in zip(params, gs)}
         stages["differentiate"] = [loss] + gs
-        updates = sgd_updates(G, params, gs, scales or {}, momentum, nesterov)
+        opt = optimizer or Optimizer()
+        updates = build_updates(G, opt, params, gs, scales or {}, loss, output)
         news = simplify(G, [u for _, u in updates], fired=fired)
         updates = [(leaf, u) for (leaf, _), u in zip(updates, news)]
         stages["simplify_grads"] = [loss] + [u for _, u in updates]
     prog = Program(spec, loss, output, errors, grads, updates, stages, rules_fired=fired)
+    if functions and optimizer is not None and optimizer.needs_curvature_state and loss is not None:
+        params = list(spec.params.values())
+        curv = simplify(G, gauss_newton_diag(G, loss, params, output), fired=fired)
+        prog.curvature = lower(curv, (), "curvature", feeds=_used(spec.feeds, curv), debug=debug)
     if functions:
         feeds = spec.feeds
         if loss is not None:
@@ -94,12 +102,15 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None, momen
     return prog
 
 
+HYPER_ORDER = ("lr", "momentum", "step")
+
+
 def _hypers(updates) -> list[Node]:
-    found = {}
-    for n in toposort([u for _, u in updates]):
-        if n.op == "hyper":
-            found[n.name] = n
-    return [found[k] for k in ("lr", "momentum") if k in found]
+    """The step's scalar inputs: lr, momentum, step (the update count, for noise), then any
+    others by name; the trainer feeds them by name."""
+    found = {n.name: n for n in toposort([u for _, u in updates]) if n.op == "hyper"}
+    names = [k for k in HYPER_ORDER if k in found] + sorted(k for k in found if k not in HYPER_ORDER)
+    return [found[k] for k in names]
 
 
 def _used(feeds: list[Node], outputs: list[Node]) -> list[Node]:

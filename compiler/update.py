@@ -1,32 +1,148 @@
 """The parameter update as graph nodes, so the optimizer's arithmetic is part
 of the one compiled step (scheduled, and later fused, with the rest).
 
-Learning rate and momentum enter as `hyper` leaves: schedules change them
-between steps without recompiling.
+Scalars that change between steps (the learning rate, momentum, 1/T for
+weight decay) enter as `hyper` leaves: schedules change them without
+recompiling. Per-parameter optimizer memory (velocities, accumulated squares,
+curvature averages) is `state`, updated in place.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from .curvature import gauss_newton_diag
 from .graph import Graph, Node
 
+ZERO = {"dist": "constant", "value": 0.0}
 
-def sgd_updates(G: Graph, params: list[Node], grads: list[Node], scales: dict[str, float],
-                momentum: bool, nesterov: bool) -> list[tuple[Node, Node]]:
-    """SGD: w <- w - eps_w g; with momentum v <- mu v - eps_w g, w <- w + v
-    (Nesterov: w <- w + mu v - eps_w g) [EB 4.7, PR 3.1]."""
-    lr = G("hyper", name="lr", shape=(), dtype=G.float_dtype)
-    mu = G("hyper", name="momentum", shape=(), dtype=G.float_dtype) if momentum else None
-    updates = []
-    for p, g in zip(params, grads):
+
+@dataclass(frozen=True)
+class Optimizer:
+    """What the update graph needs to know of the train block's `method`."""
+    kind: str = "sgd"  # sgd | adagrad | sdlm | vsgd | adaptive
+    momentum: bool = False  # a momentum hyper is fed (sgd)
+    nesterov: bool = False
+    eps: float = 1e-8  # adagrad's guard
+    mu: float = 0.02  # sdlm's Levenberg-Marquardt term [EB 9.1]
+    tau0: float = 10.0  # vsgd's initial memory size
+    alpha: float = 0.01  # adaptive: rate of change of the rate [EB 4.7]
+    beta: float = 1.0
+    delta: float = 0.05
+    lr0: float = 0.01  # adaptive: the starting rate
+    l2: dict = field(default_factory=dict)  # param name -> lambda (weight decay, lambda * sum w^2)
+    l1: dict = field(default_factory=dict)
+
+    @property
+    def needs_curvature_state(self) -> bool:
+        return self.kind == "sdlm"
+
+
+def build_updates(G: Graph, opt: Optimizer, params: list[Node], grads: list[Node],
+                  scales: dict[str, float], loss: Node | None = None,
+                  output: Node | None = None) -> list[tuple[Node, Node]]:
+    """(leaf, new value) pairs applied in place at the end of the step."""
+    f = G.float_dtype
+    lr = G("hyper", name="lr", shape=(), dtype=f)
+    grads = _with_decay(G, opt, params, grads)
+    curv = None
+    if opt.kind == "vsgd":
+        curv = gauss_newton_diag(G, loss, params, output)
+    updates: list[tuple[Node, Node]] = []
+    if opt.kind == "adaptive":
+        updates += _adaptive_rate(G, opt, params, grads)
+        lr = updates[-1][1]  # the new global rate
+    for i, (p, g) in enumerate(zip(params, grads)):
         scale = scales.get(p.name, 1.0)
         if scale == 0:
             continue  # frozen
-        step = G("mul", G("mul", lr, scale) if scale != 1 else lr, g)
-        if mu is None:
-            updates.append((p, G("sub", p, step)))
-            continue
-        v = G("state", name=f"{p.name}.velocity", shape=p.shape, dtype=p.dtype, init={"dist": "constant", "value": 0.0})
-        v_new = G("sub", G("mul", mu, v), step)
-        updates.append((v, v_new))
-        p_new = G("sub", G("add", p, G("mul", mu, v_new)), step) if nesterov else G("add", p, v_new)
-        updates.append((p, p_new))
+        eps_p = G("mul", lr, scale) if scale != 1 else lr
+        match opt.kind:
+            case "sgd" | "adaptive":
+                updates += _sgd(G, opt, p, g, eps_p)
+            case "adagrad":
+                acc = _state(G, p, "sum_sq")
+                acc_new = G("add", acc, G("mul", g, g))
+                step = G("div", G("mul", eps_p, g), G("add", G("sqrt", acc_new), opt.eps))
+                updates += [(acc, acc_new), (p, G("sub", p, step))]
+            case "sdlm":
+                h = _state(G, p, "curvature")  # a running Gauss-Newton diagonal, kept by the trainer
+                updates.append((p, G("sub", p, G("mul", G("div", eps_p, G("add", h, opt.mu)), g))))
+            case "vsgd":
+                updates += _vsgd(G, opt, p, g, curv[i], scale)
+            case other:
+                raise ValueError(f"unknown optimizer {other!r}")
     return updates
+
+
+def _state(G: Graph, p: Node, what: str, init=ZERO, shape=None) -> Node:
+    return G("state", name=f"{p.name}.{what}", shape=p.shape if shape is None else shape,
+             dtype=p.dtype, init=init)
+
+
+def _with_decay(G: Graph, opt: Optimizer, params, grads) -> list[Node]:
+    """g + (2 lambda / T) w for L2 and + (lambda / T) sign(w) for L1: the train block's
+    decay is on the whole training criterion sum_t L_t + lambda R, so a minibatch of
+    the mean loss carries lambda R / T [PR 3.2]; `inv_examples` = 1/T is fed."""
+    if not opt.l2 and not opt.l1:
+        return grads
+    inv_t = G("hyper", name="inv_examples", shape=(), dtype=G.float_dtype)
+    out = []
+    for p, g in zip(params, grads):
+        lam2, lam1 = opt.l2.get(p.name, 0.0), opt.l1.get(p.name, 0.0)
+        if lam2:
+            g = G("add", g, G("mul", G("mul", inv_t, 2.0 * lam2), p))
+        if lam1:
+            g = G("add", g, G("mul", G("mul", inv_t, lam1), G("sign", p)))
+        out.append(g)
+    return out
+
+
+def _sgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node) -> list[tuple[Node, Node]]:
+    """w <- w - eps g; with momentum v <- mu v - eps g, w <- w + v
+    (Nesterov: w <- w + mu v - eps g) [EB 4.7, PR 3.1]."""
+    step = G("mul", eps_p, g)
+    if not opt.momentum:
+        return [(p, G("sub", p, step))]
+    mu = G("hyper", name="momentum", shape=(), dtype=G.float_dtype)
+    v = _state(G, p, "velocity")
+    v_new = G("sub", G("mul", mu, v), step)
+    p_new = G("sub", G("add", p, G("mul", mu, v_new)), step) if opt.nesterov else G("add", p, v_new)
+    return [(v, v_new), (p, p_new)]
+
+
+def _adaptive_rate(G: Graph, opt: Optimizer, params, grads) -> list[tuple[Node, Node]]:
+    """Murata/Mueller's adaptive global rate [EB 4.7]: r <- (1 - delta) r + delta g,
+    eta <- eta + alpha eta (beta |r| - eta), with the step using the new eta."""
+    out = []
+    norm_sq = None
+    for p, g in zip(params, grads):
+        r = _state(G, p, "flow")
+        r_new = G("add", G("mul", 1.0 - opt.delta, r), G("mul", opt.delta, g))
+        out.append((r, r_new))
+        s = G("sum", G("mul", r_new, r_new))
+        norm_sq = s if norm_sq is None else G("add", norm_sq, s)
+    lr0 = G("hyper", name="lr", shape=(), dtype=G.float_dtype)
+    eta = G("state", name="adaptive.eta", shape=(), dtype=G.float_dtype, init={"dist": "constant", "value": opt.lr0})
+    eta_new = G("add", eta, G("mul", G("mul", opt.alpha, eta), G("sub", G("mul", opt.beta, G("sqrt", norm_sq)), eta)))
+    eta_new = G("minimum", G("maximum", eta_new, G("mul", lr0, 1e-3)), G("mul", lr0, 1e3))  # keep it sane
+    return out + [(eta, eta_new)]
+
+
+def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, h_now: Node, scale: float) -> list[tuple[Node, Node]]:
+    """vSGD, "no more pesky learning rates" (Schaul, Zhang & LeCun 2013), with the
+    bbprop diagonal as the curvature estimate:
+    g_ <- (1-1/tau) g_ + g/tau, v_ <- (1-1/tau) v_ + g^2/tau, h_ <- (1-1/tau) h_ + h/tau,
+    eta = g_^2 / (h_ v_), tau <- (1 - g_^2/v_) tau + 1."""
+    tau = _state(G, p, "tau", init={"dist": "constant", "value": opt.tau0})
+    gb, vb, hb = _state(G, p, "g_avg"), _state(G, p, "v_avg"), _state(G, p, "h_avg")
+    inv = G("div", 1.0, tau)
+    keep = G("sub", 1.0, inv)
+    gb_new = G("add", G("mul", keep, gb), G("mul", inv, g))
+    vb_new = G("add", G("mul", keep, vb), G("mul", inv, G("mul", g, g)))
+    hb_new = G("add", G("mul", keep, hb), G("mul", inv, h_now))
+    g2 = G("mul", gb_new, gb_new)
+    ratio = G("div", g2, G("add", vb_new, 1e-12))
+    eta = G("div", ratio, G("add", hb_new, 1e-8))
+    tau_new = G("add", G("mul", G("sub", 1.0, ratio), tau), 1.0)
+    step = G("mul", G("mul", eta, scale) if scale != 1 else eta, g)
+    return [(gb, gb_new), (vb, vb_new), (hb, hb_new), (tau, tau_new), (p, G("sub", p, step))]

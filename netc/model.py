@@ -11,6 +11,7 @@ from netc.compiler.elaborate import Formula, Spec, select_params
 from netc.compiler.errors import DataError, NetcError, SpecError
 from netc.compiler.lower_numpy import lower
 from netc.compiler.pipeline import compile_program, parse_and_elaborate
+from netc.compiler.update import Optimizer
 from netc.runtime import checkpoint, data, normalize
 from netc.runtime.config import DataConfig, TrainConfig, from_block
 from netc.runtime.splits import load_splits
@@ -45,6 +46,30 @@ def lr_scales(spec: Spec, cfg: TrainConfig) -> dict[str, float]:
         for p in select_params(params, selector, loc):
             out[p.name] = _scale_value(value, _fan_names(params, p.name))
     return out
+
+
+def optimizer_for(spec: Spec, cfg: TrainConfig) -> Optimizer:
+    """The update-graph description of the train block's method and decay keys."""
+    m = cfg.method
+    l2, l1 = _group_values(spec, cfg, "decay"), _group_values(spec, cfg, "l1")
+    extra = {k: getattr(m, k) for k in ("eps", "mu", "tau0", "alpha", "beta", "delta") if hasattr(m, k)}
+    return Optimizer(kind=m.kind, momentum=getattr(m, "momentum", 0) > 0, nesterov=getattr(m, "nesterov", False),
+                     l2=l2, l1=l1, lr0=m.lr, **extra)
+
+
+def _group_values(spec: Spec, cfg: TrainConfig, key: str) -> dict[str, float]:
+    """Per-parameter values of `key`: its plain value on the weights (biases excluded,
+    [PR 3.2]), then `key SELECTOR = value` entries in order."""
+    base = float(getattr(cfg, key))
+    out = {name: base for name, p in spec.params.items() if p.ndim >= 2 and base}
+    for k, selector, value, loc in cfg.groups:
+        if k != key:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise SpecError(f"{key} {selector} must be a number >= 0, got {value!r}", loc)
+        for p in select_params(spec.params, selector, loc):
+            out[p.name] = float(value)
+    return {k: v for k, v in out.items() if v}
 
 
 def _fan_names(params: dict, name: str) -> dict[str, float]:
@@ -92,9 +117,8 @@ class Model:
             self.train_cfg.dtype = dtype
         if self.train_cfg.dtype != spec.graph.float_dtype:
             spec = parse_and_elaborate(text, file, self.train_cfg.dtype)
-        method = self.train_cfg.method
         self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
-                                       momentum=method.momentum > 0, nesterov=method.nesterov, debug=debug)
+                                       optimizer=optimizer_for(spec, self.train_cfg), debug=debug)
         self.state = init_state(self.program.state_leaves, self.train_cfg.seed)
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
         self.summary: dict | None = None

@@ -30,6 +30,40 @@ class SGD(_Strict):
     nesterov: bool = Field(False, description="Nesterov's look-ahead form of momentum")
 
 
+class AdaGrad(_Strict):
+    """AdaGrad: each weight's rate divided by the root of its summed squared gradients [PR 6.2]."""
+    kind: Literal["adagrad"] = "adagrad"
+    lr: float = Field(0.1, gt=0)
+    eps: float = Field(1e-8, gt=0, description="guard against dividing by zero")
+
+
+class SDLM(_Strict):
+    """Stochastic diagonal Levenberg-Marquardt: eta_k = lr / (<d2E/dw_k^2> + mu) [EB 9.1],
+    the curvature a running Gauss-Newton diagonal (bbprop) re-estimated before each epoch."""
+    kind: Literal["sdlm"] = "sdlm"
+    lr: float = Field(0.01, gt=0, description="epsilon, the global rate")
+    mu: float = Field(0.02, gt=0, description="Levenberg-Marquardt term: bounds the rate where the curvature is small")
+    gamma: float = Field(0.05, gt=0, le=1, description="running-average factor of the curvature estimate")
+    samples: int = Field(500, ge=1, description="examples used to re-estimate the curvature before each epoch")
+
+
+class VSGD(_Strict):
+    """vSGD, no hand-set rate (Schaul, Zhang & LeCun 2013), with bbprop curvature. (check)"""
+    kind: Literal["vsgd"] = "vsgd"
+    lr: float = Field(1.0, gt=0, description="a factor on the automatic rates (1 = as derived)")
+    tau0: float = Field(10.0, gt=1, description="initial memory size")
+
+
+class Adaptive(_Strict):
+    """Murata & Mueller's adaptive global rate [EB 4.7]: r <- (1-delta) r + delta g,
+    eta <- eta + alpha eta (beta |r| - eta). (check)"""
+    kind: Literal["adaptive"] = "adaptive"
+    lr: float = Field(0.01, gt=0, description="the starting rate")
+    alpha: float = Field(0.01, gt=0)
+    beta: float = Field(1.0, gt=0)
+    delta: float = Field(0.05, gt=0, le=1)
+
+
 class Constant(_Strict):
     """A constant learning rate."""
     kind: Literal["constant"] = "constant"
@@ -57,7 +91,7 @@ class Polyak(_Strict):
     kind: Literal["polyak"] = "polyak"
 
 
-METHODS = {"sgd": SGD}
+METHODS = {"sgd": SGD, "adagrad": AdaGrad, "sdlm": SDLM, "vsgd": VSGD, "adaptive": Adaptive}
 SCHEDULES = {"constant": Constant, "inverse_time": InverseTime}
 STOPS = {"early": Early, "off": Never, "none": Never}
 AVERAGES = {"polyak": Polyak, "off": Never, "none": Never}
@@ -65,7 +99,9 @@ EMPHASIZE = {"off": Never, "none": Never}
 
 
 class TrainConfig(_Strict):
-    method: SGD = Field(default_factory=SGD, description="the optimizer: sgd(lr, momentum, nesterov)")
+    method: SGD | AdaGrad | SDLM | VSGD | Adaptive = Field(
+        default_factory=SGD, description="sgd(lr, momentum, nesterov), adagrad(lr), sdlm(lr, mu, gamma, samples), "
+                                         "vsgd(), adaptive(lr, alpha, beta, delta)")
     batch: int = Field(32, ge=1, description="minibatch size B; 1 = true stochastic updates [PR 3.1: 32]")
     epochs: int = Field(10, ge=1, description="passes over the training set (at most, with early stopping)")
     shuffle: bool = Field(True, description="reshuffle the training set each epoch [EB 4.2]")
@@ -76,6 +112,9 @@ class TrainConfig(_Strict):
     schedule: Constant | InverseTime = Field(default_factory=Constant, description="constant or inverse_time(tau)")
     stop: Early | Never = Field(default_factory=Never, description="early(patience, grow) or off")
     average: Polyak | Never = Field(default_factory=Never, description="polyak or off")
+    decay: float = Field(0.0, ge=0, description="L2 weight decay lambda on the whole training criterion "
+                                               "(lambda * sum w^2; weights only unless `decay SELECTOR = ...`)")
+    l1: float = Field(0.0, ge=0, description="L1 weight decay lambda * sum |w| (weights only by default)")
     emphasize: Never = Field(default_factory=Never, description="off (the emphasizing scheme is not implemented yet)")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
@@ -100,7 +139,7 @@ class DataConfig(_Strict):
 
 _CALL_FIELDS = {"method": METHODS, "schedule": SCHEDULES, "stop": STOPS, "average": AVERAGES,
                 "emphasize": EMPHASIZE}
-_SELECTOR_KEYS = {"lr_scale"}
+_SELECTOR_KEYS = {"lr_scale", "decay", "l1"}
 _SOURCES = {"mnist", "csv", "npz"}
 
 

@@ -115,7 +115,7 @@ class Run:
         batches = Batches(train.x, train.t if prog.spec.targets else None)
         params = list(prog.spec.params)
         base_lr = cfg.method.lr
-        mu = cfg.method.momentum
+        mu = getattr(cfg.method, "momentum", 0.0)
         avg = copy_state(self.state, params) if cfg.average.kind == "polyak" else None
         eval_state = self.state if avg is None else {**self.state, **avg}
         best = {"error": math.inf, "epoch": 0, "state": None}
@@ -129,12 +129,15 @@ class Run:
         t_start = time.perf_counter()
         train_seconds = 0.0
         stopped = "epochs"
+        hyper = {"momentum": mu, "inv_examples": 1.0 / len(train)}  # the step's scalar inputs, by name
         good, good_age, in_epoch = copy_state(self.state), 0, False
         watch = _Watch()
         best_epoch_loss = math.inf
         try:
             for epoch in range(1, epochs + 1):
                 in_epoch = True
+                if prog.curvature is not None:
+                    self._estimate_curvature(train, rng)
                 t0 = time.perf_counter()
                 bar = Progress(len(train), f"epoch {epoch}/{epochs}", enabled=self.progress)
                 loss_sum, seen = 0.0, 0
@@ -142,9 +145,11 @@ class Run:
                 with np.errstate(all="ignore"):
                     for idx in order:
                         xb, tb = batches.get(idx)
-                        lr = learning_rate(cfg, age, base_lr)
-                        hypers = [lr] + ([mu] if mu else [])
-                        (loss,) = prog.step(self.state, *feeds_for(prog, xb, tb), *hypers)
+                        data_feeds = feeds_for(prog, xb, tb)
+                        hyper["lr"] = learning_rate(cfg, age, base_lr)
+                        hyper["step"] = steps
+                        (loss,) = prog.step(self.state, *data_feeds,
+                                            *[hyper[k] for k in prog.step.feeds[len(data_feeds):]])
                         loss = float(loss)
                         if watch.exploded(loss):
                             recoveries += 1
@@ -230,6 +235,24 @@ class Run:
         if stopped == "interrupted":
             raise KeyboardInterrupt
         return summary
+
+    def _estimate_curvature(self, train: Dataset, rng: np.random.Generator) -> None:
+        """SDLM [EB 9.1]: before each epoch, h <- (1 - gamma) h + gamma * bbprop(batch)
+        over `samples` random training examples."""
+        m = self.cfg.method
+        idx = rng.choice(len(train), size=min(m.samples, len(train)), replace=False)
+        fn = self.program.curvature
+        names = list(self.program.spec.params)
+        batch = max(1, min(self.cfg.batch, 100)) if self.cfg.batch > 1 else 25
+        with np.errstate(all="ignore"):
+            for lo in range(0, len(idx), batch):
+                sel = idx[lo:lo + batch]
+                t = None if train.t is None else train.t[sel]
+                curv = fn(self.state, *feeds_for(self.program, train.x[sel], t)[:len(fn.feeds)])
+                for name, c in zip(names, curv):
+                    h = self.state[f"{name}.curvature"]
+                    h *= 1 - m.gamma
+                    h += m.gamma * c
 
     def _recover(self, count: int, loss: float, age: int, lr: float, good: dict) -> float:
         """Bengio 2012 §2.1: restore the last healthy state and divide the rate by 3."""

@@ -1,0 +1,817 @@
+"""Fusion: partition a lowered program into kernels (backend independent).
+
+Input: the same (outputs, updates) a lowering gets. Output: a `Plan`, the
+program as a short list of kernels in execution order:
+
+- `gemm`: one matrix product. A scalar factor on an operand
+  (`matmul(lr * x', d)`, which simplify pushes into matmuls) is hoisted out
+  as the kernel's `alpha`: the product is stored unscaled and every reader
+  multiplies by alpha inside its own fused kernel, so no kernel scales an
+  operand.
+- `elementwise`: a maximal group of elementwise ops over one iteration shape
+  (inputs may broadcast into it; `broadcast`, `transpose` and `one_hot` are
+  index maps, so they fuse too). Several outputs per kernel are allowed:
+  the optimizer update of a parameter (velocity and parameter) is one kernel.
+- `reduce`: one or more reductions over the same source shape and axes
+  (sum, mean, sum_to, argmax, and log_softmax/softmax, which are a max and a
+  sum of exponentials per row), each with its elementwise prologue, plus an
+  elementwise epilogue on the reduced values (e.g. a bias gradient and the
+  bias update) and, when the reduced axes include the last one (rows),
+  elementwise outputs over the source shape that use the row results (the
+  softmax backward).
+- `library`: an op with no kernel template (run through its NumPy emitter,
+  with CuPy standing in for NumPy on the GPU).
+
+Scalars that depend only on hyperparameters, constants and the batch size
+(`lr * 0.0357`, `count`) are computed on the host and passed as kernel
+arguments. A node computed inside a kernel and read by no other kernel is
+never materialized; a cheap elementwise node with several consumers is
+recomputed inside each of them rather than stored.
+
+Everything a backend needs is here: each kernel's expressions (`Ex`, a tiny
+expression IR over iteration indices), the buffers it reads and writes, the
+updates it writes in place, and the set of `.net` source locations it
+covers. `lower_cuda` turns a plan into CUDA C and a Python step function.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from .graph import Node, shape_str, toposort
+from .ops import OPS
+
+REDUCERS = ("sum", "mean", "sum_to", "argmax", "log_softmax", "softmax")
+ROW_REDUCERS = ("log_softmax", "softmax")  # S-shaped results built from row reductions
+INDEX_MAPS = ("broadcast", "one_hot")  # fusible ops that are not in the op table's elementwise kind
+LEAVES = ("input", "param", "state", "hyper")
+HOST_OPS = ("const", "hyper", "count")
+INLINE_BUDGET = 6  # ops a node with several consumers may cost and still be recomputed in each
+
+
+class Unfusable(Exception):
+    """A tentative kernel cannot compute what it is asked to (a merge is refused)."""
+
+
+# ---------------------------------------------------------------------------
+# the expression IR
+
+
+@dataclass(frozen=True, eq=False)
+class Ex:
+    """A value inside a kernel at the current iteration point.
+
+    kind: const (value) | scalar (a host scalar argument) | read (a buffer at
+    `idx`) | op (node's elementwise op over args) | onehot (args: label, index)
+    | index (the loop index of iteration dim idx[0]) | red (a reduction's
+    value in this kernel) | rowop (log_softmax/softmax from its row reductions;
+    args: the input) | scaled (args: alpha scalars..., the read of a gemm).
+    `idx` is a tuple over the node's dims of iteration-dim numbers (None for
+    a broadcast dim)."""
+    kind: str
+    node: Node | None
+    idx: tuple = ()
+    args: tuple = ()
+    dtype: str = "float32"
+    value: float | None = None
+
+    @property
+    def key(self):
+        return (self.kind, self.node.id if self.node is not None else None, self.idx, self.value,
+                tuple(a.key for a in self.args) if self.kind in ("index", "scaled") else ())
+
+
+def project(idx: tuple, from_shape, to_shape) -> tuple:
+    """numpy broadcasting, right-aligned: the index into an operand of `to_shape`."""
+    off = len(from_shape) - len(to_shape)
+    if off < 0:
+        raise Unfusable("operand larger than its result")
+    return tuple(None if to_shape[d] == 1 else idx[d + off] for d in range(len(to_shape)))
+
+
+def ident(shape) -> tuple:
+    return tuple(None if s == 1 else d for d, s in enumerate(shape))
+
+
+# ---------------------------------------------------------------------------
+# kernels and the plan
+
+
+@dataclass(eq=False)
+class Kernel:
+    kind: str  # elementwise | reduce | gemm | library
+    space: tuple  # iteration shape (reduce: the source shape S)
+    axes: tuple = ()  # reduce: the reduced axes of S
+    members: list[Node] = field(default_factory=list)  # computed here (schedule order)
+    omap: dict = field(default_factory=dict)  # reduce: node id -> per dim, the S dim it indexes (or None)
+    alpha: tuple = ()  # gemm: host scalar factors hoisted out of the operands
+    operands: tuple = ()  # gemm: (a, b) nodes read (transposes are views)
+    # filled in by finishing the plan
+    id: int = -1
+    writes: list[Node] = field(default_factory=list)  # members stored to memory
+    in_place: dict = field(default_factory=dict)  # member id -> the leaf its value is written into
+    reads: dict = field(default_factory=dict)  # node id -> node: buffers read
+    read_idx: dict = field(default_factory=dict)  # node id -> set of index tuples read
+    scalars: dict = field(default_factory=dict)  # node id -> host scalar node
+    touched: set = field(default_factory=set)  # ids of all nodes this kernel computes (members + inlined)
+    phase: str = ""  # forward | backward | update
+    # reduce kernels: [(kind, reducer, expr)] with kind sum | max | sumexp | argmax, in order
+    steps: list = field(default_factory=list)
+    s_out: list = field(default_factory=list)  # [(node, expr)] written over the source shape
+    o_out: list = field(default_factory=list)  # [(node, expr)] written once per reduced point
+    e_out: list = field(default_factory=list)  # elementwise: [(node, expr)]
+
+    @property
+    def ids(self) -> set:
+        return {m.id for m in self.members}
+
+    @property
+    def layout(self) -> str:
+        """reduce: `block` (a thread block per output point, threads along the
+        reduced axes) when the last axis is reduced, else `thread` (a thread per
+        output point, a serial loop: consecutive threads read consecutive addresses)."""
+        if self.kind != "reduce":
+            return ""
+        return "block" if (len(self.space) - 1) in self.axes or not self.space else "thread"
+
+    def locs(self) -> list[str]:
+        return sorted({str(n.loc) for n in self._loc_nodes if n.loc is not None}, key=_loc_key)
+
+    def lines(self) -> list[str]:
+        """`file:line` of every source line this kernel covers."""
+        return sorted({f"{n.loc.file}:{n.loc.line}" for n in self._loc_nodes if n.loc is not None},
+                      key=_loc_key)
+
+    _loc_nodes: list = field(default_factory=list, repr=False)
+
+    def describe(self) -> str:
+        head = f"k{self.id} {self.kind}"
+        if self.kind == "reduce":
+            head += f" {shape_str(self.space)} over axes {list(self.axes)} ({self.layout} layout)"
+        elif self.kind == "elementwise":
+            head += f" {shape_str(self.space)}"
+        names = ", ".join(f"%{m.id} {m.op}" for m in self.members)
+        return f"{head}: {names}"
+
+
+def _loc_key(s: str):
+    parts = s.split(":")
+    try:
+        return (parts[0].startswith("<"), parts[0], *[int(p) for p in parts[1:]])
+    except ValueError:
+        return (True, s)
+
+
+@dataclass
+class Plan:
+    order: list[Node]  # the schedule (topological)
+    outputs: list[Node]
+    updates: list[tuple[Node, Node]]
+    kernels: list[Kernel]  # execution order
+    host: list[Node]  # host scalars, in order
+    inline: set  # ids of fusible nodes recomputed by their consumers
+    alpha: dict  # matmul id -> tuple of host scalar factors
+    absorbed: set  # ids of operand-scaling muls folded into a gemm's alpha
+    materialized: set  # ids of non-leaf nodes stored to memory
+    forward: set  # ids of nodes the outputs depend on (not the updates)
+    producer: dict = field(default_factory=dict)  # member id -> kernel
+
+    def kernel(self, node: Node) -> Kernel | None:
+        return self.producer.get(node.id)
+
+    def stats(self, batch: int = 128) -> dict:
+        return plan_stats(self, batch)
+
+
+# ---------------------------------------------------------------------------
+# building a plan
+
+
+def plan(outputs: list[Node], updates=(), *, merge: bool = True) -> Plan:
+    """Fuse the program computing `outputs` and applying `updates` into kernels."""
+    outputs, updates = list(outputs), list(updates)
+    order = toposort(outputs + [u for _, u in updates])
+    pos = {n.id: i for i, n in enumerate(order)}
+    users: dict[int, list[Node]] = {n.id: [] for n in order}
+    for n in order:
+        for i in dict.fromkeys(n.inputs):
+            users[i.id].append(n)
+    out_ids = {o.id for o in outputs} | {u.id for _, u in updates}
+
+    host = _host_scalars(order)
+    absorbed, alpha = _gemm_scales(order, users, host, out_ids)
+    host_ids = {h.id for h in host}
+    kinds = {n.id: _kind(n, host_ids, absorbed) for n in order}
+
+    # which fusible nodes need a buffer of their own, and which are recomputed by consumers
+    def needs_buffer(n: Node) -> bool:
+        if n.id in out_ids:
+            return True
+        for u in users[n.id]:
+            k = kinds[u.id]
+            if k in ("gemm", "library") or u.id in absorbed:
+                return True
+            if k == "view" and needs_buffer(u):
+                return True
+        return False
+
+    inline: set[int] = set()
+    cost: dict[int, int] = {}
+    for n in order:
+        if kinds[n.id] != "fusible":
+            continue
+        c = 1 + sum(cost.get(i.id, 0) for i in n.inputs if i.id in inline)
+        if needs_buffer(n):
+            continue
+        consumers = [u for u in users[n.id] if u.id not in absorbed]
+        if len(consumers) <= 1 or c <= INLINE_BUDGET:
+            inline.add(n.id)
+            cost[n.id] = c
+
+    kernels: list[Kernel] = []
+    for n in order:
+        k = kinds[n.id]
+        if k == "gemm":
+            a, b = (_strip_scale(i, absorbed)[0] for i in n.inputs)
+            kernels.append(Kernel("gemm", n.shape, members=[n], alpha=alpha.get(n.id, ()), operands=(a, b)))
+        elif k == "library":
+            kernels.append(Kernel("library", n.shape, members=[n]))
+        elif k == "reduce":
+            src, axes = n.inputs[0].shape, _reduced_axes(n)
+            kern = Kernel("reduce", tuple(src), axes, members=[n])
+            if n.op not in ROW_REDUCERS:
+                kern.omap[n.id] = _reducer_omap(n)
+            kernels.append(kern)
+        elif k == "fusible" and n.id not in inline:
+            kernels.append(Kernel("elementwise", n.shape, members=[n]))
+
+    P = Plan(order, outputs, updates, kernels, host, inline, alpha, absorbed, set(),
+             set(x.id for x in toposort(outputs)) if updates else {n.id for n in order})
+    P._pos = pos  # noqa: SLF001 (private scratch for the builder)
+    P._out_ids = out_ids
+    _index(P)
+    for kern in P.kernels:
+        _walk(P, kern)
+    if merge:
+        _merge_all(P)
+    _finish(P)
+    return P
+
+
+def _host_scalars(order: list[Node]) -> list[Node]:
+    """Scalars computed from hyperparameters, constants and the batch size only."""
+    host, ids = [], set()
+    for n in order:
+        if n.op in HOST_OPS:
+            ok = True
+        elif n.shape == () and OPS[n.op].kind == "elementwise" and OPS[n.op].impl is not None:
+            ok = all(i.id in ids for i in n.inputs)
+        else:
+            ok = False
+        if ok:
+            ids.add(n.id)
+            host.append(n)
+    return host
+
+
+def _strip_scale(n: Node, absorbed: set) -> tuple[Node, tuple]:
+    """The operand under absorbed `mul(scalar, x)` layers, and the scalars."""
+    factors = []
+    while n.id in absorbed:
+        a, b = n.inputs
+        s, x = (a, b) if a.shape == () else (b, a)
+        factors.append(s)
+        n = x
+    return n, tuple(factors)
+
+
+def _gemm_scales(order, users, host, out_ids):
+    """Operand scalings `mul(s, x)` (s a host scalar) read only by matmuls whose
+    every reader is a fused kernel: fold s into the product's alpha."""
+    host_ids = {n.id for n in host}
+
+    def scaling(n: Node) -> bool:
+        if n.op != "mul" or n.id in out_ids or n.shape == ():
+            return False
+        a, b = n.inputs
+        s, x = (a, b) if a.shape == () else (b, a)
+        return s.id in host_ids and x.shape == n.shape and \
+            all(u.op == "matmul" for u in users[n.id])
+
+    def expression_readers_only(m: Node) -> bool:
+        if m.id in out_ids:
+            return False
+        for u in users[m.id]:
+            if u.op == "matmul" or OPS[u.op].kind == "view" or u.shape == ():
+                return False  # a product, a view, or a scalar reader would need the scaled value
+            if not (OPS[u.op].kind == "elementwise" or u.op in REDUCERS or u.op in INDEX_MAPS):
+                return False
+        return True
+
+    absorbed: set[int] = set()
+    alpha: dict[int, tuple] = {}
+    for m in order:
+        if m.op != "matmul" or not expression_readers_only(m):
+            continue
+        factors = []
+        for i in m.inputs:
+            while scaling(i):
+                a, b = i.inputs
+                s, x = (a, b) if a.shape == () else (b, a)
+                factors.append((i, s))
+                i = x
+        if factors:
+            alpha[m.id] = tuple(s for _, s in factors)
+            absorbed.update(i.id for i, _ in factors)
+    # a scaling shared with a matmul that could not absorb it stays computed
+    keep = set()
+    for m in order:
+        if m.op == "matmul" and m.id not in alpha:
+            for i in m.inputs:
+                while i.id in absorbed:
+                    keep.add(i.id)
+                    i = i.inputs[1] if i.inputs[0].shape == () else i.inputs[0]
+    if keep:
+        # drop every alpha that used a kept scaling (rare; keeps the bookkeeping simple)
+        for m in list(alpha):
+            node = next(n for n in order if n.id == m)
+            chain = []
+            for i in node.inputs:
+                while i.op == "mul" and (i.id in absorbed):
+                    chain.append(i.id)
+                    i = i.inputs[1] if i.inputs[0].shape == () else i.inputs[0]
+            if keep & set(chain):
+                del alpha[m]
+                absorbed.difference_update(chain)
+    return absorbed, alpha
+
+
+def _kind(n: Node, host_ids: set, absorbed: set) -> str:
+    if n.op in LEAVES:
+        return "leaf"
+    if n.op == "const" or n.id in host_ids:
+        return "host"
+    if n.id in absorbed:
+        return "absorbed"
+    spec = OPS[n.op]
+    if spec.kind == "view":
+        return "view"
+    if n.op == "matmul":
+        return "gemm"
+    if n.op in REDUCERS:
+        return "reduce"
+    if n.op in INDEX_MAPS or (spec.kind == "elementwise" and cuda_template(n.op) is not None):
+        return "fusible"
+    return "library"
+
+
+# C expression templates that ops.py gets wrong, or lacks: {0}, {1}, ... are
+# the operands, {T} the result's C type. Each entry is a fix to report upstream.
+CUDA_OVERRIDES: dict[str, str] = {
+    # ops.py: "(log1p(exp(-fabs({0})))+fmax({0},0))" -- fmax(float, int) is
+    # ambiguous in CUDA device code ("calling a constexpr __host__ function").
+    "softplus": "(log1p(exp(-fabs({0})))+fmax({0},({T})0))",
+}
+
+
+def cuda_template(op: str) -> str | None:
+    return CUDA_OVERRIDES.get(op) or OPS[op].cuda
+
+
+def _reduced_axes(n: Node) -> tuple:
+    if n.op == "sum_to":
+        from .ops import _sum_to_axes
+        lead, kept = _sum_to_axes(n.inputs[0].shape, n.attr("shape"))
+        return tuple(sorted(lead + kept))
+    return tuple(n.attr("axes"))
+
+
+def _reducer_omap(n: Node) -> tuple:
+    """For each dim of a reduction's result, the source dim it indexes (None: size 1)."""
+    src, axes = n.inputs[0].shape, _reduced_axes(n)
+    if n.op == "sum_to":
+        dst = n.attr("shape")
+        lead = len(src) - len(dst)
+        return tuple(None if (d + lead) in axes or src[d + lead] == 1 else d + lead for d in range(len(dst)))
+    if n.attr("keepdims"):
+        return tuple(None if d in axes or src[d] == 1 else d for d in range(len(src)))
+    return tuple(None if src[d] == 1 else d for d in range(len(src)) if d not in axes)
+
+
+def _index(P: Plan) -> None:
+    P.producer = {}
+    for k in P.kernels:
+        for m in k.members:
+            P.producer[m.id] = k
+
+
+# ---------------------------------------------------------------------------
+# walking a kernel: build its expressions, find what it reads
+
+
+class _Walker:
+    def __init__(self, P: Plan, K: Kernel):
+        self.P, self.K = P, K
+        self.ids = K.ids
+        self.host_ids = {n.id for n in P.host}
+        self.reads: dict[int, Node] = {}
+        self.read_idx: dict[int, set] = {}
+        self.scalars: dict[int, Node] = {}
+        self.touched: dict[int, Node] = {}
+        self.avail: set | None = None  # iteration dims defined here (None: all)
+        self.done_red: set = set()  # reductions whose value is known at this point
+        self.memo: dict = {}
+
+    def value(self, n: Node, idx: tuple) -> Ex:
+        key = (n.id, idx)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit
+        ex = self._value(n, idx)
+        self.memo[key] = ex
+        return ex
+
+    def _need(self, idx):
+        if self.avail is not None:
+            for d in idx:
+                if d is not None and d not in self.avail:
+                    raise Unfusable("needs an index this phase does not have")
+
+    def _value(self, n: Node, idx: tuple) -> Ex:
+        P, K = self.P, self.K
+        if n.op == "const":
+            return Ex("const", n, (), (), n.dtype, float(n.attr("value")))
+        if n.id in self.host_ids:
+            self.scalars[n.id] = n
+            return Ex("scalar", n, (), (), n.dtype)
+        self._need(idx)
+        if n.id in self.ids:
+            self.touched[n.id] = n
+            if n.op in ROW_REDUCERS:
+                if idx != ident(K.space) or (n.id, 1) not in self.done_red:
+                    raise Unfusable("a row op's value is only known at its own point, after its reductions")
+                return Ex("rowop", n, idx, (self.value(n.inputs[0], idx),), n.dtype)
+            if n.op in REDUCERS:
+                want = tuple(d for d in K.omap[n.id])
+                if idx != want or (n.id, 0) not in self.done_red:
+                    raise Unfusable("a reduction read away from its own output point")
+                return Ex("red", n, idx, (), n.dtype)
+            return self._compute(n, idx)
+        if n.id in P.inline or OPS[n.op].kind == "view":
+            self.touched[n.id] = n
+            return self._compute(n, idx)
+        if n.op not in LEAVES and n.id not in P.producer:
+            raise Unfusable(f"%{n.id} {n.op} is computed nowhere")
+        self.reads[n.id] = n
+        self.read_idx.setdefault(n.id, set()).add(idx)
+        ex = Ex("read", n, idx, (), n.dtype)
+        scale = P.alpha.get(n.id)
+        if scale:
+            for s in scale:
+                self.scalars[s.id] = s
+            ex = Ex("scaled", n, idx, tuple(Ex("scalar", s, (), (), s.dtype) for s in scale) + (ex,), n.dtype)
+        return ex
+
+    def _compute(self, n: Node, idx: tuple) -> Ex:
+        op = n.op
+        if op == "transpose":
+            return self.value(n.inputs[0], (idx[1], idx[0]))
+        if OPS[op].kind == "view":
+            raise Unfusable(f"view {op} has no index map")
+        if op == "broadcast":
+            x = n.inputs[0]
+            axes = n.attr("axes") or ()
+            from .ops import _bcast_src
+            src = _bcast_src(x.shape, axes)
+            sidx = project(idx, n.shape, src)
+            return self.value(x, tuple(s for d, s in enumerate(sidx) if d not in axes))
+        if op == "one_hot":
+            t = self.value(n.inputs[0], idx[:-1])
+            return Ex("onehot", n, idx, (t, Ex("index", None, (idx[-1],), (), "int64")), n.dtype)
+        if OPS[op].kind != "elementwise":
+            raise Unfusable(f"{op} is not elementwise")
+        args = tuple(self.value(i, project(idx, n.shape, i.shape)) for i in n.inputs)
+        return Ex("op", n, idx, args, n.dtype)
+
+
+def _o_idx(K: Kernel, n: Node) -> tuple:
+    return tuple(K.omap[n.id])
+
+
+def _walk(P: Plan, K: Kernel) -> None:
+    """Build K's expressions and record what it reads. Raises Unfusable."""
+    K.steps, K.s_out, K.o_out, K.e_out = [], [], [], []
+    if K.kind in ("gemm", "library"):
+        n = K.members[0]
+        K.reads, K.read_idx, K.scalars = {}, {}, {}
+        ins = K.operands if K.kind == "gemm" else n.inputs
+        for i in ins:
+            root = i
+            while OPS[root.op].kind == "view":
+                root = root.inputs[0]
+            if root.op == "const":
+                continue
+            if root.id in {h.id for h in P.host}:
+                K.scalars[root.id] = root
+                continue
+            K.reads[root.id] = root
+        for s in K.alpha:
+            K.scalars[s.id] = s
+        K.touched = {n.id} | set(P.absorbed & {x.id for x in n.inputs})
+        K._loc_nodes = [n] + [x for x in n.inputs if x.id in P.absorbed]
+        return
+    w = _Walker(P, K)
+    if K.kind == "elementwise":
+        for m in K.members:
+            if m.shape != K.space:
+                raise Unfusable("an output of another shape")
+            K.e_out.append((m, w.value(m, ident(m.shape))))
+    else:
+        S, axes = K.space, K.axes
+        reducers = [m for m in K.members if m.op in REDUCERS]
+        for m in K.members:
+            if m.op in REDUCERS and (tuple(m.inputs[0].shape) != tuple(S) or _reduced_axes(m) != axes):
+                raise Unfusable("reductions over different spaces")
+            if m.op not in REDUCERS and m.id not in K.omap and m.shape != S:
+                raise Unfusable("an output of another shape")
+        full = ident(S)
+        for r in reducers:
+            w.memo.clear()
+            x = w.value(r.inputs[0], full)
+            if r.op in ROW_REDUCERS:
+                K.steps.append(("max", r, x))
+                w.done_red.add((r.id, 0))
+                K.steps.append(("sumexp", r, x))
+                w.done_red.add((r.id, 1))
+            else:
+                K.steps.append(("argmax" if r.op == "argmax" else "sum", r, x))
+                w.done_red.add((r.id, 0))
+        w.memo.clear()
+        for m in K.members:
+            if m.op in ROW_REDUCERS or (m.op not in REDUCERS and m.id not in K.omap):
+                K.s_out.append((m, w.value(m, full)))
+        w.memo.clear()
+        w.avail = {d for d in range(len(S)) if d not in axes}
+        for m in K.members:
+            if m.id in K.omap:
+                K.o_out.append((m, w.value(m, _o_idx(K, m))))
+    K.reads, K.read_idx, K.scalars = w.reads, w.read_idx, w.scalars
+    K.touched = set(w.touched) | K.ids
+    K._loc_nodes = list(w.touched.values()) + [m for m in K.members if m.id not in w.touched]
+
+
+# ---------------------------------------------------------------------------
+# merging
+
+
+def _deps(P: Plan, K: Kernel) -> set:
+    out = set()
+    for r in K.reads:
+        k = P.producer.get(r)
+        if k is not None and k is not K:
+            out.add(id(k))
+    return out
+
+
+def _merge_all(P: Plan) -> None:
+    failed: set = set()  # (producer, consumer) pairs already refused
+    changed = True
+    while changed:
+        changed = False
+        byid = {id(k): k for k in P.kernels}
+        consumers: dict[int, set] = {id(k): set() for k in P.kernels}
+        for k in P.kernels:
+            for d in _deps(P, k):
+                consumers[d].add(id(k))
+        for k2 in list(P.kernels):
+            if id(k2) not in byid or k2.kind in ("gemm", "library"):
+                continue
+            producers = sorted((byid[d] for d in _deps(P, k2)), key=lambda k: P._pos[k.members[0].id])
+            for k1 in producers:
+                if k1.kind in ("gemm", "library"):
+                    continue
+                if (id(k1), id(k2)) in failed or _indirect(k1, k2, consumers, byid):
+                    continue
+                merged = _try_merge(P, k1, k2)
+                if merged is None:
+                    failed.add((id(k1), id(k2)))
+                    continue
+                i = P.kernels.index(k1)
+                P.kernels[i] = merged
+                P.kernels.remove(k2)
+                _index(P)
+                changed = True
+                break
+            if changed:
+                break
+
+
+def _indirect(k1: Kernel, k2: Kernel, consumers: dict, byid: dict) -> bool:
+    """Is there a path k1 -> x -> ... -> k2 through another kernel?"""
+    stack = [c for c in consumers[id(k1)] if c != id(k2)]
+    seen = set(stack)
+    while stack:
+        c = stack.pop()
+        if c == id(k2):
+            return True
+        for nxt in consumers.get(c, ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return False
+
+
+def _try_merge(P: Plan, k1: Kernel, k2: Kernel) -> Kernel | None:
+    members = sorted(k1.members + k2.members, key=lambda m: P._pos[m.id])
+    if k1.kind == k2.kind == "elementwise":
+        if k1.space != k2.space:
+            return None
+        new = Kernel("elementwise", k1.space, members=members)
+    elif k1.kind == k2.kind == "reduce":
+        if k1.space != k2.space or k1.axes != k2.axes:
+            return None
+        new = Kernel("reduce", k1.space, k1.axes, members=members, omap={**k1.omap, **k2.omap})
+    else:
+        red, ew = (k1, k2) if k1.kind == "reduce" else (k2, k1)
+        new = Kernel("reduce", red.space, red.axes, members=members, omap=dict(red.omap))
+        if ew.space == red.space:
+            if red.layout != "block":
+                return None  # writing the source shape from a thread per column: keep them apart
+        else:
+            omap = next((red.omap[m.id] for m in red.members if m.id in red.omap and m.shape == ew.space), None)
+            if omap is None:
+                return None
+            for m in ew.members:
+                new.omap[m.id] = omap
+    saved = dict(P.producer)
+    for m in new.members:
+        P.producer[m.id] = new
+    try:
+        _walk(P, new)
+    except Unfusable:
+        P.producer = saved
+        return None
+    P.producer = saved
+    return new
+
+
+# ---------------------------------------------------------------------------
+# finishing: order, materialization, in-place updates, phases
+
+
+def _finish(P: Plan) -> None:
+    _index(P)
+    for k in P.kernels:
+        _walk(P, k)
+    pos = P._pos
+    # kernel order: dependencies first, then schedule order
+    deps = {id(k): _deps(P, k) for k in P.kernels}
+    byid = {id(k): k for k in P.kernels}
+    users: dict[int, list] = {id(k): [] for k in P.kernels}
+    for k in P.kernels:
+        for d in deps[id(k)]:
+            users[d].append(id(k))
+    prio = {id(k): min(pos[m.id] for m in k.members) for k in P.kernels}
+    count = {i: len(d) for i, d in deps.items()}
+    heap = [(prio[i], i) for i, c in count.items() if c == 0]
+    heapq.heapify(heap)
+    ordered = []
+    while heap:
+        _, i = heapq.heappop(heap)
+        ordered.append(byid[i])
+        for u in users[i]:
+            count[u] -= 1
+            if count[u] == 0:
+                heapq.heappush(heap, (prio[u], u))
+    if len(ordered) != len(P.kernels):
+        raise AssertionError("fusion made a cycle between kernels")
+    P.kernels = ordered
+    for i, k in enumerate(P.kernels):
+        k.id = i
+
+    # materialized: everything some other kernel reads, and the outputs
+    mat = set(P._out_ids)
+    for k in P.kernels:
+        mat.update(r for r in k.reads)
+    P.materialized = {i for i in mat if i in P.producer}
+    update_of = {u.id: leaf for leaf, u in P.updates}
+    leaf_readers: dict[int, list[int]] = {}  # node id -> ids of the kernels reading it
+    for k in P.kernels:
+        for r in k.reads:
+            leaf_readers.setdefault(r, []).append(k.id)
+    out_only = {o.id for o in P.outputs}
+    for k in P.kernels:
+        k.writes = [m for m in k.members if m.id in P.materialized]
+        k.in_place = {}
+        if k.kind not in ("elementwise", "reduce"):
+            continue  # products and library calls write their own buffer; the update is copied after
+        for m in k.writes:
+            leaf = update_of.get(m.id)
+            if leaf is None or m.id in out_only or tuple(leaf.shape) != tuple(m.shape):
+                continue
+            # every other kernel reading the old value has run already
+            if any(j > k.id for j in leaf_readers.get(leaf.id, [])):
+                continue
+            # and here the old value is read only at the point being overwritten
+            own = _o_idx(k, m) if m.id in k.omap else ident(m.shape)
+            if any(ix != own for ix in k.read_idx.get(leaf.id, ())):
+                continue
+            k.in_place[m.id] = leaf
+    fwd = P.forward
+    for k in P.kernels:
+        if any(m.id in update_of for m in k.members):
+            k.phase = "update"
+        elif any(m.id in fwd for m in k.members):
+            k.phase = "forward"
+        else:
+            k.phase = "backward"
+
+
+# ---------------------------------------------------------------------------
+# statistics
+
+
+def _size(shape, batch: int) -> int:
+    n = 1
+    for d in shape:
+        n *= batch if d is None else d
+    return n
+
+
+def _itemsize(dtype: str) -> int:
+    return {"float32": 4, "float64": 8, "int64": 8, "float16": 2, "int32": 4}.get(dtype, 8)
+
+
+def _bytes(n: Node, batch: int) -> int:
+    return _size(n.shape, batch) * _itemsize(n.dtype)
+
+
+def kernel_bytes(k: Kernel, batch: int) -> tuple[int, int]:
+    """(bytes read, bytes written) by one launch, each buffer counted once."""
+    read = sum(_bytes(n, batch) for n in k.reads.values())
+    written = sum(_bytes(m, batch) for m in k.writes) if k.kind not in ("gemm", "library") else \
+        _bytes(k.members[0], batch)
+    return read, written
+
+
+def gemm_flops(k: Kernel, batch: int) -> int:
+    m = k.members[0]
+    a = k.operands[0] if k.operands else m.inputs[0]
+    rows, cols = (_size((d,), batch) for d in m.shape)
+    inner = _size((a.shape[1],), batch)
+    return 2 * rows * cols * inner
+
+
+def plan_stats(P: Plan, batch: int = 128) -> dict:
+    by_kind: dict[str, int] = {}
+    by_phase: dict[str, dict[str, int]] = {}
+    rows = []
+    total_r = total_w = flops = 0
+    for k in P.kernels:
+        by_kind[k.kind] = by_kind.get(k.kind, 0) + 1
+        ph = by_phase.setdefault(k.phase, {})
+        ph[k.kind] = ph.get(k.kind, 0) + 1
+        r, w = kernel_bytes(k, batch)
+        f = gemm_flops(k, batch) if k.kind == "gemm" else 0
+        total_r += r
+        total_w += w
+        flops += f
+        rows.append({"kernel": f"k{k.id}", "kind": k.kind, "phase": k.phase, "read": r, "written": w,
+                     "flops": f, "members": len(k.members), "lines": k.lines()})
+    # the same program without fusion: one kernel per op, every value through memory
+    unfused_k = unfused_b = 0
+    for n in P.order:
+        kind = OPS[n.op].kind
+        if n.op in LEAVES or n.op == "const" or kind == "view" or n.shape == () and n.op in HOST_OPS:
+            continue
+        unfused_k += 1
+        unfused_b += _bytes(n, batch) + sum(_bytes(i, batch) for i in dict.fromkeys(n.inputs)
+                                             if i.op != "const")
+    return {"batch": batch, "kernels": len(P.kernels), "by_kind": by_kind, "by_phase": by_phase,
+            "bytes_read": total_r, "bytes_written": total_w, "bytes": total_r + total_w,
+            "gemm_flops": flops, "unfused_kernels": unfused_k, "unfused_bytes": unfused_b,
+            "rows": rows}
+
+
+def format_stats(st: dict, title: str = "") -> str:
+    mb = 1 / 1e6
+    lines = []
+    if title:
+        lines.append(title)
+    kinds = ", ".join(f"{v} {k}" for k, v in sorted(st["by_kind"].items()))
+    lines.append(f"kernels per step:      {st['kernels']} ({kinds})")
+    for ph in ("forward", "backward", "update"):
+        if ph in st["by_phase"]:
+            d = st["by_phase"][ph]
+            lines.append(f"  {ph:<9} {sum(d.values()):>3}: " + ", ".join(f"{v} {k}" for k, v in sorted(d.items())))
+    lines.append(f"bytes moved per step:  {st['bytes'] * mb:.3f} MB (read {st['bytes_read'] * mb:.3f} MB, "
+                 f"written {st['bytes_written'] * mb:.3f} MB) at batch {st['batch']}")
+    lines.append(f"GEMM FLOPs per step:   {st['gemm_flops'] / 1e6:.1f} MFLOP")
+    lines.append(f"unfused (one kernel per op): {st['unfused_kernels']} kernels, "
+                 f"{st['unfused_bytes'] * mb:.3f} MB")
+    lines.append("")
+    lines.append(f"{'kernel':<7}{'kind':<12}{'phase':<9}{'read KB':>10}{'written KB':>11}{'MFLOP':>9}  lines")
+    for r in st["rows"]:
+        lines.append(f"{r['kernel']:<7}{r['kind']:<12}{r['phase']:<9}{r['read'] / 1e3:>10.1f}"
+                     f"{r['written'] / 1e3:>11.1f}{r['flops'] / 1e6:>9.1f}  {', '.join(r['lines'])}")
+    return "\n".join(lines) + "\n"
