@@ -161,3 +161,18 @@ def dot(roots: list[Node]) -> str:
             lines.append(f"  n{i.id} -> n{n.id};")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def hessian_vector_function(prog: Program) -> Function:
+    """hv(x, t, v_1..v_k) = H v for the loss's Hessian w.r.t. all parameters, by
+    differentiating <grad L, v> again (never forming H)."""
+    spec, G = prog.spec, prog.spec.graph
+    params = list(spec.params.values())
+    vs = [G("input", name=f"__v.{p.name}", shape=p.shape, dtype=p.dtype) for p in params]
+    gs = [prog.grads[p.name] for p in params]
+    dot_gv = None
+    for g, v in zip(gs, vs):
+        term = G("sum", G("mul", g, v))
+        dot_gv = term if dot_gv is None else G("add", dot_gv, term)
+    hv = simplify(G, grad(G, dot_gv, params))
+    return lower(hv, (), "hessian_vector", feeds=_used(spec.feeds, hv) + vs)

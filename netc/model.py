@@ -54,7 +54,7 @@ def optimizer_for(spec: Spec, cfg: TrainConfig) -> Optimizer:
     l2, l1 = _group_values(spec, cfg, "decay"), _group_values(spec, cfg, "l1")
     extra = {k: getattr(m, k) for k in ("eps", "mu", "tau0", "alpha", "beta", "delta") if hasattr(m, k)}
     return Optimizer(kind=m.kind, momentum=getattr(m, "momentum", 0) > 0, nesterov=getattr(m, "nesterov", False),
-                     l2=l2, l1=l1, lr0=m.lr, **extra)
+                     l2=l2, l1=l1, lr0=m.lr if isinstance(m.lr, (int, float)) else 0.01, **extra)
 
 
 def _group_values(spec: Spec, cfg: TrainConfig, key: str) -> dict[str, float]:

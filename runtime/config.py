@@ -22,10 +22,18 @@ class _Strict(BaseModel):
 # ---- methods and schedules ------------------------------------------------------
 
 
+class Auto(_Strict):
+    """lr = auto(eigen): eta = 1 / lambda_max of the Hessian, by the power method on
+    Hessian-vector products, estimated before training [EB 5, 9.3]."""
+    kind: Literal["auto"] = "auto"
+    args: tuple[Literal["eigen"]] = ("eigen",)
+    examples: int = Field(1000, ge=1, description="training examples the estimate uses")
+
+
 class SGD(_Strict):
     """Stochastic gradient descent, with classic or Nesterov momentum [EB 4.7, PR 3.1]."""
     kind: Literal["sgd"] = "sgd"
-    lr: float = Field(0.01, gt=0, description="base learning rate eps0")
+    lr: float | Auto = Field(0.01, description="base learning rate eps0 (> 0), or auto(eigen)")
     momentum: float = Field(0.0, ge=0, lt=1, description="mu in v <- mu v - eps g; 0 = none (PR's default)")
     nesterov: bool = Field(False, description="Nesterov's look-ahead form of momentum")
 
@@ -199,7 +207,12 @@ def _convert(key: str, value, loc: Loc, source):
             raise SpecError(f"{value.name}(...) takes named arguments, like {value.name}(lr = 0.1)",
                             value.loc, source)
         try:
-            return cls(**value.kw)
+            kw = {k: _plain(v) for k, v in value.kw.items()}
+            obj = cls(**kw)
+            lr = getattr(obj, "lr", None)
+            if isinstance(lr, (int, float)) and lr <= 0:
+                raise SpecError(f"{value.name}: lr must be > 0, got {lr}", value.loc, source)
+            return obj
         except ValidationError as v:
             err = v.errors()[0]
             field = ".".join(str(x) for x in err["loc"])
@@ -216,6 +229,13 @@ def _convert(key: str, value, loc: Loc, source):
     if isinstance(value, BlockCall):
         raise SpecError(f"'{key}' does not take a call", value.loc, source)
     return value
+
+
+def _plain(v):
+    """A call written as a value (lr = auto(eigen)) as the dict pydantic validates."""
+    if isinstance(v, BlockCall):
+        return {"kind": v.name, "args": tuple(str(a) for a in v.args), **{k: _plain(x) for k, x in v.kwargs}}
+    return v
 
 
 def describe(model: type[_Strict]) -> str:

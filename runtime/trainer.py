@@ -115,6 +115,8 @@ class Run:
         batches = Batches(train.x, train.t if prog.spec.targets else None)
         params = list(prog.spec.params)
         base_lr = cfg.method.lr
+        if not isinstance(base_lr, (int, float)):  # lr = auto(eigen)
+            base_lr = self._eigen_rate(train, rng, base_lr.examples)
         mu = getattr(cfg.method, "momentum", 0.0)
         avg = copy_state(self.state, params) if cfg.average.kind == "polyak" else None
         eval_state = self.state if avg is None else {**self.state, **avg}
@@ -221,7 +223,7 @@ class Run:
             "train_loss": last.get("train_loss"),
             "valid_loss": last.get("valid_loss"), "valid_error": last.get("valid_error"),
             "test_loss": last.get("test_loss"), "test_error": last.get("test_error"),
-            "best_epoch": best["epoch"] or None, "recoveries": recoveries,
+            "best_epoch": best["epoch"] or None, "recoveries": recoveries, "lr": base_lr,
             "seconds": time.perf_counter() - t_start,
             "examples_per_second": age / train_seconds if train_seconds > 0 else None,
         }
@@ -235,6 +237,16 @@ class Run:
         if stopped == "interrupted":
             raise KeyboardInterrupt
         return summary
+
+    def _eigen_rate(self, train: Dataset, rng: np.random.Generator, examples: int) -> float:
+        from .eigen import largest_eigenvalue
+        idx = np.sort(rng.choice(len(train), size=min(examples, len(train)), replace=False))
+        t = None if train.t is None else train.t[idx]
+        lam = largest_eigenvalue(self.program, self.state, train.x[idx], t, seed=self.cfg.seed)
+        if not np.isfinite(lam) or lam <= 0:
+            raise NetcError(f"lr = auto(eigen): the Hessian's largest eigenvalue came out {lam}; set lr by hand")
+        self.log(f"lr = auto(eigen): lambda_max {lam:.6g} on {len(idx)} examples -> lr {1 / lam:.6g}")
+        return 1.0 / lam
 
     def _estimate_curvature(self, train: Dataset, rng: np.random.Generator) -> None:
         """SDLM [EB 9.1]: before each epoch, h <- (1 - gamma) h + gamma * bbprop(batch)

@@ -12,6 +12,7 @@ tests/test_forward.py checks every recipe's forward-mode rule against these.
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -639,3 +640,253 @@ def test_mean_of_integer_labels_is_float():
     assert want == pytest.approx(0.6)
     (got,), _ = run_lowered([m], values, batch=5)
     assert got == pytest.approx(0.6)
+
+
+# ---------------------------------------------------------------------------
+# clip, where, max/min, logsumexp, shapes, take, random streams
+
+
+def _lower_and_run(outputs, values, batch, updates=(), state_names=()):
+    order = toposort(list(outputs) + [u for _, u in updates])
+    feeds = [n for n in order if n.op in ("input", "hyper")]
+    fn = lower(list(outputs), list(updates), feeds=feeds, debug=True)
+    state = {n.name: np.array(values[n.name]) for n in order if n.op in ("param", "state")}
+    res = fn.bind(state, batch)(*[np.asarray(values[f.name], dtype=f.dtype) for f in feeds])
+    return res, state, fn
+
+
+def test_new_ops_normalize_their_attributes():
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 5))
+    assert G("slice", x, lo=-3) is G("slice", x, lo=2, hi=5, axis=1) is G("slice", x, lo=2.0, axis=-1)
+    assert G("slice", x, lo=0, hi=5) is x and G("pad", x) is x and G("pad", x, before=0, after=0) is x
+    assert G("reshape", x, shape=(5,)) is x and G("reshape", x, shape=(-1,)) is x
+    assert G("reshape", x, shape=(5, 1)) is G("reshape", x, shape=(-1, 1)) is G("reshape", x, shape=[5, 1])
+    assert G("reshape", x, shape=(5, 1)).shape == (None, 5, 1)
+    assert G("clip", x, lo=-np.inf, hi=np.inf) is x and G("clip", x, lo=-1, hi=1) is G("clip", x, lo=-1.0, hi=1.0)
+    assert G("max", x, axis=-1) is G("max", x, axis=1) is G("max", x, axis=(1,), keepdims=False)
+    assert G("min", x).shape == () and G("max", x, axis=0, keepdims=True).shape == (1, 5)
+    assert G("logsumexp", x) is G("logsumexp", x, axis=1) and G("logsumexp", x, keepdims=True).shape == (None, 1)
+    assert G("concat", x, x) is G("concat", x, x, axis=1) and G("concat", x, x).shape == (None, 10)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda G, x, t, E: G("reshape", x, shape=(4,)), "cannot reshape"),
+    (lambda G, x, t, E: G("reshape", x, shape=(2, -1, -1)), "at most one -1"),
+    (lambda G, x, t, E: G("reshape", G("transpose", x), shape=(6,)), "batch dimension first"),
+    (lambda G, x, t, E: G("slice", x, lo=2, hi=9), "out of range"),
+    (lambda G, x, t, E: G("slice", x, lo=2, hi=2), "empty"),
+    (lambda G, x, t, E: G("slice", x, axis=0, hi=1), "batch dimension"),
+    (lambda G, x, t, E: G("pad", x, before=-1), "sizes >= 0"),
+    (lambda G, x, t, E: G("concat", x, E), "differ in another axis"),
+    (lambda G, x, t, E: G("concat", x, x, axis=0), "batch dimension"),
+    (lambda G, x, t, E: G("take", E, x), "integer indices"),
+    (lambda G, x, t, E: G("take", E), "takes 2 tensors"),
+    (lambda G, x, t, E: G("clip", x, lo=1, hi=0), "above"),
+    (lambda G, x, t, E: G("clip", x, -1, 1), "takes 1 tensor"),
+    (lambda G, x, t, E: G("clip", x, lo=x, hi=1), "must be a number"),
+    (lambda G, x, t, E: G("max", x, axis=2), "out of range"),
+    (lambda G, x, t, E: G("sum", x, axis=2), "out of range"),
+    (lambda G, x, t, E: G("logsumexp", x, axis=(0, 1)), "one axis"),
+    (lambda G, x, t, E: G("where", x, x), "condition and two tensors"),
+    (lambda G, x, t, E: G("bernoulli_mask", x, keep=1.5), "keep"),
+    (lambda G, x, t, E: G("normal_noise", x, std=-1.0), "std"),
+    (lambda G, x, t, E: G("uniform_noise", x, seed=0.5), "seed"),
+])
+def test_new_op_errors_name_the_place(bad, message):
+    from netc.compiler.errors import Loc, SpecError
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 6))
+    t = G("input", name="t", shape=(None,), dtype="int64")
+    E = G("param", name="E", shape=(3, 4))
+    here = Loc("spec.net", 7, 3)
+    G0 = G
+
+    def located(op, *ins, **attrs):
+        return G0(op, *ins, loc=here, **attrs)
+    with pytest.raises(SpecError, match=message) as e:
+        bad(located, x, t, E)
+    assert e.value.loc == here
+
+
+def test_max_and_min_split_the_derivative_between_ties():
+    G = Graph("float64")
+    x = G("param", name="x", shape=(None, 4))
+    values = {"x": np.array([[1.0, 3.0, 3.0, 0.0], [2.0, -1.0, 2.0, 2.0]])}
+    for op, want in [("max", [[0, .5, .5, 0], [1 / 3, 0, 1 / 3, 1 / 3]]),
+                     ("min", [[0, 0, 0, 1], [0, 1, 0, 0]])]:
+        (g,) = grad(G, G("sum", G(op, x, axis=1)), [x])
+        (v,) = ev([g], values)
+        np.testing.assert_allclose(v, want)
+        (got,), _ = run_lowered([g], values)
+        np.testing.assert_allclose(got, want)
+    # a reduction over all axes: the gradient sums to one
+    (g,) = grad(G, G("max", x), [x])
+    assert ev([g], values)[0].sum() == pytest.approx(1.0)
+
+
+def test_logsumexp_is_stable_where_the_naive_form_overflows():
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 3))
+    values = {"x": np.array([[1000.0, 1000.0, -1000.0], [-1000.0, -1001.0, -2000.0]])}
+    want = np.array([1000.0 + np.log(2.0), -1000.0 + np.log1p(np.exp(-1.0))])
+    (v,) = ev([G("logsumexp", x)], values)
+    np.testing.assert_allclose(v, want, rtol=1e-14)
+    (got,), fn = run_lowered([G("logsumexp", x)], values)
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+    (g,) = grad(G, G("sum", G("logsumexp", x)), [x])
+    (gv,) = ev([g], values)
+    assert np.all(np.isfinite(gv)) and np.allclose(gv.sum(axis=1), 1.0)
+
+
+def test_reshape_and_slice_are_views_of_their_input():
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 6))
+    outs = [G("reshape", x, shape=(2, 3)), G("slice", x, lo=1, hi=4),
+            G("reshape", G("reshape", x, shape=(3, 2)), shape=(-1,))]
+    feed = np.arange(12.0).reshape(2, 6)
+    fn = lower(outs, feeds=[x])
+    for r in fn.bind({}, 2)(feed):
+        assert np.shares_memory(r, feed)
+    assert "np.empty" not in fn.source
+
+
+def test_take_gathers_rows_and_its_gradient_adds_repeated_rows():
+    G = Graph("float64")
+    E = G("param", name="E", shape=(4, 2))
+    i = G("input", name="i", shape=(None,), dtype="int64")
+    rows = G("take", E, i)
+    (g,) = grad(G, G("sum", rows), [E])
+    values = {"E": np.arange(8.0).reshape(4, 2), "i": np.array([3, 0, 3, -1])}
+    (r, gv), _, fn = _lower_and_run([rows, g], values, 4)
+    np.testing.assert_array_equal(r, values["E"][[3, 0, 3, 3]])
+    np.testing.assert_array_equal(gv, [[1, 1], [0, 0], [0, 0], [3, 3]])
+    with pytest.raises(IndexError, match="out of range for a table of 4 rows"):
+        _lower_and_run([rows], {**values, "i": np.array([0, 4, 1, 1])}, 4)
+    with pytest.raises(IndexError):
+        ev([rows], {**values, "i": np.array([0, 4, 1, 1])}, 4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda G, p, c: G("where", c, p, 0.0),
+    lambda G, p, c: G("where", c, 0.0, p),
+    lambda G, p, c: G("where", c, G("neg", p), p),
+    lambda G, p, c: G("softplus", p),
+    lambda G, p, c: G("clip", p, lo=-0.5, hi=0.25),
+], ids=["where-x", "where-y", "where-both", "softplus", "clip"])
+def test_updates_written_in_place_read_their_old_value_first(make):
+    """An elementwise update may be computed into the parameter's own storage:
+    multi-step emitters must read the old value before they overwrite it."""
+    G = Graph("float64")
+    p = G("param", name="p", shape=(None, 3))
+    c = G("input", name="c", shape=(None, 3))
+    new = make(G, p, c)
+    rng = np.random.default_rng(0)
+    values = {"p": rng.normal(size=(2, 3)), "c": rng.integers(0, 2, (2, 3)).astype(float)}
+    (want,) = ev([new], values)
+    _, state, fn = _lower_and_run([], values, 2, updates=[(p, new)])
+    # really in place: computed into the parameter's storage, not copied there at the end
+    assert not re.search(r"np\.copyto\(s0, b\d+\)$", fn.source, re.M), fn.source
+    np.testing.assert_allclose(state["p"], want, rtol=1e-15)
+
+
+def test_cuda_expressions_render_attributes():
+    from netc.compiler.ops import cuda_expr
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 3))
+    assert cuda_expr(G("clip", x, lo=-1, hi=2), ["a"]) == "fmin(fmax(a,-1.0),2.0)"
+    assert cuda_expr(G("clip", x, lo=0, hi=np.inf), ["a"]) == "fmin(fmax(a,0.0),(1.0/0.0))"
+    assert cuda_expr(G("where", x, x, 0.0), ["c", "a", "b"]) == "((c!=0)?(a):(b))"
+    assert cuda_expr(G("tanh", x), ["a"]) == "tanh(a)"
+
+
+# -- random streams ------------------------------------------------------------
+
+
+RANDOM_OPS = ("uniform_noise", "normal_noise", "bernoulli_mask")
+
+
+def _draw(G, op, step, batch=3, dtype="float64", **attrs):
+    x = G("input", name="x", shape=(None, 4), dtype=dtype)
+    n = G(op, x, **attrs)
+    values = {"x": np.zeros((batch, 4), dtype=dtype), "step": np.int64(step)}
+    (v,) = ev([n], values, batch)
+    (got,), _, _ = _lower_and_run([n], values, batch)
+    return n, v, np.array(got)
+
+
+@pytest.mark.parametrize("op", RANDOM_OPS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_random_streams_are_keyed_by_seed_and_step(op, dtype):
+    G = Graph(dtype)
+    n, a, la = _draw(G, op, 5, dtype=dtype, seed=1)
+    assert n.dtype == dtype and a.dtype == np.dtype(dtype)
+    # the step is the `step` hyper, read each call: nothing carries over between calls
+    (step,) = [i for i in n.inputs if i.op == "hyper"]
+    assert step.name == "step" and step.dtype == "int64" and step.shape == ()
+    np.testing.assert_array_equal(a, la)  # the generated code draws the reference's numbers
+    _, b, lb = _draw(Graph(dtype), op, 5, dtype=dtype, seed=1)
+    np.testing.assert_array_equal(a, b)  # another compilation, the same (seed, step): the same
+    _, c, _ = _draw(Graph(dtype), op, 6, dtype=dtype, seed=1)
+    _, d, _ = _draw(Graph(dtype), op, 5, dtype=dtype, seed=2)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+    # the batch size does not change the first rows... it is one stream, filled in order
+    _, e, _ = _draw(Graph(dtype), op, 5, batch=6, dtype=dtype, seed=1)
+    np.testing.assert_array_equal(e[:3], a)
+
+
+def test_random_draws_have_their_distribution():
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 1000))
+    ops = [G("uniform_noise", x, lo=-1.0, hi=3.0, seed=1), G("normal_noise", x, mean=2.0, std=0.5, seed=1),
+           G("bernoulli_mask", x, keep=0.3, seed=1)]
+    values = {"x": np.zeros((20, 1000)), "step": np.int64(0)}
+    u, z, m = _lower_and_run(ops, values, 20)[0]
+    N = u.size
+    assert u.min() >= -1 and u.max() < 3 and abs(u.mean() - 1.0) < 5 * (4 / np.sqrt(12 * N))
+    assert abs(z.mean() - 2.0) < 5 * 0.5 / np.sqrt(N) and abs(z.std() - 0.5) < 0.01
+    assert set(np.unique(m)) == {0.0, 1.0} and abs(m.mean() - 0.3) < 5 * np.sqrt(0.21 / N)
+    # different ops with the same seed still draw different numbers from different streams
+    # only through their transforms; independent defaults differ per op and per tensor
+    a = G("bernoulli_mask", x, keep=0.5)
+    b = G("uniform_noise", x)
+    y = G("input", name="y", shape=(None, 1000))
+    c = G("bernoulli_mask", y, keep=0.5)
+    assert len({a.attr("seed"), b.attr("seed"), c.attr("seed")}) == 3
+    assert G("bernoulli_mask", x, keep=0.5) is a  # one call, one node: give seeds to draw twice
+
+
+def test_random_ops_have_no_derivative_and_are_not_folded():
+    from netc.compiler.simplify import simplify
+    G = Graph("float64")
+    w = G("param", name="w", shape=(None, 3))
+    m = G("bernoulli_mask", w, keep=0.5, seed=3)
+    (g,) = grad(G, G("sum", G("mul", w, m)), [w])
+    values = {"w": np.ones((4, 3)), "step": np.int64(9)}
+    gv, mv = ev([g, m], values, 4)
+    np.testing.assert_array_equal(gv, mv)  # d(w * mask)/dw = mask
+    assert simplify(G, [m])[0] is m
+
+
+def test_new_ops_in_the_language():
+    from netc.compiler.elaborate import elaborate
+    from netc.compiler.parse import parse
+    text = "\n".join([
+        "input x : [6]", "target t : class(3)", "E = param([3, 4])",
+        "a = clip(x, -1, 1)", "b = clip(x, lo = 0)", "c = where(gt(x, 0), x, 0)",
+        "d = max(x, axis = -1)", "e = min(x, keepdims = true)", "f = reshape(x, [3, -1])",
+        "g = concat(x, a, axis = -1)", "h = slice(x, 1, 4)", "i = pad(x, 1, 2)", "j = take(E, t)",
+        "k = logsumexp(x)", "l = uniform_noise(x, lo = -1, hi = 1, seed = 4)",
+        "m = normal_noise(x, std = 0.1)", "n = bernoulli_mask(x, keep = 0.8, seed = 7)",
+        "o = clip(weights, -1, 1)", ""])
+    s = elaborate(parse(text, "t.net"), "float64")
+    shapes = {k: v.shape for k, v in s.named.items()}
+    assert shapes == {"E": (3, 4), "a": (None, 6), "b": (None, 6), "c": (None, 6), "d": (None,),
+                      "e": (1, 1), "f": (None, 3, 2), "g": (None, 12), "h": (None, 3), "i": (None, 9),
+                      "j": (None, 4), "k": (None,), "l": (None, 6), "m": (None, 6), "n": (None, 6)}
+    assert s.named["b"].attr("hi") == np.inf and s.named["n"].attr("seed") == 7
+    values = {"x": np.linspace(-2, 2, 12).reshape(2, 6), "t": np.array([2, 0]),
+              "E": np.arange(12.0).reshape(3, 4), "step": np.int64(1)}
+    j, c = ev([s.named["j"], s.named["c"]], values)
+    np.testing.assert_array_equal(j, values["E"][[2, 0]])
+    np.testing.assert_array_equal(c, np.maximum(values["x"], 0))
