@@ -37,6 +37,7 @@ class Op:
     scratch: Callable | None = None  # node -> [(shape, dtype)] temporaries for emit
     cuda: str | None = None  # elementwise C expression over {0}, {1}, ... and {attr}
     simplify_on_build: Callable | None = None  # (G, inputs, attrs[, loc]) -> Node | None
+    expect: Callable | None = None  # (G, node) -> Node  a random op's expected value
     doc: str = ""
 
 
@@ -1205,10 +1206,12 @@ def _generator(seed, step) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=[int(seed) % _KEY, int(step) % _KEY]))
 
 
-def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Callable, doc: str):
+def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Callable,
+               mean: Callable, doc: str):
     """`params` are the op's numeric attributes with their defaults; `fill(gen,
     out, attrs)` returns the code lines that fill `out` from the generator
-    expression `gen`; `ref(generator, shape, attrs)` is the reference."""
+    expression `gen`; `ref(generator, shape, attrs)` is the reference and
+    `mean(attrs)` the expected value."""
     def numbers(a, loc) -> dict:
         if "seed" in a:
             _integer(name, a, "seed", loc)
@@ -1248,9 +1251,12 @@ def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Ca
         return ref(_generator(a["seed"], xs[1]), np.shape(xs[0]), a)
 
     lang = (("x", *params, "seed"), {**params, "seed": None})
+    def expect(G, n):
+        return G("broadcast", G.const(mean(n.a), n.dtype), shape=n.shape)
+
     return _register(Op(name, "other", infer, impl=impl, emit=emit,
                         grad=lambda G, n, g: (None, None), jvp=_no_jvp, lang=lang,
-                        simplify_on_build=build, doc=doc))
+                        simplify_on_build=build, expect=expect, doc=doc))
 
 
 def _dt(a) -> str:
@@ -1311,14 +1317,28 @@ def _ref_bernoulli(gen, shape, a):
 
 
 _random_op("uniform_noise", {"lo": 0.0, "hi": 1.0}, _check_uniform, _fill_uniform, _ref_uniform,
+           lambda a: (a["lo"] + a["hi"]) / 2,
            "uniform_noise(x, lo = 0, hi = 1, seed): numbers uniform in [lo, hi), shaped like x, "
            "drawn afresh each step from the stream (seed, step)")
-_random_op("normal_noise", {"mean": 0.0, "std": 1.0}, _check_normal, _fill_normal, _ref_normal,
+_random_op("normal_noise", {"mean": 0.0, "std": 1.0}, _check_normal, _fill_normal, _ref_normal, lambda a: a["mean"],
            "normal_noise(x, mean = 0, std = 1, seed): Gaussian numbers shaped like x, drawn "
            "afresh each step from the stream (seed, step)")
-_random_op("bernoulli_mask", {"keep": 0.5}, _check_keep, _fill_bernoulli, _ref_bernoulli,
+_random_op("bernoulli_mask", {"keep": 0.5}, _check_keep, _fill_bernoulli, _ref_bernoulli, lambda a: a["keep"],
            "bernoulli_mask(x, keep = 0.5, seed): 1 with probability `keep`, else 0, shaped like "
            "x, drawn afresh each step from the stream (seed, step)")
+
+
+def expected(G, roots: list[Node]) -> list[Node]:
+    """`roots` with every random op replaced by its expected value: the graph
+    to evaluate and predict with (inverted dropout x * mask / keep becomes x;
+    zero-mean noise disappears), which needs no `step` feed."""
+    from .graph import toposort
+    new: dict[int, Node] = {}
+    for n in toposort(roots):
+        spec = OPS[n.op]
+        new[n.id] = (spec.expect(G, n) if spec.expect is not None
+                     else G.rebuild(n, [new[i.id] for i in n.inputs]))
+    return [new[r.id] for r in roots]
 
 
 def language_ops() -> dict[str, Op]:

@@ -119,7 +119,7 @@ class Model:
             spec = parse_and_elaborate(text, file, self.train_cfg.dtype)
         self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
                                        optimizer=optimizer_for(spec, self.train_cfg), debug=debug)
-        self.state = init_state(self.program.state_leaves, self.train_cfg.seed)
+        self.state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
         self.summary: dict | None = None
 

@@ -83,6 +83,28 @@ class InverseTime(_Strict):
     tau: float = Field(10000, gt=0, description="examples before the rate starts to decay")
 
 
+class StepDecay(_Strict):
+    """eps0 * factor ^ floor(t / every), t in examples."""
+    kind: Literal["step"] = "step"
+    every: int = Field(100000, ge=1, description="examples between cuts")
+    factor: float = Field(0.1, gt=0, lt=1)
+
+
+class Exponential(_Strict):
+    """eps0 * decay ^ (t / every), t in examples."""
+    kind: Literal["exponential"] = "exponential"
+    decay: float = Field(0.9, gt=0, lt=1)
+    every: int = Field(50000, ge=1, description="examples per factor of `decay`")
+
+
+class Plateau(_Strict):
+    """Hold the rate until the training criterion stops improving by a relative
+    `threshold` over an epoch, then multiply it by `factor` [PR 3.1]."""
+    kind: Literal["plateau"] = "plateau"
+    threshold: float = Field(0.01, ge=0, lt=1)
+    factor: float = Field(0.5, gt=0, lt=1)
+
+
 class Early(_Strict):
     """Early stopping on the validation error with patience counted in examples [PR 3.1]."""
     kind: Literal["early"] = "early"
@@ -100,7 +122,8 @@ class Polyak(_Strict):
 
 
 METHODS = {"sgd": SGD, "adagrad": AdaGrad, "sdlm": SDLM, "vsgd": VSGD, "adaptive": Adaptive}
-SCHEDULES = {"constant": Constant, "inverse_time": InverseTime}
+SCHEDULES = {"constant": Constant, "inverse_time": InverseTime, "step": StepDecay, "exponential": Exponential,
+             "plateau": Plateau}
 STOPS = {"early": Early, "off": Never, "none": Never}
 AVERAGES = {"polyak": Polyak, "off": Never, "none": Never}
 EMPHASIZE = {"off": Never, "none": Never}
@@ -117,7 +140,12 @@ class TrainConfig(_Strict):
     lr_scale: Any = Field(1.0, description="per-parameter learning-rate factor: a number or a formula of "
                                           "fan_in, fan_out, size (e.g. fan_in ^ -0.5 [EB 4.7]); "
                                           "`lr_scale SELECTOR = ...` sets it for a group")
-    schedule: Constant | InverseTime = Field(default_factory=Constant, description="constant or inverse_time(tau)")
+    schedule: Constant | InverseTime | StepDecay | Exponential | Plateau = Field(
+        default_factory=Constant, description="constant, inverse_time(tau), step(every, factor), "
+                                              "exponential(decay, every), plateau(threshold, factor)")
+    init_scale: float = Field(1.0, gt=0, description="a global factor on every initialization's scale [PR 3.2]")
+    recover: bool = Field(True, description="on divergence, restore the last healthy state and divide the rate by 3")
+    stats: bool = Field(True, description="per-layer statistics in metrics.jsonl each epoch [PR 4.2]")
     stop: Early | Never = Field(default_factory=Never, description="early(patience, grow) or off")
     average: Polyak | Never = Field(default_factory=Never, description="polyak or off")
     decay: float = Field(0.0, ge=0, description="L2 weight decay lambda on the whole training criterion "

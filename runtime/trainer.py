@@ -20,7 +20,7 @@ from netc.compiler.errors import NetcError
 from netc.compiler.pipeline import Program
 
 from . import checkpoint
-from .config import InverseTime, TrainConfig
+from .config import TrainConfig
 from .data import Dataset, minibatches
 from .progress import Progress
 from .state import assign, copy_state
@@ -88,9 +88,15 @@ def predict(program: Program, state: dict, x: np.ndarray, batch: int) -> np.ndar
 
 
 def learning_rate(cfg: TrainConfig, age: int, base: float) -> float:
-    if isinstance(cfg.schedule, InverseTime):
-        tau = cfg.schedule.tau
-        return base * tau / max(age, tau)
+    """The scheduled rate at `age` examples seen (plateau acts at epoch ends instead)."""
+    sch = cfg.schedule
+    match sch.kind:
+        case "inverse_time":
+            return base * sch.tau / max(age, sch.tau)
+        case "step":
+            return base * sch.factor ** (age // sch.every)
+        case "exponential":
+            return base * sch.decay ** (age / sch.every)
     return base
 
 
@@ -172,6 +178,11 @@ class Run:
                 bar.close()
                 in_epoch = False
                 epoch_loss = loss_sum / max(seen, 1)
+                if (cfg.schedule.kind == "plateau" and math.isfinite(best_epoch_loss)
+                        and epoch_loss > (1 - cfg.schedule.threshold) * best_epoch_loss):
+                    base_lr *= cfg.schedule.factor
+                    self.log(f"epoch {epoch}: training loss {epoch_loss:.4g} did not improve on {best_epoch_loss:.4g} "
+                             f"by {cfg.schedule.threshold:g}: learning rate now {base_lr:g}")
                 if watch.healthy_epoch(epoch_loss, best_epoch_loss):
                     best_epoch_loss = min(best_epoch_loss, epoch_loss)
                     good, good_age = copy_state(self.state), age  # the last healthy state
@@ -268,6 +279,8 @@ class Run:
 
     def _recover(self, count: int, loss: float, age: int, lr: float, good: dict) -> float:
         """Bengio 2012 §2.1: restore the last healthy state and divide the rate by 3."""
+        if not self.cfg.recover:
+            raise Diverged(f"training diverged (loss {loss:g}) at age {age} with learning rate {lr:g}")
         if count > MAX_RECOVERIES:
             raise Diverged(f"training diverged {count} times (loss {loss:g}); the rate is now {lr:g}: "
                            f"lower method.lr")

@@ -890,3 +890,20 @@ def test_new_ops_in_the_language():
     j, c = ev([s.named["j"], s.named["c"]], values)
     np.testing.assert_array_equal(j, values["E"][[2, 0]])
     np.testing.assert_array_equal(c, np.maximum(values["x"], 0))
+
+
+def test_expected_graph_replaces_random_ops_by_their_means():
+    from netc.compiler.ops import expected
+    G = Graph("float64")
+    x = G("input", name="x", shape=(None, 3))
+    keep = 0.8
+    y = G("add", G("div", G("mul", x, G("bernoulli_mask", x, keep=keep, seed=1)), keep),
+          G("normal_noise", x, mean=0.25, std=2.0, seed=2))
+    z = G("uniform_noise", x, lo=-1.0, hi=3.0, seed=3)
+    ey, ez = expected(G, [y, z])
+    assert not any(n.op == "hyper" for n in toposort([ey, ez]))  # no step to feed
+    values = {"x": np.arange(6.0).reshape(2, 3)}
+    vy, vz = ev([ey, ez], values)
+    np.testing.assert_allclose(vy, values["x"] + 0.25)
+    np.testing.assert_allclose(vz, np.ones((2, 3)))
+    assert expected(G, [x]) == [x]

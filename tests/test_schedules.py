@@ -1,0 +1,69 @@
+"""Learning-rate schedules and the global initialization scale: their effect
+on the rate actually used, read back from metrics.jsonl."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import netc
+
+NET = "input x : [4]\ntarget t : class(3)\nh = dense(x, 8, act = tanh)\ny = dense(h, 3)\nloss = nll(softmax(y), t)\n"
+
+
+def problem(n=100, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    return x, np.argmax(x[:, :3], axis=1)
+
+
+def rates(tmp_path, schedule: str, epochs=6, batch=10):
+    x, t = problem()
+    m = netc.compile(NET + f"train {{\n    method = sgd(lr = 0.1)\n    schedule = {schedule}\n    batch = {batch}\n}}\n")
+    out = tmp_path / schedule.split("(")[0]
+    m.fit(x, t, epochs=epochs, out=out)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["age"], r["lr"]) for r in rows]
+
+
+@pytest.mark.parametrize("schedule, rule", [
+    ("step(every = 200, factor = 0.5)", lambda age: 0.1 * 0.5 ** (age // 200)),
+    ("exponential(decay = 0.9, every = 100)", lambda age: 0.1 * 0.9 ** (age / 100)),
+    ("inverse_time(tau = 150)", lambda age: 0.1 * 150 / max(age, 150)),
+    ("constant", lambda age: 0.1),
+])
+def test_scheduled_rate_follows_its_formula(tmp_path, schedule, rule):
+    for age, lr in rates(tmp_path, schedule):
+        assert lr == pytest.approx(rule(age), rel=1e-12)
+
+
+def test_plateau_cuts_the_rate_only_when_training_stalls(tmp_path):
+    x, t = problem()
+    lines = []
+    # a rate so small that the loss barely moves: every epoch is a plateau
+    m = netc.compile(NET + "train {\n    method = sgd(lr = 1e-7)\n    schedule = plateau(threshold = 0.01, factor = 0.5)\n}\n")
+    m.fit(x, t, epochs=4, out=tmp_path / "slow", log=lines.append)
+    slow = [json.loads(l)["lr"] for l in (tmp_path / "slow" / "metrics.jsonl").read_text().splitlines()]
+    assert slow == pytest.approx([1e-7, 5e-8, 2.5e-8, 1.25e-8])
+    assert sum("did not improve" in l for l in lines) == 3
+    # a good rate keeps improving by more than 1% per epoch early on: no cut in the first epochs
+    m = netc.compile(NET + "train {\n    method = sgd(lr = 0.1)\n    schedule = plateau(threshold = 0.01)\n}\n")
+    m.fit(x, t, epochs=3, out=tmp_path / "fast")
+    fast = [json.loads(l)["lr"] for l in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    assert fast == [0.1, 0.1, 0.1]
+
+
+def test_init_scale_multiplies_every_initialization():
+    a = netc.compile(NET)
+    b = netc.compile(NET + "train {\n    init_scale = 0.25\n}\n")
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], 0.25 * a.params[k], rtol=1e-6)
+
+
+def test_recover_off_stops_at_the_first_divergence():
+    from netc.runtime.trainer import Diverged
+    x, t = problem()
+    m = netc.compile(NET + "train {\n    method = sgd(lr = 1e6)\n    recover = false\n}\n")
+    with pytest.raises(Diverged, match="diverged"):
+        m.fit(x * 100, t, epochs=2)
