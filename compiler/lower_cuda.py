@@ -269,7 +269,7 @@ class _CGen:
                  else "for (long long r_ = 0; r_ < nk_; ++r_) {")
         for k, (kind, r, x) in enumerate(K.steps):
             t = CTYPE[x.dtype]
-            a = f"a{k}_"
+            a = f"acc{k}_"
             if kind == "argmax":
                 body.emit(f"{t} {a} = -(({t})NETC_INF); long long {a}i = -1;")
             else:
@@ -354,8 +354,8 @@ def _comment_safe(text: str) -> str:
     return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
-def kernel_sources(P: Plan) -> list[KernelSource]:
-    return [_CGen(k, f"netc_k{k.id}", P).generate() for k in P.kernels if k.kind in ("elementwise", "reduce")]
+def kernel_sources(P: Plan, prefix: str = "netc") -> list[KernelSource]:
+    return [_CGen(k, f"{prefix}_k{k.id}", P).generate() for k in P.kernels if k.kind in ("elementwise", "reduce")]
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +399,7 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
     """Fuse, generate CUDA C for every kernel, and the Python `make(rt, S, B)`."""
     updates = list(updates)
     P = fuse.plan(outputs, updates)
-    sources = kernel_sources(P)
+    sources = kernel_sources(P, f"netc_{name}")
     src_of = {ks.kernel.id: ks for ks in sources}
     order = P.order
     if feeds is None:

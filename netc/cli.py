@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tol", type=float, default=1e-5, help="largest acceptable relative error")
     c.add_argument("--seed", type=int, default=0)
 
+    c = sub.add_parser("lr-probe", help="find the largest learning rate that does not diverge [PR 2.1]")
+    c.add_argument("spec")
+    c.add_argument("--start", type=float, default=10.0, help="the first (large) rate to try")
+    c.add_argument("--examples", type=int, default=5000, help="training examples per trial")
+    c.add_argument("--epochs", type=int, default=1, help="epochs per trial")
+
+    c = sub.add_parser("overfit", help="check the network can learn a small subset by heart [PR 4.1]")
+    c.add_argument("spec")
+    c.add_argument("--examples", type=int, default=100)
+    c.add_argument("--max-epochs", type=int, default=300)
+
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
     c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "ops"], default="prelude")
     return p
@@ -74,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER
     try:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
-                "gradcheck": cmd_gradcheck, "doc": cmd_doc}[args.command](args) or 0
+                "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
+                "overfit": cmd_overfit}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
@@ -190,6 +202,33 @@ def cmd_gradcheck(args) -> int:
     ok = worst <= args.tol
     print(f"{'ok' if ok else 'FAILED'}: worst relative error {worst:.3e} (tolerance {args.tol:g})")
     return 0 if ok else EXIT_INTERNAL
+
+
+def cmd_lr_probe(args) -> int:
+    from netc.diagnostics import _train_set, lr_probe
+    if not hasattr(_model(args.spec).train_cfg.method, "lr"):
+        raise NetcError("lr-probe needs a method with a learning rate")
+    ds = _train_set(_model(args.spec), args.examples)
+    print(f"probing {args.spec} on {len(ds)} examples, {args.epochs} epoch(s) a trial:")
+    lr = lr_probe(lambda: _model(args.spec), ds.x, ds.t, start=args.start, epochs=args.epochs)
+    if lr is None:
+        print("no rate tried trains without diverging: check the spec (netc gradcheck, netc overfit)")
+        return EXIT_INTERNAL
+    print(f"largest rate that trains: {lr:.4g} (a rate 2-3x below it is a safe start)")
+    return 0
+
+
+def cmd_overfit(args) -> int:
+    from netc.diagnostics import overfit
+    m = _model(args.spec)
+    print(f"training {args.spec} on its first {args.examples} training examples:")
+    ok, score = overfit(m, args.examples, args.max_epochs)
+    if ok:
+        print("ok: the network learns the subset by heart")
+        return 0
+    print("could not overfit the subset: suspect a bug in the loss or the data, too little capacity, "
+          "or a learning rate that is too small or too large (netc lr-probe, netc gradcheck)")
+    return EXIT_INTERNAL
 
 
 def cmd_doc(args) -> int:

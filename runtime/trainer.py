@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .data import Dataset, minibatches
 from .progress import Progress
 from .state import assign, copy_state
+from .stats import layer_stats
 
 MAX_RECOVERIES = 8
 
@@ -149,9 +150,12 @@ class Run:
                 t0 = time.perf_counter()
                 bar = Progress(len(train), f"epoch {epoch}/{epochs}", enabled=self.progress)
                 loss_sum, seen = 0.0, 0
-                order = minibatches(len(train), cfg.batch, rng if cfg.shuffle else None)
+                order = list(minibatches(len(train), cfg.batch, rng if cfg.shuffle else None))
+                before_last = None
                 with np.errstate(all="ignore"):
-                    for idx in order:
+                    for i, idx in enumerate(order):
+                        if cfg.stats and i == len(order) - 1:
+                            before_last = copy_state(self.state, params)
                         xb, tb = batches.get(idx)
                         data_feeds = feeds_for(prog, xb, tb)
                         hyper["lr"] = learning_rate(cfg, age, base_lr)
@@ -199,6 +203,10 @@ class Run:
                         l, e = evaluate(prog, eval_state, ds, cfg.eval_batch)
                         row[f"{name}_loss"] = l
                         row[f"{name}_error"] = e
+                if cfg.stats:
+                    k = min(len(train), 500)
+                    row.update(layer_stats(prog, self.state, train.x[:k],
+                                           None if train.t is None else train.t[:k], before_last))
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
                 if metrics_file:

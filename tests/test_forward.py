@@ -20,6 +20,7 @@ from netc.compiler.differentiate import grad
 from netc.compiler.errors import SpecError
 from netc.compiler.forward import hvp, jvp
 from netc.compiler.graph import Graph, toposort
+from netc.compiler.lower_numpy import lower
 from netc.compiler.ops import OPS, concrete
 from netc.compiler.simplify import simplify
 from test_ops import (CASE_IDS, CASES, DIFF_CASES, DIFF_IDS, LEAF_OPS, NONDIFF_OPS, Case,
@@ -248,7 +249,6 @@ def test_mlp_hessian_vector_products(dropout):
         assert_values_equal(b, a, "simplified H v", rtol=1e-10, atol=1e-12)
     order = toposort(simple)
     feeds = [n for n in order if n.op in ("input", "hyper")]
-    from netc.compiler.lower_numpy import lower
     fn = lower(simple, feeds=feeds, debug=True)
     state = {n.name: np.array(values[n.name]) for n in order if n.op == "param"}
     lowered = fn.bind(state, NB)(*[np.asarray(values[f.name], dtype=f.dtype) for f in feeds])

@@ -1,0 +1,48 @@
+"""Per-layer statistics for the metrics file [PR 4.2]: activations (mean, std,
+saturated and dead fractions), parameter and gradient norms, and the
+update-to-weight ratio (Bengio suggests about 1e-3)."""
+from __future__ import annotations
+
+import numpy as np
+
+from netc.compiler.lower_numpy import Function, lower
+from netc.compiler.pipeline import Program
+
+
+def _functions(program: Program) -> tuple[Function, Function, list[str]]:
+    cached = getattr(program, "_stats_functions", None)
+    if cached is None:
+        spec = program.spec
+        layers = [k for k, n in spec.named.items() if n.ndim >= 2 and n.shape[0] is None and k != "loss"]
+        acts = lower([spec.named[k] for k in layers], (), "activations", feeds=list(spec.inputs.values())) if layers else None
+        names = list(spec.params)
+        grads = lower([program.grads[k] for k in names], (), "gradients", feeds=spec.feeds) if names else None
+        cached = (acts, grads, layers)
+        program._stats_functions = cached
+    return cached
+
+
+def layer_stats(program: Program, state: dict, x: np.ndarray, t: np.ndarray | None,
+                before_last_step: dict | None = None) -> dict:
+    acts_fn, grads_fn, layers = _functions(program)
+    out: dict = {"layers": {}, "params": {}}
+    with np.errstate(all="ignore"):
+        if acts_fn is not None:
+            for name, a in zip(layers, acts_fn(state, x)):
+                a = a.astype(np.float64)
+                bound = float(np.max(np.abs(a))) if a.size else 0.0
+                out["layers"][name] = {
+                    "mean": float(a.mean()), "std": float(a.std()),
+                    "saturated": float(np.mean(np.abs(a) >= 0.97 * bound)) if bound > 0 else 0.0,
+                    "dead": float(np.mean(np.all(a == 0, axis=0))),  # units never active on the batch
+                }
+        if grads_fn is not None and (t is not None or not program.spec.targets):
+            feeds = [x] + ([t] if program.spec.targets else [])
+            for name, g in zip(program.spec.params, grads_fn(state, *feeds)):
+                w = state[name]
+                norm = float(np.linalg.norm(w))
+                row = {"norm": norm, "grad_norm": float(np.linalg.norm(g))}
+                if before_last_step is not None and name in before_last_step:
+                    row["update_ratio"] = float(np.linalg.norm(w - before_last_step[name]) / max(norm, 1e-30))
+                out["params"][name] = row
+    return out
