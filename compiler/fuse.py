@@ -144,6 +144,14 @@ class Kernel:
 
     _loc_nodes: list = field(default_factory=list, repr=False)
 
+    def params(self) -> list[str]:
+        """Names of the parameters and optimizer state this kernel reads or writes
+        (they name the user's layer where the nodes carry no source line)."""
+        leaves = list(self.reads.values()) + list(self.in_place.values())
+        if self.kind == "gemm":
+            leaves += [_root(x) for x in self.operands]
+        return sorted({n.name for n in leaves if n.op in ("param", "state")})
+
     def describe(self) -> str:
         head = f"k{self.id} {self.kind}"
         if self.kind == "reduce":
@@ -152,6 +160,12 @@ class Kernel:
             head += f" {shape_str(self.space)}"
         names = ", ".join(f"%{m.id} {m.op}" for m in self.members)
         return f"{head}: {names}"
+
+
+def _root(n: Node) -> Node:
+    while OPS[n.op].kind == "view":
+        n = n.inputs[0]
+    return n
 
 
 def _loc_key(s: str):
@@ -777,7 +791,8 @@ def plan_stats(P: Plan, batch: int = 128) -> dict:
         total_w += w
         flops += f
         rows.append({"kernel": f"k{k.id}", "kind": k.kind, "phase": k.phase, "read": r, "written": w,
-                     "flops": f, "members": len(k.members), "lines": k.lines()})
+                     "flops": f, "members": len(k.members), "lines": k.lines(),
+                     "params": k.params()})
     # the same program without fusion: one kernel per op, every value through memory
     unfused_k = unfused_b = 0
     for n in P.order:
@@ -810,8 +825,12 @@ def format_stats(st: dict, title: str = "") -> str:
     lines.append(f"unfused (one kernel per op): {st['unfused_kernels']} kernels, "
                  f"{st['unfused_bytes'] * mb:.3f} MB")
     lines.append("")
-    lines.append(f"{'kernel':<7}{'kind':<12}{'phase':<9}{'read KB':>10}{'written KB':>11}{'MFLOP':>9}  lines")
+    lines.append(f"{'kernel':<7}{'kind':<12}{'phase':<9}{'read KB':>10}{'written KB':>11}{'MFLOP':>9}"
+                 f"  .net lines; parameters")
     for r in st["rows"]:
+        where = ", ".join(r["lines"]) or "-"
+        if r["params"]:
+            where += "; " + ", ".join(r["params"])
         lines.append(f"{r['kernel']:<7}{r['kind']:<12}{r['phase']:<9}{r['read'] / 1e3:>10.1f}"
-                     f"{r['written'] / 1e3:>11.1f}{r['flops'] / 1e6:>9.1f}  {', '.join(r['lines'])}")
+                     f"{r['written'] / 1e3:>11.1f}{r['flops'] / 1e6:>9.1f}  {where}")
     return "\n".join(lines) + "\n"

@@ -211,7 +211,8 @@ class _CGen:
         K = self.K
         head = [f"// netc {K.describe()}"]
         covers = K.locs()
-        head.append("// covers: " + (", ".join(covers) if covers else "(generated: no source line)"))
+        head.append("// covers: " + (", ".join(covers) if covers else "(generated: no source line)")
+                    + (f"; parameters {', '.join(K.params())}" if K.params() else ""))
         params = self._param_list()
         body = self._elementwise() if K.kind == "elementwise" else self._reduce()
         text = "\n".join(head) + f"\nNETC_KERNEL void {self.name}({params}) {{\n" + "\n".join(body) + "\n}\n"
@@ -687,8 +688,7 @@ def emit_text(fn: CudaFunction) -> str:
            f"({', '.join(f'{v} {k}' for k, v in sorted(fuse.plan_stats(P)['by_kind'].items()))}) ===="]
     for k in P.kernels:
         covers = ", ".join(k.lines()) or "(generated: no source line)"
-        params = sorted({n.name for n in list(k.reads.values()) + [k.in_place.get(m.id, m) for m in k.writes]
-                         if n.op in STATE_OPS})
+        params = k.params()
         out.append("")
         out.append(f"// ---- k{k.id} {k.kind} ({k.phase}) covers {covers}"
                    + (f"; parameters {', '.join(params)}" if params else ""))
@@ -712,3 +712,35 @@ def _leaf_name(n: Node) -> str:
     if n.op == "transpose":
         return _leaf_name(n.inputs[0]) + ".T"
     return n.name or f"%{n.id}"
+
+
+# ---------------------------------------------------------------------------
+# a compiled program's functions, for the GPU
+
+FUNCTIONS = {"train_step": "step", "evaluate": "evaluate", "predict": "predict"}
+
+
+def lower_function(prog, which: str = "train_step") -> CudaFunction | None:
+    """The CUDA version of one of a Program's functions (same outputs, feeds and
+    updates as its NumPy version); None if the program has no such function."""
+    fn = getattr(prog, FUNCTIONS[which])
+    if fn is None:
+        return None
+    if isinstance(fn, CudaFunction):
+        return fn
+    updates = prog.updates if which == "train_step" else ()
+    leaves = {n.name: n for n in _leaves(list(fn.outputs) + [u for _, u in updates])}
+    return lower(fn.outputs, updates, which, feeds=[leaves[f] for f in fn.feeds])
+
+
+def lower_program(prog) -> None:
+    """Replace a Program's NumPy step/evaluate/predict by CUDA functions."""
+    for which, attr in FUNCTIONS.items():
+        fn = lower_function(prog, which)
+        if fn is not None:
+            setattr(prog, attr, fn)
+
+
+def _leaves(roots):
+    from .graph import toposort
+    return [n for n in toposort(roots) if n.op in FEED_OPS]

@@ -35,7 +35,7 @@ class Op:
     jvp: Callable | None = None  # (G, node, tangents: list[Node|None]) -> Node|None  forward mode
     lang: tuple | None = None  # how the language calls it: (params, defaults dict)
     scratch: Callable | None = None  # node -> [(shape, dtype)] temporaries for emit
-    cuda: str | None = None  # elementwise C expression over {0}, {1}, ... and {attr}
+    cuda: str | None = None  # elementwise C expression over {0}, {1}, ..., {T} and {attr}
     simplify_on_build: Callable | None = None  # (G, inputs, attrs[, loc]) -> Node | None
     expect: Callable | None = None  # (G, node) -> Node  a random op's expected value
     doc: str = ""
@@ -166,12 +166,13 @@ def _c(v: float) -> str:
     return "(1.0/0.0)" if v > 0 else "(-1.0/0.0)" if v < 0 else "(0.0/0.0)"
 
 
-def cuda_expr(node: Node, args: list[str]) -> str:
+def cuda_expr(node: Node, args: list[str], T: str = "double") -> str:
     """The elementwise C expression for `node`: its op's `cuda` template with
-    {0}, {1}, ... the argument expressions and {attr} its numeric attributes."""
-    attrs = {k: _c(v) for k, v in node.attrs
+    {0}, {1}, ... the argument expressions, {T} the result's C type and {attr}
+    the node's numeric attributes as C literals of type T."""
+    attrs = {k: f"(({T}){_c(v)})" for k, v in node.attrs
              if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return OPS[node.op].cuda.format(*args, **attrs)
+    return OPS[node.op].cuda.format(*args, T=T, **attrs)
 
 
 def _canonical(name: str, normalize: Callable, identity: Callable | None = None) -> Callable:
@@ -385,7 +386,7 @@ unary("square", np.square, lambda G, n, g: (G("mul", g, G("mul", n.inputs[0], 2)
 unary("log1p", np.log1p, lambda G, n, g: (G("div", g, G("add", n.inputs[0], 1)),), "log1p({0})")
 unary("expm1", np.expm1, lambda G, n, g: (G("mul", g, G("add", n, 1)),), "expm1({0})")
 unary("softplus", _softplus_ref, lambda G, n, g: (G("mul", g, G("sigmoid", n.inputs[0])),),
-      "(log1p(exp(-fabs({0})))+fmax({0},0))", emit=_softplus_emit,
+      "(log1p(exp(-fabs({0})))+fmax({0},({T})0))", emit=_softplus_emit,
       scratch=lambda n: [(n.shape, n.dtype)], doc="log(1 + exp(x)), computed stably")
 
 

@@ -56,7 +56,10 @@ def parse_and_elaborate(text: str, file: str, dtype: str = "float32", check_bloc
 
 
 def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
-                    optimizer: Optimizer | None = None, debug: bool = False, functions: bool = True) -> Program:
+                    optimizer: Optimizer | None = None, debug: bool = False, functions: bool = True,
+                    step_misses: bool = False) -> Program:
+    """`step_misses`: the train step also returns which examples of the batch it
+    misclassified (for the emphasizing scheme)."""
     """Simplify, differentiate, build the update, simplify again, lower."""
     t0 = time.perf_counter()
     G = spec.graph
@@ -92,7 +95,8 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
         if loss is not None:
             hypers = _hypers(updates)
             if updates:
-                prog.step = lower([loss], updates, "train_step", feeds=feeds + hypers, debug=debug)
+                outs = [loss] + ([errors.inputs[0]] if step_misses and errors is not None else [])
+                prog.step = lower(outs, updates, "train_step", feeds=feeds + hypers, debug=debug)
             outs = [loss] + ([errors] if errors is not None else [])
             prog.evaluate = lower(outs, (), "evaluate", feeds=_used(feeds, outs), debug=debug)
         if output is not None:

@@ -35,12 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="print the graph or the generated code")
     c.add_argument("spec")
-    c.add_argument("--emit", choices=["graph", "dot", "numpy"], default="graph",
-                   help="graph: the IR as text; dot: the IR for Graphviz; numpy: generated source")
+    c.add_argument("--emit", choices=["graph", "dot", "numpy", "cuda"], default=None,
+                   help="graph (the default): the IR as text; dot: the IR for Graphviz; numpy: generated "
+                        "source; cuda: the fused CUDA kernels, each with the .net lines it covers")
+    c.add_argument("--stats", action="store_true",
+                   help="fused kernels per step, bytes moved and GEMM FLOPs per step (at the spec's batch size)")
+    c.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="gpu: also check that CuPy and a device are there and build the GPU functions")
     c.add_argument("--after", choices=["elaborate", "simplify", "differentiate", "simplify_grads"],
                    default="simplify_grads", help="with --emit graph|dot: the stage to show")
     c.add_argument("--function", choices=["train_step", "evaluate", "predict"], default="train_step",
-                   help="with --emit numpy: which compiled function")
+                   help="with --emit numpy|cuda or --stats: which compiled function")
 
     c = sub.add_parser("train", help="compile and train a spec")
     c.add_argument("spec")
@@ -50,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, help="use only the first N examples of each split (smoke runs)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     c.add_argument("--debug", action="store_true", help="fill buffers with NaN before use")
+    c.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="gpu: run the fused CUDA kernels through CuPy (pip install 'netc[gpu]')")
 
     c = sub.add_parser("gradcheck", help="compare gradients with centered finite differences (float64)")
     c.add_argument("spec")
@@ -138,18 +145,29 @@ def _shape(n) -> str:
 
 def cmd_compile(args) -> int:
     from netc.compiler.pipeline import dot, dump
-    m = _model(args.spec)
+    m = _model(args.spec, device=args.device)
     prog = m.program
-    if args.emit in ("graph", "dot"):
+    emit = args.emit or (None if args.stats else "graph")
+    if emit == "cuda" or args.stats:
+        from netc.compiler import fuse, lower_cuda
+        fn = lower_cuda.lower_function(prog, args.function)
+        if fn is None:
+            raise NetcError(f"this spec has no {args.function} function")
+        if emit == "cuda":
+            print(fn.emit(), end="")
+        if args.stats:
+            print(fuse.format_stats(fn.plan.stats(m.train_cfg.batch),
+                                    f"{args.spec}: {args.function}, fused for the GPU"), end="")
+    elif emit in ("graph", "dot"):
         roots = prog.stages.get(args.after)
         if roots is None:
             raise NetcError(f"stage '{args.after}' did not run for this spec (no loss or no parameters?)")
-        print((dump if args.emit == "graph" else dot)(roots), end="")
-        if args.emit == "dot":
+        print((dump if emit == "graph" else dot)(roots), end="")
+        if emit == "dot":
             return 0
         if prog.rules_fired:
             print("# rewrites fired: " + ", ".join(f"{k} x{v}" for k, v in sorted(prog.rules_fired.items())))
-    else:
+    elif emit == "numpy":
         fn = getattr(prog, {"train_step": "step"}.get(args.function, args.function))
         if fn is None:
             raise NetcError(f"this spec has no {args.function} function")
@@ -158,7 +176,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
-    m = _model(args.spec, seed=args.seed, debug=args.debug)
+    m = _model(args.spec, seed=args.seed, debug=args.debug, device=args.device)
     out = Path(args.out) if args.out else _fresh_run_dir(Path(args.spec).stem)
     print(f"training {args.spec} -> {out}", file=sys.stderr)
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ import numpy as np
 
 from netc.compiler.elaborate import Formula, Spec, select_params
 from netc.compiler.errors import DataError, NetcError, SpecError
+from netc.compiler import lower_cuda
 from netc.compiler.lower_numpy import lower
 from netc.compiler.pipeline import compile_program, parse_and_elaborate
 from netc.compiler.update import Optimizer
@@ -101,8 +102,12 @@ class Model:
     """
 
     def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
-                 dtype: str | None = None, debug: bool = False):
+                 dtype: str | None = None, debug: bool = False, device: str = "cpu"):
         self.text, self.file = text, file
+        if device not in ("cpu", "gpu"):
+            raise NetcError(f"unknown device {device!r}; choose 'cpu' or 'gpu'")
+        self.device = device
+        cupy = lower_cuda.require_gpu() if device == "gpu" else None  # fail before compiling
         configs = {"train": TrainConfig(), "data": DataConfig()}
 
         def check_block(name, entries, loc):
@@ -118,8 +123,15 @@ class Model:
         if self.train_cfg.dtype != spec.graph.float_dtype:
             spec = parse_and_elaborate(text, file, self.train_cfg.dtype)
         self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
-                                       optimizer=optimizer_for(spec, self.train_cfg), debug=debug)
+                                       optimizer=optimizer_for(spec, self.train_cfg), debug=debug,
+                                       step_misses=self.train_cfg.emphasize.kind == "errors")
+        if self.train_cfg.emphasize.kind == "errors" and self.program.errors is None:
+            raise SpecError("emphasize = errors(...) needs a class(n) target and an [B, n] output",
+                            spec.block_locs.get("train"), text)
         self.state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
+        if cupy is not None:  # parameters and optimizer state live on the device
+            lower_cuda.lower_program(self.program)
+            self.state = lower_cuda.to_device(self.state, cupy)
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
         self.summary: dict | None = None
 
@@ -225,7 +237,7 @@ class Model:
         return self.normalizer.to_arrays()
 
     def save(self, path: str | Path) -> Path:
-        arrays = {f"state/{k}": v for k, v in self.state.items()}
+        arrays = {f"state/{k}": lower_cuda.to_host(v) for k, v in self.state.items()}
         arrays.update(self._extra_arrays())
         meta = {**self._meta(), "summary": self.summary}
         return checkpoint.save(Path(path), arrays, json.loads(json.dumps(meta, default=str)))

@@ -126,7 +126,15 @@ SCHEDULES = {"constant": Constant, "inverse_time": InverseTime, "step": StepDeca
              "plateau": Plateau}
 STOPS = {"early": Early, "off": Never, "none": Never}
 AVERAGES = {"polyak": Polyak, "off": Never, "none": Never}
-EMPHASIZE = {"off": Never, "none": Never}
+class Errors(_Strict):
+    """The emphasizing scheme [EB 4.2]: examples the network got wrong when last seen
+    are drawn `ratio` times as often as the others (a bounded ratio: emphasis hurts
+    with outliers)."""
+    kind: Literal["errors"] = "errors"
+    ratio: float = Field(3.0, ge=1, le=100, description="how much more often a misclassified example is drawn")
+
+
+EMPHASIZE = {"off": Never, "none": Never, "errors": Errors}
 
 
 class TrainConfig(_Strict):
@@ -151,7 +159,9 @@ class TrainConfig(_Strict):
     decay: float = Field(0.0, ge=0, description="L2 weight decay lambda on the whole training criterion "
                                                "(lambda * sum w^2; weights only unless `decay SELECTOR = ...`)")
     l1: float = Field(0.0, ge=0, description="L1 weight decay lambda * sum |w| (weights only by default)")
-    emphasize: Never = Field(default_factory=Never, description="off (the emphasizing scheme is not implemented yet)")
+    emphasize: Never | Errors = Field(default_factory=Never, description="off, or errors(ratio): draw the examples "
+                                                                        "last misclassified more often [EB 4.2]")
+    interleave: bool = Field(False, description="present consecutive examples from different classes [EB 4.2]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
     groups: list = Field(default_factory=list, description="(internal) per-selector settings")

@@ -21,7 +21,8 @@ from netc.compiler.pipeline import Program
 
 from . import checkpoint
 from .config import TrainConfig
-from .data import Dataset, minibatches
+from .data import Dataset
+from .presentation import epoch_order
 from .progress import Progress
 from .state import assign, copy_state
 from .stats import layer_stats
@@ -84,8 +85,13 @@ def predict(program: Program, state: dict, x: np.ndarray, batch: int) -> np.ndar
         (y,) = fn(state, x[lo:lo + batch])
         if out is None:
             out = np.empty((len(x),) + y.shape[1:], y.dtype)
-        out[lo:lo + len(y)] = y
+        out[lo:lo + len(y)] = _host(y)
     return out
+
+
+def _host(a):
+    """A NumPy array from a NumPy or CuPy (device="gpu") array."""
+    return a if isinstance(a, np.ndarray) else a.get()
 
 
 def learning_rate(cfg: TrainConfig, age: int, base: float) -> float:
@@ -139,6 +145,8 @@ class Run:
         train_seconds = 0.0
         stopped = "epochs"
         hyper = {"momentum": mu, "inv_examples": 1.0 / len(train)}  # the step's scalar inputs, by name
+        # emphasizing: which examples were misclassified when last seen (all, at first)
+        missed = np.ones(len(train), bool) if cfg.emphasize.kind == "errors" else None
         good, good_age, in_epoch = copy_state(self.state), 0, False
         watch = _Watch()
         best_epoch_loss = math.inf
@@ -150,7 +158,10 @@ class Run:
                 t0 = time.perf_counter()
                 bar = Progress(len(train), f"epoch {epoch}/{epochs}", enabled=self.progress)
                 loss_sum, seen = 0.0, 0
-                order = list(minibatches(len(train), cfg.batch, rng if cfg.shuffle else None))
+                order = list(epoch_order(len(train), cfg.batch, rng, shuffle=cfg.shuffle,
+                                         labels=train.t if train.t is not None and train.t.ndim == 1 else None,
+                                         interleave=cfg.interleave, missed=missed,
+                                         ratio=getattr(cfg.emphasize, "ratio", 1.0)))
                 before_last = None
                 with np.errstate(all="ignore"):
                     for i, idx in enumerate(order):
@@ -160,8 +171,11 @@ class Run:
                         data_feeds = feeds_for(prog, xb, tb)
                         hyper["lr"] = learning_rate(cfg, age, base_lr)
                         hyper["step"] = steps
-                        (loss,) = prog.step(self.state, *data_feeds,
-                                            *[hyper[k] for k in prog.step.feeds[len(data_feeds):]])
+                        outs = prog.step(self.state, *data_feeds,
+                                         *[hyper[k] for k in prog.step.feeds[len(data_feeds):]])
+                        loss = outs[0]
+                        if missed is not None:
+                            missed[idx] = outs[1] > 0  # the errors last seen
                         loss = float(loss)
                         if watch.exploded(loss):
                             recoveries += 1
@@ -300,7 +314,7 @@ class Run:
     def _checkpoint(self, epoch: int, age: int, final: bool = False) -> None:
         if self.out_dir is None:
             return
-        arrays = {f"state/{k}": v for k, v in self.state.items()}
+        arrays = {f"state/{k}": _host(v) for k, v in self.state.items()}
         arrays.update(self.extra_arrays())
         checkpoint.save(self.out_dir, arrays, {**self.meta, "epoch": epoch, "age": age, "final": final})
 

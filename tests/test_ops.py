@@ -794,10 +794,18 @@ def test_cuda_expressions_render_attributes():
     from netc.compiler.ops import cuda_expr
     G = Graph("float64")
     x = G("input", name="x", shape=(None, 3))
-    assert cuda_expr(G("clip", x, lo=-1, hi=2), ["a"]) == "fmin(fmax(a,-1.0),2.0)"
-    assert cuda_expr(G("clip", x, lo=0, hi=np.inf), ["a"]) == "fmin(fmax(a,0.0),(1.0/0.0))"
+    assert cuda_expr(G("clip", x, lo=-1, hi=2), ["a"], "float") == \
+        "fmin(fmax(a,((float)-1.0)),((float)2.0))"
+    assert cuda_expr(G("clip", x, lo=0, hi=np.inf), ["a"]) == \
+        "fmin(fmax(a,((double)0.0)),((double)(1.0/0.0)))"
     assert cuda_expr(G("where", x, x, 0.0), ["c", "a", "b"]) == "((c!=0)?(a):(b))"
     assert cuda_expr(G("tanh", x), ["a"]) == "tanh(a)"
+    assert cuda_expr(G("softplus", x), ["a"], "float") == "(log1p(exp(-fabs(a)))+fmax(a,(float)0))"
+    # every elementwise template renders for every recipe
+    for op, recipe in CASES:
+        n = make_case(op, recipe).node
+        if OPS[op].kind == "elementwise":
+            cuda_expr(n, [f"a{i}" for i in range(len(n.inputs))], "float")
 
 
 # -- random streams ------------------------------------------------------------
