@@ -53,9 +53,15 @@ def optimizer_for(spec: Spec, cfg: TrainConfig) -> Optimizer:
     """The update-graph description of the train block's method and decay keys."""
     m = cfg.method
     l2, l1 = _group_values(spec, cfg, "decay"), _group_values(spec, cfg, "l1")
+    if m.kind in ("lbfgs", "cg"):  # batch methods drive the compiled loss-and-gradient themselves
+        return Optimizer(kind="sgd", l2=l2, l1=l1)
     extra = {k: getattr(m, k) for k in ("eps", "mu", "tau0", "alpha", "beta", "delta") if hasattr(m, k)}
     return Optimizer(kind=m.kind, momentum=getattr(m, "momentum", 0) > 0, nesterov=getattr(m, "nesterov", False),
                      l2=l2, l1=l1, lr0=m.lr if isinstance(m.lr, (int, float)) else 0.01, **extra)
+
+
+def _weight_decay(spec: Spec, cfg: TrainConfig):
+    return _group_values(spec, cfg, "decay"), _group_values(spec, cfg, "l1")
 
 
 def _group_values(spec: Spec, cfg: TrainConfig, key: str) -> dict[str, float]:
@@ -168,7 +174,8 @@ class Model:
         dtype = self.program.spec.graph.float_dtype
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
         run = Run(self.program, self.train_cfg, self.state, Path(out) if out else None, progress,
-                  log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays)
+                  log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays,
+                  decay=_weight_decay(self.program.spec, self.train_cfg))
         self.summary = run.fit(*prepared, epochs=epochs)
         return self.summary
 

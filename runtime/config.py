@@ -72,6 +72,19 @@ class Adaptive(_Strict):
     delta: float = Field(0.05, gt=0, le=1)
 
 
+class LBFGS(_Strict):
+    """L-BFGS on the whole training set (small sets, regression) [EB 6]."""
+    kind: Literal["lbfgs"] = "lbfgs"
+    iterations: int = Field(50, ge=1, description="iterations per epoch")
+    memory: int = Field(10, ge=1, description="pairs of past steps kept")
+
+
+class CG(_Strict):
+    """Nonlinear conjugate gradient (Polak-Ribiere) on the whole training set [EB 6]."""
+    kind: Literal["cg"] = "cg"
+    iterations: int = Field(50, ge=1, description="iterations per epoch")
+
+
 class Constant(_Strict):
     """A constant learning rate."""
     kind: Literal["constant"] = "constant"
@@ -121,7 +134,9 @@ class Polyak(_Strict):
     kind: Literal["polyak"] = "polyak"
 
 
-METHODS = {"sgd": SGD, "adagrad": AdaGrad, "sdlm": SDLM, "vsgd": VSGD, "adaptive": Adaptive}
+METHODS = {"sgd": SGD, "adagrad": AdaGrad, "sdlm": SDLM, "vsgd": VSGD, "adaptive": Adaptive, "lbfgs": LBFGS,
+           "cg": CG}
+BATCH_METHODS = ("lbfgs", "cg")
 SCHEDULES = {"constant": Constant, "inverse_time": InverseTime, "step": StepDecay, "exponential": Exponential,
              "plateau": Plateau}
 STOPS = {"early": Early, "off": Never, "none": Never}
@@ -138,9 +153,10 @@ EMPHASIZE = {"off": Never, "none": Never, "errors": Errors}
 
 
 class TrainConfig(_Strict):
-    method: SGD | AdaGrad | SDLM | VSGD | Adaptive = Field(
+    method: SGD | AdaGrad | SDLM | VSGD | Adaptive | LBFGS | CG = Field(
         default_factory=SGD, description="sgd(lr, momentum, nesterov), adagrad(lr), sdlm(lr, mu, gamma, samples), "
-                                         "vsgd(), adaptive(lr, alpha, beta, delta)")
+                                         "vsgd(), adaptive(lr, alpha, beta, delta), lbfgs(iterations, memory), "
+                                         "cg(iterations)")
     batch: int = Field(32, ge=1, description="minibatch size B; 1 = true stochastic updates [PR 3.1: 32]")
     epochs: int = Field(10, ge=1, description="passes over the training set (at most, with early stopping)")
     shuffle: bool = Field(True, description="reshuffle the training set each epoch [EB 4.2]")

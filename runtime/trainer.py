@@ -20,7 +20,7 @@ from netc.compiler.errors import NetcError
 from netc.compiler.pipeline import Program
 
 from . import checkpoint
-from .config import TrainConfig
+from .config import BATCH_METHODS, TrainConfig
 from .data import Dataset
 from .presentation import epoch_order
 from .progress import Progress
@@ -117,6 +117,7 @@ class Run:
     log: Callable[[str], None] = print
     meta: dict = field(default_factory=dict)  # saved into every checkpoint
     extra_arrays: Callable[[], dict] = dict  # e.g. normalization statistics
+    decay: tuple = ({}, {})  # (L2, L1) lambda per parameter, for the batch methods
 
     def fit(self, train: Dataset, valid: Dataset | None = None, test: Dataset | None = None,
             epochs: int | None = None) -> dict:
@@ -124,6 +125,8 @@ class Run:
         if prog.step is None:
             raise NetcError("this spec has no loss or no parameters, so there is nothing to train")
         epochs = epochs or cfg.epochs
+        if cfg.method.kind in BATCH_METHODS:
+            return self._fit_batch_method(train, valid, test, epochs)
         rng = np.random.default_rng([cfg.seed, 1])
         batches = Batches(train.x, train.t if prog.spec.targets else None)
         params = list(prog.spec.params)
@@ -271,6 +274,75 @@ class Run:
             raise KeyboardInterrupt
         return summary
 
+    def _fit_batch_method(self, train: Dataset, valid, test, epochs: int) -> dict:
+        """L-BFGS / CG on the full training set; an epoch is `iterations` iterations."""
+        from .batch_methods import conjugate_gradient, lbfgs
+        prog, cfg = self.program, self.cfg
+        names = list(prog.spec.params)
+        fn = _value_and_grad(prog)
+        shapes = [self.state[k].shape for k in names]
+        sizes = [int(np.prod(s)) for s in shapes]
+        l2, l1 = self.decay
+        inv_t = 1.0 / len(train)
+        evals = [0]
+
+        def unflatten(w):
+            k = 0
+            for name, shape, size in zip(names, shapes, sizes):
+                np.copyto(self.state[name], w[k:k + size].reshape(shape))
+                k += size
+
+        def fg(w):
+            unflatten(w)
+            evals[0] += 1
+            total, grads = 0.0, [np.zeros(s) for s in shapes]
+            with np.errstate(all="ignore"):
+                for lo in range(0, len(train), cfg.eval_batch):
+                    x = train.x[lo:lo + cfg.eval_batch]
+                    t = None if train.t is None else train.t[lo:lo + cfg.eval_batch]
+                    outs = fn(self.state, *feeds_for(prog, x, t))
+                    share = len(x) / len(train)
+                    total += float(outs[0]) * share
+                    for g, o in zip(grads, outs[1:]):
+                        g += o * share
+            for name, g in zip(names, grads):  # the train block's weight decay, on the whole criterion
+                w_ = self.state[name].astype(np.float64)
+                total += inv_t * (l2.get(name, 0.0) * float(np.sum(w_ ** 2)) + l1.get(name, 0.0) * float(np.sum(np.abs(w_))))
+                g += inv_t * (2 * l2.get(name, 0.0) * w_ + l1.get(name, 0.0) * np.sign(w_))
+            return total, np.concatenate([g.reshape(-1) for g in grads])
+
+        w = np.concatenate([self.state[k].astype(np.float64).reshape(-1) for k in names])
+        history, t0 = [], time.perf_counter()
+        metrics_file = open(self.out_dir / "metrics.jsonl", "w") if self.out_dir else None
+        try:
+            for epoch in range(1, epochs + 1):
+                e0 = time.perf_counter()
+                run = lbfgs if cfg.method.kind == "lbfgs" else conjugate_gradient
+                kw = {"memory": cfg.method.memory} if cfg.method.kind == "lbfgs" else {}
+                w, f, _ = run(fg, w, cfg.method.iterations, **kw)
+                unflatten(w)
+                row = {"epoch": epoch, "age": evals[0] * len(train), "train_loss": f, "evaluations": evals[0]}
+                for name, ds in (("valid", valid), ("test", test)):
+                    if ds is not None:
+                        row[f"{name}_loss"], row[f"{name}_error"] = evaluate(prog, self.state, ds, cfg.eval_batch)
+                row["seconds"] = time.perf_counter() - e0
+                history.append(row)
+                if metrics_file:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                self.log(_epoch_line(row, epochs))
+                self._checkpoint(epoch, row["age"])
+        finally:
+            if metrics_file:
+                metrics_file.close()
+        last = history[-1]
+        seconds = time.perf_counter() - t0
+        return {"epochs": len(history), "age": last["age"], "steps": evals[0], "stopped": "epochs",
+                "train_loss": last["train_loss"], "valid_loss": last.get("valid_loss"),
+                "valid_error": last.get("valid_error"), "test_loss": last.get("test_loss"),
+                "test_error": last.get("test_error"), "best_epoch": None, "recoveries": 0, "lr": None,
+                "seconds": seconds, "examples_per_second": last["age"] / max(seconds, 1e-9)}
+
     def _eigen_rate(self, train: Dataset, rng: np.random.Generator, examples: int) -> float:
         from .eigen import largest_eigenvalue
         idx = np.sort(rng.choice(len(train), size=min(examples, len(train)), replace=False))
@@ -350,6 +422,16 @@ class _Watch:
             return False
         self.floor = min(self.floor, self.ema)
         return self.ema > 100 * self.floor
+
+
+def _value_and_grad(prog: Program):
+    fn = getattr(prog, "_value_and_grad", None)
+    if fn is None:
+        from netc.compiler.lower_numpy import lower
+        names = list(prog.spec.params)
+        fn = lower([prog.loss] + [prog.grads[k] for k in names], (), "value_and_grad", feeds=prog.spec.feeds)
+        prog._value_and_grad = fn
+    return fn
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
