@@ -22,7 +22,8 @@ from .graph import Graph, Node, toposort
 from .ops import OPS
 
 # ops whose Jacobian entries are 0 or 1: the squared rule is the gradient rule itself
-_SELECTING = {"sum", "sum_to", "broadcast", "transpose"}
+_SELECTING = {"sum", "sum_to", "broadcast", "transpose", "reshape", "slice", "pad", "concat", "take",
+              "scatter_add", "training_only"}
 
 
 def gauss_newton_diag(G: Graph, loss: Node, params: list[Node], output: Node | None = None) -> list[Node]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from .graph import Node, shape_str, toposort
 from .ops import OPS
 
-REDUCERS = ("sum", "mean", "sum_to", "argmax", "log_softmax", "softmax")
+REDUCERS = ("sum", "mean", "sum_to", "max", "min", "argmax", "logsumexp", "log_softmax", "softmax")
 ROW_REDUCERS = ("log_softmax", "softmax")  # S-shaped results built from row reductions
 INDEX_MAPS = ("broadcast", "one_hot")  # fusible ops that are not in the op table's elementwise kind
 LEAVES = ("input", "param", "state", "hyper")
@@ -163,9 +163,37 @@ class Kernel:
 
 
 def _root(n: Node) -> Node:
-    while OPS[n.op].kind == "view":
-        n = n.inputs[0]
-    return n
+    """The node whose storage a chain of index-map views reads."""
+    while True:
+        k = through(n)
+        if k is None:
+            return n
+        n = n.inputs[k]
+
+
+def through(n: Node) -> int | None:
+    """For a view that is an index map of one input (a transpose) or that is one
+    of its inputs (`training_only`): that input's position. Else None."""
+    spec = OPS[n.op]
+    if spec.kind != "view":
+        return None
+    if n.op == "transpose":
+        return 0
+    return alias_of(n)
+
+
+def alias_of(n: Node) -> int | None:
+    """The input a view simply is (its NumPy emitter returns that argument), if any."""
+    spec = OPS[n.op]
+    if spec.kind != "view" or spec.emit is None:
+        return None
+    marks = [f"__netc_arg{i}__" for i in range(len(n.inputs))]
+    try:
+        from .ops import Emit
+        out = spec.emit(Emit(list(marks), "", n))
+    except Exception:  # noqa: BLE001 - an emitter that needs real arguments is no alias
+        return None
+    return marks.index(out) if out in marks else None
 
 
 def _loc_key(s: str):
@@ -204,7 +232,7 @@ class Plan:
 def plan(outputs: list[Node], updates=(), *, merge: bool = True) -> Plan:
     """Fuse the program computing `outputs` and applying `updates` into kernels."""
     outputs, updates = list(outputs), list(updates)
-    order = toposort(outputs + [u for _, u in updates])
+    order = _live(toposort(outputs + [u for _, u in updates]), outputs + [u for _, u in updates])
     pos = {n.id: i for i, n in enumerate(order)}
     users: dict[int, list[Node]] = {n.id: [] for n in order}
     for n in order:
@@ -270,6 +298,20 @@ def plan(outputs: list[Node], updates=(), *, merge: bool = True) -> Plan:
         _merge_all(P)
     _finish(P)
     return P
+
+
+def _live(order: list[Node], roots: list[Node]) -> list[Node]:
+    """The schedule without what only the ignored inputs of alias views need
+    (`training_only(x, otherwise)` in a training step never computes `otherwise`)."""
+    live, stack = set(), list(roots)
+    while stack:
+        n = stack.pop()
+        if n.id in live:
+            continue
+        live.add(n.id)
+        k = alias_of(n)
+        stack.extend([n.inputs[k]] if k is not None else n.inputs)
+    return [n for n in order if n.id in live]
 
 
 def _host_scalars(order: list[Node]) -> list[Node]:
@@ -369,7 +411,7 @@ def _kind(n: Node, host_ids: set, absorbed: set) -> str:
         return "absorbed"
     spec = OPS[n.op]
     if spec.kind == "view":
-        return "view"
+        return "view" if through(n) is not None else "library"  # reshape, slice: a copy
     if n.op == "matmul":
         return "gemm"
     if n.op in REDUCERS:
@@ -471,7 +513,7 @@ class _Walker:
                     raise Unfusable("a reduction read away from its own output point")
                 return Ex("red", n, idx, (), n.dtype)
             return self._compute(n, idx)
-        if n.id in P.inline or OPS[n.op].kind == "view":
+        if n.id in P.inline or (OPS[n.op].kind == "view" and through(n) is not None):
             self.touched[n.id] = n
             return self._compute(n, idx)
         if n.op not in LEAVES and n.id not in P.producer:
@@ -491,7 +533,10 @@ class _Walker:
         if op == "transpose":
             return self.value(n.inputs[0], (idx[1], idx[0]))
         if OPS[op].kind == "view":
-            raise Unfusable(f"view {op} has no index map")
+            k = alias_of(n)
+            if k is None:
+                raise Unfusable(f"view {op} has no index map")
+            return self.value(n.inputs[k], idx)
         if op == "broadcast":
             x = n.inputs[0]
             axes = n.attr("axes") or ()
@@ -519,10 +564,10 @@ def _walk(P: Plan, K: Kernel) -> None:
         n = K.members[0]
         K.reads, K.read_idx, K.scalars = {}, {}, {}
         ins = K.operands if K.kind == "gemm" else n.inputs
+        if K.kind == "library" and alias_of(n) is not None:
+            ins = [n.inputs[alias_of(n)]]
         for i in ins:
-            root = i
-            while OPS[root.op].kind == "view":
-                root = root.inputs[0]
+            root = _root(i)
             if root.op == "const":
                 continue
             if root.id in {h.id for h in P.host}:
@@ -552,13 +597,12 @@ def _walk(P: Plan, K: Kernel) -> None:
         for r in reducers:
             w.memo.clear()
             x = w.value(r.inputs[0], full)
-            if r.op in ROW_REDUCERS:
+            if r.op in ROW_REDUCERS or r.op == "logsumexp":
                 K.steps.append(("max", r, x))
-                w.done_red.add((r.id, 0))
                 K.steps.append(("sumexp", r, x))
-                w.done_red.add((r.id, 1))
+                w.done_red.update(((r.id, 0), (r.id, 1)))
             else:
-                K.steps.append(("argmax" if r.op == "argmax" else "sum", r, x))
+                K.steps.append((r.op if r.op in ("argmax", "max", "min") else "sum", r, x))
                 w.done_red.add((r.id, 0))
         w.memo.clear()
         for m in K.members:

@@ -80,7 +80,7 @@ class Graph:
         node = self._table.get(key)
         if node is not None:
             return node
-        shortcut = spec.simplify_on_build(self, ins, dict(frozen)) if spec.simplify_on_build else None
+        shortcut = spec.simplify_on_build(self, ins, dict(frozen), loc) if spec.simplify_on_build else None
         if shortcut is not None:
             return shortcut
         shape, dtype = spec.infer(self, ins, dict(frozen), loc)

@@ -155,6 +155,9 @@ def lower(outputs: list[Node], updates: list[tuple[Node, Node]] = (), name: str 
         body.append(f"        # %{n.id} {n.op} {shape_str(n.shape)}{loc}")
         if spec.kind == "view":
             var[n.id] = spec.emit(Emit(args, "", n))
+            leaf = update_of.get(n.id)
+            if leaf is not None:  # a view cannot be written in place: copy it over at the end
+                finals.append(f"        np.copyto({var[leaf.id]}, {var[n.id]})")
             continue
         leaf = update_of.get(n.id)
         in_place = (leaf is not None and spec.kind == "elementwise" and n.id not in out_ids

@@ -1329,6 +1329,22 @@ _random_op("bernoulli_mask", {"keep": 0.5}, _check_keep, _fill_bernoulli, _ref_b
            "x, drawn afresh each step from the stream (seed, step)")
 
 
+_register(Op(
+    "training_only", "view", lambda G, ins, a, loc: _training_only_infer(ins, loc),
+    impl=lambda xs, a, B: xs[0], emit=lambda e: e.args[0],
+    grad=lambda G, n, g: (g, None), jvp=lambda G, n, ts: ts[0],
+    expect=lambda G, n: n.inputs[1], lang=(("x", "otherwise"), {}),
+    doc="x while training; `otherwise` when evaluating and predicting (e.g. input corruption)"))
+
+
+def _training_only_infer(ins, loc):
+    x, other = ins
+    if tuple(x.shape) != tuple(other.shape):
+        raise SpecError(f"training_only needs two tensors of one shape, got {shape_str(x.shape)} "
+                        f"and {shape_str(other.shape)}", loc)
+    return x.shape, x.dtype
+
+
 def expected(G, roots: list[Node]) -> list[Node]:
     """`roots` with every random op replaced by its expected value: the graph
     to evaluate and predict with (inverted dropout x * mask / keep becomes x;
@@ -1337,8 +1353,8 @@ def expected(G, roots: list[Node]) -> list[Node]:
     new: dict[int, Node] = {}
     for n in toposort(roots):
         spec = OPS[n.op]
-        new[n.id] = (spec.expect(G, n) if spec.expect is not None
-                     else G.rebuild(n, [new[i.id] for i in n.inputs]))
+        m = G.rebuild(n, [new[i.id] for i in n.inputs])
+        new[n.id] = spec.expect(G, m) if spec.expect is not None else m
     return [new[r.id] for r in roots]
 
 

@@ -15,6 +15,7 @@ from .differentiate import grad
 from .elaborate import Spec, elaborate
 from .graph import Node, shape_str, toposort
 from .lower_numpy import Function, lower
+from .ops import expected
 from .parse import parse
 from .simplify import simplify
 from .curvature import gauss_newton_diag
@@ -97,10 +98,11 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
             if updates:
                 outs = [loss] + ([errors.inputs[0]] if step_misses and errors is not None else [])
                 prog.step = lower(outs, updates, "train_step", feeds=feeds + hypers, debug=debug)
-            outs = [loss] + ([errors] if errors is not None else [])
+            outs = expected(G, [loss] + ([errors] if errors is not None else []))  # no noise when evaluating
             prog.evaluate = lower(outs, (), "evaluate", feeds=_used(feeds, outs), debug=debug)
         if output is not None:
-            prog.predict = lower([output], (), "predict", feeds=_used(list(spec.inputs.values()), [output]),
+            (out,) = expected(G, [output])
+            prog.predict = lower([out], (), "predict", feeds=_used(list(spec.inputs.values()), [out]),
                                  debug=debug)
     prog.seconds = time.perf_counter() - t0
     return prog

@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--examples", type=int, default=100)
     c.add_argument("--max-epochs", type=int, default=300)
 
+    c = sub.add_parser("fmt", help="print a spec in the canonical layout (or --check, --write)")
+    c.add_argument("spec")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true",
+                   help="exit 0 if the file is already formatted, 1 (with a diff on stderr) if not")
+    g.add_argument("--write", action="store_true", help="rewrite the file in place if formatting changes it")
+
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
     c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "ops"], default="prelude")
     return p
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
                 "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
-                "overfit": cmd_overfit}[args.command](args) or 0
+                "overfit": cmd_overfit, "fmt": cmd_fmt}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
@@ -247,6 +254,11 @@ def cmd_overfit(args) -> int:
     print("could not overfit the subset: suspect a bug in the loss or the data, too little capacity, "
           "or a learning rate that is too small or too large (netc lr-probe, netc gradcheck)")
     return EXIT_INTERNAL
+
+
+def cmd_fmt(args) -> int:
+    from netc.compiler.format import fmt_file
+    return fmt_file(args.spec, check=args.check, write=args.write)
 
 
 def cmd_doc(args) -> int:

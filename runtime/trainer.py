@@ -173,7 +173,7 @@ class Run:
                         xb, tb = batches.get(idx)
                         data_feeds = feeds_for(prog, xb, tb)
                         hyper["lr"] = learning_rate(cfg, age, base_lr)
-                        hyper["step"] = steps
+                        hyper["step"] = (cfg.seed << 32) + steps  # noise streams: one per run seed and step
                         outs = prog.step(self.state, *data_feeds,
                                          *[hyper[k] for k in prog.step.feeds[len(data_feeds):]])
                         loss = outs[0]

@@ -282,6 +282,9 @@ RECIPES: dict[str, list[Recipe]] = {
                     Recipe("scalars", [Arg("g", (None,)),
                                        Arg("i", (None,), labels(3), diff=False, dtype="int64")],
                            lambda G, g, i: G("scatter_add", g, i, shape=(3,)))],
+    # training-time only values
+    "training_only": [Recipe("noisy_clean", [Arg("x", (None, 3)), Arg("y", (None, 3), diff=False)],
+                             lambda G, x, y: G("training_only", G("mul", x, 2.0), y))],
     # random streams
     "uniform_noise": [random_recipe("uniform_noise", seed=1),
                       random_recipe("uniform_noise", (None, 2, 3), seed=2, lo=-1.0, hi=2.0),

@@ -1,0 +1,401 @@
+"""The CUDA path, proven without a GPU (and run for real where there is one).
+
+1. nvcc compiles every generated kernel of every shipped spec to PTX for
+   sm_80 and sm_90 (skipped, with the reason, where nvcc is absent);
+2. gcc compiles the same kernel text as C (compiler/cuda_harness.py), and each
+   kernel's outputs match compiler/evaluate.py; whole generated steps match
+   the NumPy lowering; every elementwise op's C expression matches its impl;
+3. `gpu`-marked tests run CuPy end to end where CuPy and a device exist.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import netc
+from netc.compiler import cuda_harness, fuse, lower_cuda
+from netc.compiler.errors import NetcError
+from netc.compiler.graph import Graph
+from netc.compiler.ops import OPS
+
+SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
+FUNCTIONS = ("train_step", "evaluate", "predict")
+ARCHS = ("sm_80", "sm_90")
+
+needs_gcc = pytest.mark.skipif(cuda_harness.gcc() is None, reason="no gcc: the CPU harness for CUDA kernels "
+                               "needs a C compiler")
+needs_nvcc = pytest.mark.skipif(cuda_harness.nvcc() is None, reason="nvcc not found: generated CUDA sources "
+                                "are not compile-checked here (install the CUDA toolkit to check them)")
+
+_MODELS: dict = {}
+
+
+def model(path, dtype="float32"):
+    key = (str(path), dtype)
+    if key not in _MODELS:
+        _MODELS[key] = netc.compile(path, dtype=dtype)
+    return _MODELS[key]
+
+
+def functions(m):
+    out = {}
+    for which in FUNCTIONS:
+        fn = lower_cuda.lower_function(m.program, which)
+        if fn is not None:
+            out[which] = fn
+    return out
+
+
+def feed_values(fn, batch: int, rng) -> dict:
+    """Random feeds by name: inputs, class labels, hyperparameters."""
+    leaves = {n.name: n for n in fn.plan.order if n.op in ("input", "hyper")}
+    vals = {}
+    for name in fn.feeds:
+        n = leaves[name]
+        if n.op == "hyper":
+            vals[name] = 0.9 if name == "momentum" else 0.05
+        elif n.dtype == "int64":
+            vals[name] = rng.integers(0, n.attr("classes") or 2, batch)
+        else:
+            vals[name] = rng.normal(size=(batch,) + tuple(n.shape[1:])).astype(n.dtype)
+    return vals
+
+
+def random_state(m, rng) -> dict:
+    """The model's initial state, with nonzero optimizer state (so every update term matters)."""
+    out = {}
+    for k, v in m.state.items():
+        v = np.array(v, copy=True)
+        if k not in m.program.spec.params:
+            v += (0.01 * rng.normal(size=v.shape)).astype(v.dtype)
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 1. nvcc
+
+
+@needs_nvcc
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_every_kernel_compiles_with_nvcc(path, tmp_path):
+    kernels = []
+    for dtype in ("float32", "float64"):
+        for fn in functions(model(path, dtype)).values():
+            kernels += fn.kernels
+    names = [k.name for k in kernels]
+    # one .cu per architecture, both compiled at once
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        ptx = dict(zip(ARCHS, ex.map(lambda a: cuda_harness.nvcc_ptx(kernels, a, tmp_path), ARCHS)))
+    for arch, text in ptx.items():
+        assert f".target {arch}" in text
+        for name in names:
+            assert f".entry {name}(" in text, (arch, name)
+
+
+@needs_nvcc
+def test_every_elementwise_op_compiles_with_nvcc(tmp_path):
+    kernels = []
+    for dtype in ("float32", "float64"):
+        for op in _elementwise_ops():
+            kernels += _op_function(op, dtype)[0].kernels
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        for text in ex.map(lambda a: cuda_harness.nvcc_ptx(kernels, a, tmp_path), ARCHS):
+            assert text.count(".entry") == len(kernels)
+
+
+# ---------------------------------------------------------------------------
+# 2. the same kernels as C on the CPU
+
+
+def _check(fn, values):
+    rows = cuda_harness.check_kernels(fn, values)
+    bad = [r for r in rows if not r["ok"]]
+    assert not bad, bad
+    return rows
+
+
+@needs_gcc
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_each_kernel_matches_the_reference(path):
+    m = model(path)
+    rng = np.random.default_rng(0)
+    state = random_state(m, rng)
+    checked = 0
+    for which, fn in functions(m).items():
+        values = {**feed_values(fn, 12, rng), **state}
+        checked += len(_check(fn, values))
+    assert checked >= 8
+
+
+@needs_gcc
+@pytest.mark.parametrize("name", ["mnist_mlp.net", "mnist_lecun98.net"])
+def test_each_kernel_matches_the_reference_float64(name):
+    m = model(next(p for p in SPECS if p.name == name), "float64")
+    rng = np.random.default_rng(1)
+    state = random_state(m, rng)
+    fn = functions(m)["train_step"]
+    rows = _check(fn, {**feed_values(fn, 10, rng), **state})
+    assert max(r["error"] for r in rows) < 1e-12
+
+
+def _steps_agree(m, fn, steps, batch, rng, rtol, **launch):
+    """Run the generated GPU step on the CPU and the NumPy step side by side."""
+    np_state = random_state(m, rng)
+    cu_state = {k: v.copy() for k, v in np_state.items()}
+    for _ in range(steps):
+        vals = feed_values(fn, batch, rng)
+        args = [vals[f] for f in fn.feeds]
+        (l_np,) = m.program.step(np_state, *args)
+        (l_cu,) = cuda_harness.run(fn, cu_state, *args, **launch)
+        assert float(l_cu) == pytest.approx(float(l_np), rel=rtol, abs=rtol)
+        for k in np_state:
+            np.testing.assert_allclose(cu_state[k], np_state[k], rtol=rtol, atol=rtol, err_msg=k)
+    return float(l_cu)
+
+
+@needs_gcc
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_generated_step_matches_numpy(path):
+    m = model(path)
+    fn = functions(m)["train_step"]
+    _steps_agree(m, fn, 3, 16, np.random.default_rng(2), 2e-5)
+
+
+@needs_gcc
+def test_generated_step_matches_numpy_float64():
+    m = model(next(p for p in SPECS if p.name == "mnist_lecun98.net"), "float64")
+    _steps_agree(m, functions(m)["train_step"], 3, 8, np.random.default_rng(3), 1e-12)
+
+
+@needs_gcc
+def test_thread_blocks_and_grid_stride():
+    """Blocks of 4 real threads meeting at a barrier (the shared-memory tree
+    reductions as on a device) and a grid smaller than the work."""
+    m = model(next(p for p in SPECS if p.name == "mnist_mlp.net"))
+    fn = functions(m)["train_step"]
+    _steps_agree(m, fn, 1, 9, np.random.default_rng(4), 2e-5, grid=3, block=4)
+    ev = functions(m)["evaluate"]
+    rng = np.random.default_rng(5)
+    state = random_state(m, rng)
+    vals = feed_values(ev, 7, rng)
+    args = [vals[f] for f in ev.feeds]
+    want = m.program.evaluate(state, *args)
+    got = cuda_harness.run(ev, state, *args, grid=2, block=8)
+    for g, w in zip(got, want):
+        assert float(g) == pytest.approx(float(w), rel=1e-5)
+
+
+@needs_gcc
+def test_evaluate_and_predict_match_numpy():
+    m = model(next(p for p in SPECS if p.name == "bengio_defaults.net"))
+    rng = np.random.default_rng(6)
+    state = random_state(m, rng)
+    for which in ("evaluate", "predict"):
+        fn = functions(m)[which]
+        vals = feed_values(fn, 11, rng)
+        args = [vals[f] for f in fn.feeds]
+        want = getattr(m.program, which)(state, *args)
+        got = cuda_harness.run(fn, state, *args)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def _elementwise_ops():
+    return sorted(n for n, op in OPS.items() if op.kind == "elementwise" and op.lang is not None)
+
+
+def _op_function(op: str, dtype: str):
+    G = Graph(dtype)
+    x = G("input", name="x", shape=(None, 7), dtype=dtype)
+    y = G("input", name="y", shape=(None, 7), dtype=dtype)
+    arity = len(OPS[op].lang[0])
+    node = G(op, *([x, y][:arity]))
+    feeds = [x, y][:arity]
+    fn = lower_cuda.lower([node], (), f"op_{op}", feeds=feeds)
+    return fn, node, feeds
+
+
+def _op_inputs(op: str, dtype, rng):
+    positive = {"log", "sqrt", "log1p", "pow", "div"}
+    if op in positive:
+        return [rng.uniform(0.3, 2.5, size=(6, 7)).astype(dtype) for _ in range(2)]
+    if op in ("gt", "ge", "lt", "le", "eq", "ne", "maximum", "minimum", "sign", "abs"):
+        # values on a coarse grid so that ties and zeros happen
+        return [(rng.integers(-3, 4, size=(6, 7)) * 0.5).astype(dtype) for _ in range(2)]
+    return [(rng.normal(size=(6, 7)) * 3).astype(dtype) for _ in range(2)]
+
+
+@needs_gcc
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_elementwise_op_expression(dtype):
+    rng = np.random.default_rng(7)
+    tol = 2e-6 if dtype == "float32" else 1e-14
+    for op in _elementwise_ops():
+        fn, node, feeds = _op_function(op, dtype)
+        ins = _op_inputs(op, dtype, rng)[:len(feeds)]
+        (got,) = cuda_harness.run(fn, {}, *ins)
+        want = np.asarray(OPS[op].impl(ins, node.a, 6), dtype=dtype)
+        assert np.array_equal(np.isnan(got), np.isnan(want)), op
+        scale = np.maximum(1.0, np.abs(want))
+        err = np.nanmax(np.abs(got - want) / scale)
+        assert err <= tol, (op, fuse.cuda_template(op), err)
+
+
+@needs_gcc
+def test_op_without_a_cuda_expression_runs_as_a_library_call(monkeypatch):
+    """An elementwise op with no C expression (a new op) still lowers: through its
+    NumPy emitter, with the array module of the runtime."""
+    real = fuse.cuda_template
+    monkeypatch.setattr(fuse, "cuda_template", lambda op: None if op == "maximum" else real(op))
+    m = netc.compile(next(p for p in SPECS if p.name == "mnist_mlp.net"))
+    fn = lower_cuda.lower_function(m.program, "train_step")
+    assert sum(1 for k in fn.plan.kernels if k.kind == "library") == 2
+    _steps_agree(m, fn, 2, 8, np.random.default_rng(8), 2e-5)
+
+
+# ---------------------------------------------------------------------------
+# the generated host code
+
+
+class CountingRuntime(cuda_harness.CpuRuntime):
+    def __init__(self, kernels):
+        super().__init__(kernels)
+        self.calls = {"empty": 0, "upload": 0}
+
+    def empty(self, shape, dtype):
+        self.calls["empty"] += 1
+        return super().empty(shape, dtype)
+
+    def upload(self, x, buf):
+        self.calls["upload"] += 1
+        return super().upload(x, buf)
+
+
+@needs_gcc
+def test_step_allocates_nothing_and_uploads_the_minibatch_once():
+    m = model(next(p for p in SPECS if p.name == "mnist_mlp.net"))
+    fn = functions(m)["train_step"]
+    rng = np.random.default_rng(9)
+    state = random_state(m, rng)
+    rt = CountingRuntime(fn.kernels)
+    step = fn.make_step(rt, state, 8)
+    allocated = rt.calls["empty"]
+    vals = feed_values(fn, 8, rng)
+    for _ in range(3):
+        step(*[vals[f] for f in fn.feeds])
+    assert rt.calls["empty"] == allocated
+    assert rt.calls["upload"] == 3 * 2  # x and t, once a step
+    # no host round trip inside the step: nothing reads a device array back
+    assert ".get(" not in fn.source and "float(" not in fn.source and "asnumpy" not in fn.source
+
+
+def test_kernels_are_compiled_once_per_process():
+    """CupyRuntime's cache, with a stand-in for CuPy (no GPU needed)."""
+    built = []
+
+    class FakeCupy:
+        class RawKernel:
+            def __init__(self, source, name):
+                built.append(name)
+
+    m = model(next(p for p in SPECS if p.name == "mnist_lecun98.net"))
+    fn = functions(m)["train_step"]
+    lower_cuda._KERNEL_CACHE.clear()
+    for _ in range(2):
+        rt = lower_cuda.CupyRuntime(FakeCupy)
+        for ks in fn.kernels:
+            rt.kernel(ks.source, ks.name, ks.dtypes)
+    assert sorted(built) == sorted(ks.name for ks in fn.kernels)
+    lower_cuda._KERNEL_CACHE.clear()
+    for ks in fn.kernels:  # what CuPy compiles: the GPU prelude, then the kernel
+        assert ks.source.startswith(lower_cuda.GPU_PRELUDE) and "// covers: " in ks.source
+
+
+def test_emit_cuda_and_stats_on_the_command_line(capsys):
+    from netc.cli import main
+    path = str(next(p for p in SPECS if p.name == "mnist_mlp.net"))
+    assert main(["compile", path, "--emit", "cuda"]) == 0
+    out = capsys.readouterr().out
+    m = model(path)
+    fn = functions(m)["train_step"]
+    for ks in fn.kernels:
+        assert f"NETC_KERNEL void {ks.name}(" in out
+    assert out.count("// ---- k") == len(fn.plan.kernels)
+    assert "covers <prelude>:28" in out and "cupy.matmul(" in out and "def make(rt, S, B):" in out
+    assert main(["compile", path, "--stats"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels per step:      20" in out and "at batch 128" in out and "818.8 MFLOP" in out
+
+
+def _has_gpu() -> str | None:
+    """None if CuPy and a device are there, else why not."""
+    try:
+        lower_cuda.require_gpu()
+    except NetcError as e:
+        return e.message
+    return None
+
+
+@pytest.mark.skipif(_has_gpu() is None, reason="CuPy and a device are present: the missing-GPU error cannot show")
+def test_gpu_device_without_cupy_or_device_is_a_clear_user_error(capsys):
+    from netc.cli import main
+    path = str(next(p for p in SPECS if p.name == "mnist_lecun98.net"))
+    with pytest.raises(NetcError) as e:
+        netc.compile(path, device="gpu")
+    assert "pip install 'netc[gpu]'" in e.value.message or "no CUDA device" in e.value.message
+    assert main(["train", path, "--device", "gpu", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'gpu'" in err and ("CuPy" in err)
+    with pytest.raises(NetcError):
+        netc.compile(path, device="tpu")
+
+
+# ---------------------------------------------------------------------------
+# 3. the real thing
+
+
+def _cupy_or_skip():
+    cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'netc[gpu]')")
+    why = _has_gpu()
+    if why is not None:
+        pytest.skip(why)
+    return cp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mnist_mlp.net", "mnist_lecun98.net", "bengio_defaults.net"])
+def test_gpu_steps_match_numpy(name):
+    cp = _cupy_or_skip()
+    path = next(p for p in SPECS if p.name == name)
+    cpu = netc.compile(path)
+    gpu = netc.compile(path, device="gpu")
+    rng = np.random.default_rng(10)
+    state = random_state(cpu, rng)
+    dev = {k: cp.asarray(v) for k, v in state.items()}
+    fn = gpu.program.step
+    assert isinstance(fn, lower_cuda.CudaFunction)
+    for _ in range(5):
+        vals = feed_values(fn, 64, rng)
+        args = [vals[f] for f in fn.feeds]
+        (l_np,) = cpu.program.step(state, *args)
+        (l_cu,) = fn(dev, *args)
+        assert float(l_cu) == pytest.approx(float(l_np), rel=1e-4, abs=1e-5)
+    for k in state:
+        np.testing.assert_allclose(cp.asnumpy(dev[k]), state[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.gpu
+def test_gpu_fit_predict_save(tmp_path):
+    _cupy_or_skip()
+    path = next(p for p in SPECS if p.name == "mnist_mlp.net")
+    m = netc.compile(path, device="gpu")
+    s = m.fit(epochs=1, limit=512, out=tmp_path / "run")
+    assert np.isfinite(s["train_loss"])
+    p = m.predict(np.zeros((5, 784), np.float32))
+    assert isinstance(p, np.ndarray) and p.shape == (5, 10)
+    m.save(tmp_path / "saved")
+    assert netc.load(tmp_path / "saved").params.keys() == m.params.keys()
