@@ -125,6 +125,7 @@ class Spec:
     inputs: dict[str, Node] = field(default_factory=dict)
     targets: dict[str, Node] = field(default_factory=dict)
     params: dict[str, Node] = field(default_factory=dict)
+    buffers: dict[str, Node] = field(default_factory=dict)  # `buffer(...)`: kept, not trained
     named: dict[str, Node] = field(default_factory=dict)
     loss: Node | None = None
     output: Node | None = None
@@ -403,11 +404,12 @@ class _Context:
     def _call(self, e: S.Call, env: Env):
         if isinstance(e.func, S.Name) and e.func.name == "params":
             return self._select(e)
-        if isinstance(e.func, S.Name) and e.func.name == "param" and env.lookup("param") is self.globals.parent.vars["param"]:
+        if (isinstance(e.func, S.Name) and e.func.name in ("param", "buffer")
+                and env.lookup(e.func.name) is self.globals.parent.vars[e.func.name]):
             args = [self.eval(a, env) for a in e.args]
             kwargs = {k: self.eval(v, env) for k, v in e.kwargs}
             direct = bool(self.assigned) and self.assigned[-1] is e
-            return self._param(args, kwargs, e.loc, direct)
+            return self._param(args, kwargs, e.loc, direct, kind=e.func.name.replace("buffer", "state"))
         f = self.eval(e.func, env)
         args = [self.eval(a, env) for a in e.args]
         kwargs = {}
@@ -466,7 +468,7 @@ class _Context:
 
     # -- parameters --------------------------------------------------------------
     def _param_name(self, direct: bool) -> str:
-        taken = self.spec.params
+        taken = {**self.spec.params, **self.spec.buffers}
         assigns = [n for kind, n in self.scope if kind == "assign"]
         if not direct:
             assigns = assigns + ["param"]
@@ -486,10 +488,10 @@ class _Context:
             k += 1
         return name
 
-    def _param(self, args, kwargs, loc, direct=False):
-        a = _bind("param", ["shape", "init"], {"init": None}, args, kwargs, loc)
+    def _param(self, args, kwargs, loc, direct=False, kind="param"):
+        a = _bind(kind if kind == "param" else "buffer", ["shape", "init"], {"init": None}, args, kwargs, loc)
         dims = self._dims(a["shape"], loc, "a parameter's shape")
-        init = a["init"] if a["init"] is not None else self.globals.lookup("glorot")
+        init = a["init"] if a["init"] is not None else self.globals.lookup("glorot" if kind == "param" else "zeros")
         if isinstance(init, (UserFn, Builtin)):
             init = self.apply(init, [list(dims)], {}, loc, "init")
         if isinstance(init, (int, float)):
@@ -497,8 +499,11 @@ class _Context:
         if not (isinstance(init, dict) and "dist" in init):
             raise SpecError(f"init must be an initialization such as glorot or fan_in, got {_kind(init)}", loc)
         name = self._param_name(direct)
-        node = self.G("param", name=name, shape=tuple(dims), init=init, loc=loc)
-        self.spec.params[name] = node
+        node = self.G(kind, name=name, shape=tuple(dims), init=init, loc=loc)
+        if kind == "param":
+            self.spec.params[name] = node
+        else:
+            self.spec.buffers[name] = node
         return node
 
     # -- checks ------------------------------------------------------------------
@@ -565,6 +570,9 @@ class _Context:
         v["param"] = Builtin("param", lambda c, a, k, loc: c._param(a, k, loc),
                              "param(shape, init = glorot): a trainable tensor named by where it is assigned")
         v["dim"] = Builtin("dim", _dim, "dim(x, axis = -1): the size of one axis of x")
+        v["buffer"] = Builtin("buffer", lambda c, a, k, loc: c._param(a, k, loc, kind="state"),
+                              "buffer(shape, init = zeros): a tensor kept with the model but not trained "
+                              "(set by the trainer, e.g. the transformation statistics)")
         v["grad"] = Builtin("grad", _grad_builtin, "grad(e, x): the derivative of scalar e with respect to x")
         v["jacobian"] = Builtin("jacobian", _jacobian_builtin,
                                 "jacobian(y, x): per-example d y/d x, [B, m, n] for y [B, m] and x [B, n]")

@@ -24,7 +24,9 @@ def jacobian(G: Graph, y: Node, x: Node, loc=None) -> Node:
     for node in toposort([y]):
         if node.id in jac or not any(i.id in jac for i in node.inputs):
             continue
-        jac[node.id] = _step(G, node, jac, n, loc)
+        step = _step(G, node, jac, n, loc)
+        if step is not None:  # None: the node does not depend on x (e.g. noise shaped like x)
+            jac[node.id] = step
     if y.id not in jac:
         return G("broadcast", G.const(0.0, y.dtype), shape=(None, y.shape[1], n))
     kind, j = jac[y.id]
@@ -43,6 +45,12 @@ def _partials(G: Graph, node: Node) -> list[Node | None]:
 def _step(G, node, jac, n, loc):
     spec = OPS[node.op]
     deps = [i for i in node.inputs if i.id in jac]
+    if node.op == "training_only":  # the training value's Jacobian
+        return jac.get(node.inputs[0].id)
+    if spec.kind != "elementwise" and spec.grad is not None:
+        ones = G("broadcast", G.const(1.0, node.dtype), shape=node.shape) if node.dtype.startswith("float") else None
+        if ones is not None and all(r is None for r in spec.grad(G, node, ones)):
+            return None  # no derivative flows: constant with respect to x
     if spec.kind == "elementwise":
         parts = _partials(G, node)
         terms = []

@@ -20,6 +20,7 @@ the CPU harness that runs the same kernels compiled by gcc.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,7 +180,9 @@ class _CGen:
         elif ex.kind == "op":
             tmpl = fuse.cuda_template(ex.node.op)
             args = [self.expr(a, sc) for a in ex.args]
-            rhs = tmpl.format(*args, T=t)
+            attrs = {k: _literal_c(float(v), ex.dtype) for k, v in ex.node.attrs
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            rhs = tmpl.format(*args, T=t, **attrs)
         else:
             raise AssertionError(ex.kind)
         nm = self.local()
@@ -215,7 +218,11 @@ class _CGen:
                     + (f"; parameters {', '.join(K.params())}" if K.params() else ""))
         params = self._param_list()
         body = self._elementwise() if K.kind == "elementwise" else self._reduce()
-        text = "\n".join(head) + f"\nNETC_KERNEL void {self.name}({params}) {{\n" + "\n".join(body) + "\n}\n"
+        code = f"({params}) {{\n" + "\n".join(body) + "\n}\n"
+        # the name carries a hash of the code: kernels of different functions, dtypes
+        # and specs can share one compilation unit (and identical ones dedupe)
+        self.name = f"{self.name}_{hashlib.sha1(code.encode()).hexdigest()[:8]}"
+        text = "\n".join(head) + f"\nNETC_KERNEL void {self.name}" + code
         dtypes = tuple(p.ctype for p in self.params)
         return KernelSource(K, self.name, _comment_safe(text), self.params, dtypes)
 
@@ -274,7 +281,8 @@ class _CGen:
             if kind == "argmax":
                 body.emit(f"{t} {a} = -(({t})NETC_INF); long long {a}i = -1;")
             else:
-                body.emit(f"{t} {a} = " + ("-((" + t + ")NETC_INF)" if kind == "max" else f"({t})0") + ";")
+                init = {"max": f"-(({t})NETC_INF)", "min": f"(({t})NETC_INF)"}.get(kind, f"({t})0")
+                body.emit(f"{t} {a} = {init};")
             body.emit(rloop)
             loop = _Scope(self, "            ")
             self.decompose(loop, "r_", rdims, "qr_")
@@ -283,6 +291,8 @@ class _CGen:
                 loop.emit(f"{a} += {v};")
             elif kind == "max":
                 loop.emit(f"if ({v} > {a} || {v} != {v}) {a} = {v};")
+            elif kind == "min":
+                loop.emit(f"if ({v} < {a} || {v} != {v}) {a} = {v};")
             elif kind == "sumexp":
                 loop.emit(f"{a} += exp({v} - {self.accs[(r.id, 0)]});")
             else:  # argmax: the first maximum (the first NaN), as numpy
@@ -292,8 +302,12 @@ class _CGen:
             body.emit("}")
             if block:
                 self._block_reduce(body, kind, t, a)
-            if kind in ("max", "sumexp"):
+            if r.op in ("log_softmax", "softmax", "logsumexp") and kind in ("max", "sumexp"):
                 self.accs[(r.id, 0 if kind == "max" else 1)] = a
+                if r.op == "logsumexp" and kind == "sumexp":
+                    nm = f"r{k}_"
+                    body.emit(f"const {t} {nm} = {self.accs[(r.id, 0)]} + log({a});")
+                    self.reds[r.id] = nm
             else:
                 nm = f"r{k}_"
                 if r.op == "mean":
@@ -335,9 +349,10 @@ class _CGen:
         sc.emit("    if (threadIdx.x < s_) {")
         if kind in ("sum", "sumexp"):
             sc.emit(f"        {sh}[threadIdx.x] = {sh}[threadIdx.x] + {sh}[threadIdx.x + s_];")
-        elif kind == "max":
+        elif kind in ("max", "min"):
+            cmp = ">" if kind == "max" else "<"
             sc.emit(f"        const {t} x_ = {sh}[threadIdx.x + s_], y_ = {sh}[threadIdx.x];")
-            sc.emit(f"        {sh}[threadIdx.x] = (x_ > y_ || x_ != x_) ? x_ : y_;")
+            sc.emit(f"        {sh}[threadIdx.x] = (x_ {cmp} y_ || x_ != x_) ? x_ : y_;")
         else:
             sc.emit(f"        const {t} xv_ = {sh}[threadIdx.x + s_], yv_ = {sh}[threadIdx.x];")
             sc.emit("        const long long xi_ = sh_idx[threadIdx.x + s_], yi_ = sh_idx[threadIdx.x];")
@@ -491,9 +506,12 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
             return _literal(n)
         if n.id in var:
             return var[n.id]
+        k = fuse.alias_of(n)
+        if k is not None:
+            return arg(n.inputs[k])
         spec = OPS[n.op]
         if spec.kind == "view":
-            return spec.emit(Emit([arg(n.inputs[0])], "", n))
+            return spec.emit(Emit([arg(i) for i in n.inputs], "", n))
         raise AssertionError(f"%{n.id} {n.op} has no value here")
 
     finals: list[str] = []
@@ -516,15 +534,7 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
             a, b = (arg(x) for x in k.operands)
             lines.append(f"        rt.matmul({a}, {b}, {var[m.id]})")
         elif k.kind == "library":
-            m = k.members[0]
-            spec = OPS[m.op]
-            scratch_shapes = spec.scratch(m) if spec.scratch else []
-            scratch = [take(s, d) for s, d in scratch_shapes]
-            e = Emit([arg(i) for i in m.inputs], var[m.id], m, scratch, setup)
-            spec.emit(e)
-            lines += ["        " + ln for ln in e.lines]
-            for (s, d), b in zip(scratch_shapes, scratch):
-                pool.setdefault((tuple(s), d), []).append(b)
+            lines += _library_call(k.members[0], arg, var, take, pool, setup, pre)
         else:
             ks = src_of[k.id]
             cfg = _launch_config(k)
@@ -583,6 +593,33 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
 
     return CudaFunction(name, source, [f.name for f in feeds], [s.name for s in state_nodes], list(outputs),
                         len(order), make, plan=P, kernels=sources)
+
+
+def _library_call(m: Node, arg, var, take, pool, setup, pre) -> list[str]:
+    """An op with no kernel template, through its NumPy emitter with `np` the
+    runtime's array module. A view that is no index map is copied out; an op
+    drawing random numbers runs on the host (NumPy's Philox streams, keyed by
+    seed and step, exactly as on the CPU path) and its result is uploaded."""
+    spec = OPS[m.op]
+    if spec.kind == "view":
+        expr = spec.emit(Emit([arg(i) for i in m.inputs], "", m))
+        return [f"        np.copyto({var[m.id]}, {expr})"]
+    scratch_shapes = spec.scratch(m) if spec.scratch else []
+    scratch = [take(s, d) for s, d in scratch_shapes]
+    e = Emit([arg(i) for i in m.inputs], var[m.id], m, scratch, setup)
+    spec.emit(e)
+    text = "; ".join(e.lines)
+    for (s, d), b in zip(scratch_shapes, scratch):
+        pool.setdefault((tuple(s), d), []).append(b)
+    if "np.random." not in text:
+        return ["        " + ln for ln in e.lines]
+    host = f"{var[m.id]}_host"
+    pre.append(f"    {host} = _np.empty({_shape_py(m.shape)}, {m.dtype!r})  # host side of a random stream")
+    e = Emit([arg(i) for i in m.inputs], host, m, scratch, setup)
+    spec.emit(e)
+    lines = ["        " + ln.replace("np.", "_np.") for ln in e.lines]
+    lines.append(f"        rt.upload({host}, {var[m.id]})")
+    return lines
 
 
 def _shape_py(shape) -> str:

@@ -44,7 +44,8 @@ class Program:
     def state_leaves(self) -> list[Node]:
         """Parameters and optimizer state, in a stable order."""
         seen, out = set(), []
-        read = [n for n in toposort([u for _, u in self.updates]) if n.op == "state"]
+        roots = [u for _, u in self.updates] + [n for n in (self.loss, self.output) if n is not None]
+        read = [n for n in toposort(roots) if n.op == "state"]
         for n in list(self.spec.params.values()) + [leaf for leaf, _ in self.updates] + read:
             if n.name not in seen:
                 seen.add(n.name)
@@ -90,6 +91,7 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
     if functions and optimizer is not None and optimizer.needs_curvature_state and loss is not None:
         params = list(spec.params.values())
         curv = simplify(G, gauss_newton_diag(G, loss, params, output), fired=fired)
+        curv = expected(G, curv)
         prog.curvature = lower(curv, (), "curvature", feeds=_used(spec.feeds, curv), debug=debug)
     if functions:
         feeds = spec.feeds
@@ -180,5 +182,5 @@ def hessian_vector_function(prog: Program) -> Function:
     for g, v in zip(gs, vs):
         term = G("sum", G("mul", g, v))
         dot_gv = term if dot_gv is None else G("add", dot_gv, term)
-    hv = simplify(G, grad(G, dot_gv, params))
+    hv = expected(G, simplify(G, grad(G, dot_gv, params)))
     return lower(hv, (), "hessian_vector", feeds=_used(spec.feeds, hv) + vs)

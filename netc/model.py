@@ -11,6 +11,7 @@ from netc.compiler.elaborate import Formula, Spec, select_params
 from netc.compiler.errors import DataError, NetcError, SpecError
 from netc.compiler import lower_cuda
 from netc.compiler.lower_numpy import lower
+from netc.compiler.ops import expected
 from netc.compiler.pipeline import compile_program, parse_and_elaborate
 from netc.compiler.update import Optimizer
 from netc.runtime import checkpoint, data, normalize
@@ -169,8 +170,9 @@ class Model:
         if limit is not None:
             train, valid_ds, test_ds = (None if d is None else d.slice(0, min(limit, len(d)))
                                         for d in (train, valid_ds, test_ds))
-        self._check_data(train)
-        self.normalizer = normalize.fit(self.data_cfg.normalize, train.x)
+        norm = normalize.fit(self.data_cfg.normalize, train.x)  # may change the width (pca dims)
+        self._check_data(train, norm)
+        self.normalizer = norm
         dtype = self.program.spec.graph.float_dtype
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
         run = Run(self.program, self.train_cfg, self.state, Path(out) if out else None, progress,
@@ -191,10 +193,22 @@ class Model:
                 t = t[:, None]
         return data.Dataset(np.ascontiguousarray(x), t, ds.name)
 
-    def _check_data(self, ds: data.Dataset) -> None:
+    def _check_data(self, ds: data.Dataset, norm: normalize.Normalizer | None = None) -> None:
         spec = self.program.spec
         (xnode,) = list(spec.inputs.values())[:1] or [None]
-        if xnode is not None and ds.x.shape[1:] != tuple(xnode.shape[1:]):
+        norm = self.normalizer if norm is None else norm
+        width = None  # features after normalization, where it changes them (pca/whiten dims)
+        if xnode is not None and ds.x.ndim == 2 and norm.kind != "none":
+            try:
+                width = norm.out_width(ds.x.shape[1])
+            except ValueError as e:
+                raise DataError(f"{ds.name}: {e}") from None
+        if width is not None and width != ds.x.shape[1]:
+            if (width,) != tuple(xnode.shape[1:]):
+                raise DataError(f"{ds.name}: input normalization {norm} turns the {ds.x.shape[1]} features "
+                                f"into {width}, but input '{xnode.name}' is declared "
+                                f"{list(xnode.shape[1:])}; declare [{width}] or change the normalization")
+        elif xnode is not None and ds.x.shape[1:] != tuple(xnode.shape[1:]):
             raise DataError(f"{ds.name}: examples have {ds.x.shape[1:]} features, but input "
                             f"'{xnode.name}' is declared {list(xnode.shape[1:])}")
         for tnode in spec.targets.values():
@@ -231,7 +245,7 @@ class Model:
             outs = [prog.output]
         else:
             raise NetcError(f"unknown function {name!r}; choose 'loss' or 'output'")
-        fn = lower(outs, (), name, feeds=prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()))
+        fn = lower(expected(prog.spec.graph, outs), (), name, feeds=prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()))
         return lambda *feeds: tuple(o.copy() for o in fn(self.state, *feeds))
 
     # -- persistence -------------------------------------------------------------------

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from netc.compiler.elaborate import BlockCall, BlockEntry, Symbol
 from netc.compiler.errors import ErrorList, Loc, SpecError, did_you_mean
+from netc.runtime import normalize as _norm
 
 
 class _Strict(BaseModel):
@@ -125,6 +126,12 @@ class Early(_Strict):
     grow: float = Field(2.0, ge=1, description="at a new best, patience = max(patience, grow * age)")
 
 
+class Every(_Strict):
+    """Re-estimate the transformation statistics every `updates` updates [RV]. (not implemented yet)"""
+    kind: Literal["every"] = "every"
+    args: tuple[int] = (1000,)
+
+
 class Never(_Strict):
     kind: Literal["off"] = "off"
 
@@ -150,6 +157,7 @@ class Errors(_Strict):
 
 
 EMPHASIZE = {"off": Never, "none": Never, "errors": Errors}
+TRANSFORMS = {"every": Every, "off": Never, "none": Never}
 
 
 class TrainConfig(_Strict):
@@ -178,6 +186,9 @@ class TrainConfig(_Strict):
     emphasize: Never | Errors = Field(default_factory=Never, description="off, or errors(ratio): draw the examples "
                                                                         "last misclassified more often [EB 4.2]")
     interleave: bool = Field(False, description="present consecutive examples from different classes [EB 4.2]")
+    lr: float | Auto | None = Field(None, description="overrides the method's rate: a number or auto(eigen)")
+    transforms: Never | Every = Field(default_factory=Never, description="every(N): re-estimate transformed units' "
+                                                                          "statistics [RV] (not implemented yet)")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
     groups: list = Field(default_factory=list, description="(internal) per-selector settings")
@@ -195,12 +206,21 @@ class DataConfig(_Strict):
     train: Source | None = Field(None, description='training set, e.g. mnist("train")[0:50000], csv("f.csv"), npz("f.npz")')
     valid: Source | None = Field(None, description="validation set (early stopping, model selection)")
     test: Source | None = Field(None, description="test set, reported at the end of each epoch")
-    normalize: Literal["none", "center", "standardize"] = Field(
-        "none", description="input normalization fitted on the training set [EB 4.3]")
+    normalize: Any = Field(
+        "none", description="input normalization fitted on the training set: center, standardize, "
+                            "pca(dims | variance), whiten(eps, dims | variance), zca(eps) [EB 4.3], "
+                            "uniformize(knots), log, sqrt [PR 3.2], or a list applied in order, "
+                            "e.g. [log, standardize]")
+
+    @field_validator("normalize")
+    @classmethod
+    def _normalize_steps(cls, v):
+        """Any form normalize.parse reads (a name, text, Steps, a list) -> a tuple of Steps."""
+        return _norm.parse(v)
 
 
 _CALL_FIELDS = {"method": METHODS, "schedule": SCHEDULES, "stop": STOPS, "average": AVERAGES,
-                "emphasize": EMPHASIZE}
+                "emphasize": EMPHASIZE, "transforms": TRANSFORMS}
 _SELECTOR_KEYS = {"lr_scale", "decay", "l1"}
 _SOURCES = {"mnist", "csv", "npz"}
 
@@ -257,11 +277,13 @@ def _convert(key: str, value, loc: Loc, source):
         if cls is None:
             raise SpecError(f"unknown {key} '{value.name}'", value.loc, source,
                             hint=did_you_mean(value.name, kinds) or f"choose one of: {', '.join(kinds)}")
-        if value.args:
+        if value.args and "args" not in cls.model_fields:
             raise SpecError(f"{value.name}(...) takes named arguments, like {value.name}(lr = 0.1)",
                             value.loc, source)
         try:
             kw = {k: _plain(v) for k, v in value.kw.items()}
+            if value.args:
+                kw["args"] = tuple(value.args)
             obj = cls(**kw)
             lr = getattr(obj, "lr", None)
             if isinstance(lr, (int, float)) and lr <= 0:
@@ -272,17 +294,53 @@ def _convert(key: str, value, loc: Loc, source):
             field = ".".join(str(x) for x in err["loc"])
             hint = did_you_mean(field, cls.model_fields) if err["type"] == "extra_forbidden" else None
             raise SpecError(f"{value.name}: {field}: {err['msg']}", value.loc, source, hint=hint) from None
+    if key == "normalize":
+        return _normalization(value, loc, source)
     if key in ("train", "valid", "test"):
         if not isinstance(value, BlockCall) or value.name not in _SOURCES:
             name = value.name if isinstance(value, BlockCall) else repr(value)
             raise SpecError(f"'{key}' expects a data source (mnist, csv or npz), got {name}", loc, source,
                             hint=did_you_mean(name, _SOURCES))
         return Source(kind=value.name, args=value.args, kwargs=value.kw, slice=value.slice, loc=value.loc)
+    if key == "lr" and isinstance(value, BlockCall):
+        try:
+            return Auto(**_plain(value))
+        except ValidationError:
+            raise SpecError(f"lr takes a number or auto(eigen), got {value.name}(...)", value.loc, source) from None
     if isinstance(value, Symbol):
         return str(value)
     if isinstance(value, BlockCall):
         raise SpecError(f"'{key}' does not take a call", value.loc, source)
     return value
+
+
+def _normalization(value, loc: Loc, source) -> tuple:
+    """normalize = zca | pca(dims = 50) | [log, standardize] -> a tuple of normalize.Step."""
+    steps = []
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, Symbol):
+            name, args, kw, where = str(v), (), {}, v.loc or loc
+        elif isinstance(v, BlockCall) and v.slice is None:
+            name, args, kw, where = v.name, v.args, v.kw, v.loc
+        else:
+            raise SpecError(f"'normalize' expects a normalization such as standardize, pca(dims = 50) "
+                            f"or a list such as [log, standardize], got {v!r}", loc, source)
+        params = _norm.PARAMS.get(name)
+        if params is None:
+            raise SpecError(f"unknown normalization '{name}'", where, source,
+                            hint=did_you_mean(name, _norm.KINDS) or f"choose one of: {', '.join(_norm.KINDS)}")
+        if args:
+            raise SpecError(f"{name}(...) takes named arguments, like pca(dims = 50)", where, source)
+        for k in kw:
+            if k not in params:
+                takes = f"{name} takes {', '.join(params)}" if params else f"{name} takes no arguments"
+                raise SpecError(f"{name}: unknown argument '{k}'", where, source,
+                                hint=did_you_mean(k, params) or takes)
+        try:
+            steps.append(_norm.step(name, **{k: str(x) if isinstance(x, Symbol) else x for k, x in kw.items()}))
+        except ValueError as e:
+            raise SpecError(f"{name}: {e}", where, source) from None
+    return _norm.parse(steps)
 
 
 def _plain(v):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from netc.compiler.lower_numpy import Function, lower
+from netc.compiler.ops import expected
 from netc.compiler.pipeline import Program
 
 
@@ -14,9 +15,9 @@ def _functions(program: Program) -> tuple[Function, Function, list[str]]:
     if cached is None:
         spec = program.spec
         layers = [k for k, n in spec.named.items() if n.ndim >= 2 and n.shape[0] is None and k != "loss"]
-        acts = lower([spec.named[k] for k in layers], (), "activations", feeds=list(spec.inputs.values())) if layers else None
+        acts = lower(expected(spec.graph, [spec.named[k] for k in layers]), (), "activations", feeds=list(spec.inputs.values())) if layers else None
         names = list(spec.params)
-        grads = lower([program.grads[k] for k in names], (), "gradients", feeds=spec.feeds) if names else None
+        grads = lower(expected(spec.graph, [program.grads[k] for k in names]), (), "gradients", feeds=spec.feeds) if names else None
         cached = (acts, grads, layers)
         program._stats_functions = cached
     return cached

@@ -130,7 +130,10 @@ class Run:
         rng = np.random.default_rng([cfg.seed, 1])
         batches = Batches(train.x, train.t if prog.spec.targets else None)
         params = list(prog.spec.params)
-        base_lr = cfg.method.lr
+        if cfg.transforms.kind == "every":
+            raise NetcError("transforms = every(...) (re-estimating transformed units, Raiko et al.) is not "
+                            "implemented yet; remove it to train with the transformations held fixed")
+        base_lr = cfg.lr if cfg.lr is not None else cfg.method.lr
         if not isinstance(base_lr, (int, float)):  # lr = auto(eigen)
             base_lr = self._eigen_rate(train, rng, base_lr.examples)
         mu = getattr(cfg.method, "momentum", 0.0)
@@ -428,8 +431,9 @@ def _value_and_grad(prog: Program):
     fn = getattr(prog, "_value_and_grad", None)
     if fn is None:
         from netc.compiler.lower_numpy import lower
+        from netc.compiler.ops import expected
         names = list(prog.spec.params)
-        fn = lower([prog.loss] + [prog.grads[k] for k in names], (), "value_and_grad", feeds=prog.spec.feeds)
+        fn = lower(expected(prog.spec.graph, [prog.loss] + [prog.grads[k] for k in names]), (), "value_and_grad", feeds=prog.spec.feeds)
         prog._value_and_grad = fn
     return fn
 

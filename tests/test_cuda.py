@@ -208,13 +208,16 @@ def _elementwise_ops():
     return sorted(n for n, op in OPS.items() if op.kind == "elementwise" and op.lang is not None)
 
 
+OP_ATTRS = {"clip": {"lo": -0.5, "hi": 0.7}}  # ops whose defaults make them the identity
+
+
 def _op_function(op: str, dtype: str):
     G = Graph(dtype)
-    x = G("input", name="x", shape=(None, 7), dtype=dtype)
-    y = G("input", name="y", shape=(None, 7), dtype=dtype)
-    arity = len(OPS[op].lang[0])
-    node = G(op, *([x, y][:arity]))
-    feeds = [x, y][:arity]
+    xs = [G("input", name=f"x{i}", shape=(None, 7), dtype=dtype) for i in range(3)]
+    params, defaults = OPS[op].lang
+    arity = sum(1 for p in params if p not in defaults)  # tensor operands; the rest are attributes
+    node = G(op, *xs[:arity], **OP_ATTRS.get(op, {}))
+    feeds = xs[:arity]
     fn = lower_cuda.lower([node], (), f"op_{op}", feeds=feeds)
     return fn, node, feeds
 
@@ -222,11 +225,11 @@ def _op_function(op: str, dtype: str):
 def _op_inputs(op: str, dtype, rng):
     positive = {"log", "sqrt", "log1p", "pow", "div"}
     if op in positive:
-        return [rng.uniform(0.3, 2.5, size=(6, 7)).astype(dtype) for _ in range(2)]
-    if op in ("gt", "ge", "lt", "le", "eq", "ne", "maximum", "minimum", "sign", "abs"):
+        return [rng.uniform(0.3, 2.5, size=(6, 7)).astype(dtype) for _ in range(3)]
+    if op in ("gt", "ge", "lt", "le", "eq", "ne", "maximum", "minimum", "sign", "abs", "where", "clip"):
         # values on a coarse grid so that ties and zeros happen
-        return [(rng.integers(-3, 4, size=(6, 7)) * 0.5).astype(dtype) for _ in range(2)]
-    return [(rng.normal(size=(6, 7)) * 3).astype(dtype) for _ in range(2)]
+        return [(rng.integers(-3, 4, size=(6, 7)) * 0.5).astype(dtype) for _ in range(3)]
+    return [(rng.normal(size=(6, 7)) * 3).astype(dtype) for _ in range(3)]
 
 
 @needs_gcc
@@ -236,6 +239,7 @@ def test_every_elementwise_op_expression(dtype):
     tol = 2e-6 if dtype == "float32" else 1e-14
     for op in _elementwise_ops():
         fn, node, feeds = _op_function(op, dtype)
+        assert fn.plan.kernels[0].kind == "elementwise", f"{op} has no CUDA C expression"
         ins = _op_inputs(op, dtype, rng)[:len(feeds)]
         (got,) = cuda_harness.run(fn, {}, *ins)
         want = np.asarray(OPS[op].impl(ins, node.a, 6), dtype=dtype)

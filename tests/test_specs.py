@@ -14,10 +14,26 @@ SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
 
 def test_specs_exist():
     names = {p.name for p in SPECS}
-    assert {"mnist_mlp.net", "mnist_lecun98.net", "bengio_defaults.net"} <= names
+    assert {"mnist_mlp.net", "mnist_lecun98.net", "bengio_defaults.net", "denoising_cae.net",
+            "transformed.net", "second_order.net"} <= names
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_spec_checks(path):
+    from netc.cli import main
+    assert main(["check", str(path)]) == 0
+
+
+# specs whose training waits for a feature that has not landed (strict: they fail
+# loudly once it does, so the marker comes off)
+WAITING = {
+    "transformed.net": "re-estimating transformed units (transforms = every(N)) is not implemented",
+}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, raises=netc.NetcError,
+                                                                          reason=WAITING[p.name]))
+                                  if p.name in WAITING else p for p in SPECS], ids=lambda p: p.name)
 def test_spec_trains_a_few_steps(path):
     model = netc.compile(path)
     before = {k: v.copy() for k, v in model.params.items()}
