@@ -27,7 +27,7 @@ import numpy as np
 import netc
 from netc.compiler import fuse
 from netc.compiler.errors import NetcError
-from netc.compiler.lower_cuda import require_gpu
+from netc.compiler.lower_cuda import lower_function, require_gpu
 from netc.runtime.data import mnist
 
 SPEC = """
@@ -110,8 +110,6 @@ def main():
     args = ap.parse_args()
 
     m_cpu = netc.compile(SPEC)
-    fn = m_cpu.program.step
-    from netc.compiler.lower_cuda import lower_function
     plan = lower_function(m_cpu.program, "train_step").plan
     print(fuse.format_stats(plan.stats(B), "the fused step (netc compile --stats)").split("\n\n")[0])
 
@@ -152,19 +150,15 @@ def main():
 
     if args.data == "device":
         xd, td = cp.asarray(x), cp.asarray(t)
-        bufs = {}
 
-        def take_dev(idx, kind):
-            n = len(idx)
-            if (n, kind) not in bufs:
-                i = cp.asarray(idx)
-                bufs[(n, kind)] = None
+        def take_netc(idx):
             i = cp.asarray(idx)
-            if kind == "netc":
-                return cp.take(xd, i, axis=0), cp.take(td, i, axis=0)
-            xt, tt = torch.as_tensor(xd[i], device="cuda"), torch.as_tensor(td[i], device="cuda")
-            return xt, tt
-        takes = {k: (lambda idx, k=k: take_dev(idx, k)) for k in runs}
+            return cp.take(xd, i, axis=0), cp.take(td, i, axis=0)
+
+        def take_torch(idx):
+            xb, tb = take_netc(idx)
+            return torch.as_tensor(xb, device="cuda"), torch.as_tensor(tb, device="cuda")
+        takes = {"netc": take_netc, "torch": take_torch}
     else:
         host = {}
 

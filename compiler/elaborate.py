@@ -491,7 +491,8 @@ class _Context:
     def _param(self, args, kwargs, loc, direct=False, kind="param"):
         a = _bind(kind if kind == "param" else "buffer", ["shape", "init"], {"init": None}, args, kwargs, loc)
         dims = self._dims(a["shape"], loc, "a parameter's shape")
-        init = a["init"] if a["init"] is not None else self.globals.lookup("glorot" if kind == "param" else "zeros")
+        default = "glorot" if kind == "param" and len(dims) >= 2 else "zeros"  # biases start at 0
+        init = a["init"] if a["init"] is not None else self.globals.lookup(default)
         if isinstance(init, (UserFn, Builtin)):
             init = self.apply(init, [list(dims)], {}, loc, "init")
         if isinstance(init, (int, float)):

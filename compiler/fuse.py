@@ -217,6 +217,8 @@ class Plan:
     materialized: set  # ids of non-leaf nodes stored to memory
     forward: set  # ids of nodes the outputs depend on (not the updates)
     producer: dict = field(default_factory=dict)  # member id -> kernel
+    _pos: dict = field(default_factory=dict, repr=False)  # node id -> schedule position
+    _out_ids: set = field(default_factory=set, repr=False)  # outputs and update values
 
     def kernel(self, node: Node) -> Kernel | None:
         return self.producer.get(node.id)
@@ -288,9 +290,8 @@ def plan(outputs: list[Node], updates=(), *, merge: bool = True) -> Plan:
             kernels.append(Kernel("elementwise", n.shape, members=[n]))
 
     P = Plan(order, outputs, updates, kernels, host, inline, alpha, absorbed, set(),
-             set(x.id for x in toposort(outputs)) if updates else {n.id for n in order})
-    P._pos = pos  # noqa: SLF001 (private scratch for the builder)
-    P._out_ids = out_ids
+             set(x.id for x in toposort(outputs)) if updates else {n.id for n in order},
+             _pos=pos, _out_ids=out_ids)
     _index(P)
     for kern in P.kernels:
         _walk(P, kern)
@@ -331,28 +332,18 @@ def _host_scalars(order: list[Node]) -> list[Node]:
 
 
 def _strip_scale(n: Node, absorbed: set) -> tuple[Node, tuple]:
-    """The operand under absorbed `mul(scalar, x)` layers, and the scalars."""
-    factors = []
-    while n.id in absorbed:
-        a, b = n.inputs
-        s, x = (a, b) if a.shape == () else (b, a)
-        factors.append(s)
-        n = x
-    return n, tuple(factors)
+    """The operand under an absorbed `mul(scalar, x)`, and the scalar."""
+    if n.id not in absorbed:
+        return n, ()
+    a, b = n.inputs
+    s, x = (a, b) if a.shape == () else (b, a)
+    return x, (s,)
 
 
 def _gemm_scales(order, users, host, out_ids):
-    """Operand scalings `mul(s, x)` (s a host scalar) read only by matmuls whose
-    every reader is a fused kernel: fold s into the product's alpha."""
+    """Operand scalings `mul(s, x)` (s a host scalar) whose readers are all matmuls
+    that only fused kernels read: fold s into those products' alpha."""
     host_ids = {n.id for n in host}
-
-    def scaling(n: Node) -> bool:
-        if n.op != "mul" or n.id in out_ids or n.shape == ():
-            return False
-        a, b = n.inputs
-        s, x = (a, b) if a.shape == () else (b, a)
-        return s.id in host_ids and x.shape == n.shape and \
-            all(u.op == "matmul" for u in users[n.id])
 
     def expression_readers_only(m: Node) -> bool:
         if m.id in out_ids:
@@ -364,41 +355,31 @@ def _gemm_scales(order, users, host, out_ids):
                 return False
         return True
 
+    hoistable = {m.id for m in order if m.op == "matmul" and expression_readers_only(m)}
+
+    def split(n: Node):
+        """(scalar, operand) if n scales an operand of hoistable products only."""
+        if n.op != "mul" or n.id in out_ids or n.shape == () or not users[n.id]:
+            return None
+        a, b = n.inputs
+        s, x = (a, b) if a.shape == () else (b, a)
+        if s.id not in host_ids or x.shape != n.shape:
+            return None
+        return (s, x) if all(u.id in hoistable for u in users[n.id]) else None
+
     absorbed: set[int] = set()
     alpha: dict[int, tuple] = {}
     for m in order:
-        if m.op != "matmul" or not expression_readers_only(m):
+        if m.id not in hoistable:
             continue
         factors = []
         for i in m.inputs:
-            while scaling(i):
-                a, b = i.inputs
-                s, x = (a, b) if a.shape == () else (b, a)
-                factors.append((i, s))
-                i = x
+            sx = split(i)
+            if sx is not None:
+                factors.append(sx[0])
+                absorbed.add(i.id)
         if factors:
-            alpha[m.id] = tuple(s for _, s in factors)
-            absorbed.update(i.id for i, _ in factors)
-    # a scaling shared with a matmul that could not absorb it stays computed
-    keep = set()
-    for m in order:
-        if m.op == "matmul" and m.id not in alpha:
-            for i in m.inputs:
-                while i.id in absorbed:
-                    keep.add(i.id)
-                    i = i.inputs[1] if i.inputs[0].shape == () else i.inputs[0]
-    if keep:
-        # drop every alpha that used a kept scaling (rare; keeps the bookkeeping simple)
-        for m in list(alpha):
-            node = next(n for n in order if n.id == m)
-            chain = []
-            for i in node.inputs:
-                while i.op == "mul" and (i.id in absorbed):
-                    chain.append(i.id)
-                    i = i.inputs[1] if i.inputs[0].shape == () else i.inputs[0]
-            if keep & set(chain):
-                del alpha[m]
-                absorbed.difference_update(chain)
+            alpha[m.id] = tuple(factors)
     return absorbed, alpha
 
 

@@ -322,9 +322,10 @@ class Normalizer:
                 m = self.arrays["axes"]
             m = m.astype(out.dtype)
             mean = self.arrays["mean"].astype(out.dtype)
+            buf = np.empty((min(_CHUNK, x.shape[0]), x.shape[1]), out.dtype)
             for i in range(0, x.shape[0], _CHUNK):
-                c = x[i:i + _CHUNK].astype(out.dtype)
-                c -= mean
+                c = buf[:len(x[i:i + _CHUNK])]
+                np.subtract(x[i:i + _CHUNK], mean, out=c, casting="unsafe")
                 np.matmul(c, m, out=out[i:i + _CHUNK])
         return out
 
@@ -433,8 +434,10 @@ def _fit_step(s: Step, x) -> Normalizer:
     if s.kind == "standardize":
         # Two-pass variance: numerically safer than E[x^2] - E[x]^2.
         sq = np.zeros(x.shape[1], np.float64)
+        buf = np.empty((min(_CHUNK, x.shape[0]), x.shape[1]), np.float64)
         for i in range(0, x.shape[0], _CHUNK):
-            d = x[i:i + _CHUNK].astype(np.float64) - mean
+            d = buf[:len(x[i:i + _CHUNK])]
+            np.subtract(x[i:i + _CHUNK], mean, out=d)
             sq += np.einsum("ij,ij->j", d, d)
         std = np.sqrt(sq / x.shape[0])
         live = std >= MIN_STD
@@ -471,9 +474,10 @@ def _principal(x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     training covariance, accumulated in float64 one chunk of rows at a time."""
     d = x.shape[1]
     cov = np.zeros((d, d), np.float64)
+    buf = np.empty((min(_CHUNK, x.shape[0]), d), np.float64)  # the only float64 rows
     for i in range(0, x.shape[0], _CHUNK):
-        c = x[i:i + _CHUNK].astype(np.float64)
-        c -= mean
+        c = buf[:len(x[i:i + _CHUNK])]
+        np.subtract(x[i:i + _CHUNK], mean, out=c)
         cov += c.T @ c  # a symmetric rank-k update
     cov /= x.shape[0]
     lam, u = np.linalg.eigh(cov)

@@ -76,7 +76,8 @@ def test_check_shipped_specs(spec, capsys):
     out = capsys.readouterr().out
     assert f"{spec}: ok" in out
     assert "input  x [B, 784]" in out
-    assert "target t class(10)" in out
+    if "target t : class(10)" in spec.read_text():
+        assert "target t class(10)" in out
     assert "parameters" in out
 
 

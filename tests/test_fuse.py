@@ -9,8 +9,6 @@ import pytest
 
 import netc
 from netc.compiler import fuse, lower_cuda
-from netc.compiler.graph import toposort
-from netc.compiler.ops import OPS
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
 MLP = next(p for p in SPECS if p.name == "mnist_mlp.net")

@@ -266,7 +266,7 @@ def expressions(names: list[str]) -> st.SearchStrategy[str]:
     """Random expression text over `names` (the declared inputs, targets and
     earlier assignments), the prelude and the primitive ops."""
     leaves = st.one_of(
-        st.sampled_from(names), SMALL, SMALL, ODD_NUMBERS,
+        st.sampled_from(names or ["x"]), SMALL, SMALL, ODD_NUMBERS,
         st.sampled_from(['"train"', '"t10k"', '"h*.W"', '"x"', '""']),
         st.sampled_from(["weights", "biases", "pi", "e", "relu", "glorot", "tanh", "identity"]),
         st.sampled_from(["[3]", "[2, 3]", "[]", "[0]"]),

@@ -349,15 +349,14 @@ def test_parse_and_step_validate_names_and_arguments():
         Step("log"), Step("whiten", (("eps", 0.0), ("variance", 0.99))))
     assert str(step("whiten", dims=5, eps=0.1)) == "whiten(eps = 0.1, dims = 5)"
     assert step("pca", dims=None) == Step("pca")
-    for bad, msg in [(("pca",), {"dim": 5}, ), "no argument 'dim'"], [(("zca",), {"dims": 5}), "no argument"],
-                     [(("pca",), {"dims": 0}), "dims must"], [(("pca",), {"dims": 2.5}), "dims must"],
-                     [(("pca",), {"variance": 1.5}), "0 < variance <= 1"],
-                     [(("pca",), {"dims": 2, "variance": 0.5}), "not both"],
-                     [(("whiten",), {"eps": -1}), "eps must"], [(("uniformize",), {"knots": 1}), "knots"],
-                     [(("log",), {"eps": 1}), "takes no arguments"], [(("zcaa",), {}), "unknown normalization"]]:
-        (args, kw), m = bad, msg
-        with pytest.raises(ValueError, match=m):
-            step(*args, **kw)
+    for kind, kw, msg in [("pca", {"dim": 5}, "no argument 'dim'"), ("zca", {"dims": 5}, "no argument"),
+                          ("pca", {"dims": 0}, "dims must"), ("pca", {"dims": 2.5}, "dims must"),
+                          ("pca", {"variance": 1.5}, "0 < variance <= 1"),
+                          ("pca", {"dims": 2, "variance": 0.5}, "not both"),
+                          ("whiten", {"eps": -1}, "eps must"), ("uniformize", {"knots": 1}, "knots"),
+                          ("log", {"eps": 1}, "takes no arguments"), ("zcaa", {}, "unknown normalization")]:
+        with pytest.raises(ValueError, match=msg):
+            step(kind, **kw)
     with pytest.raises(ValueError, match="named arguments"):
         parse("pca(50)")
 
