@@ -65,12 +65,14 @@ def feed_values(fn, batch: int, rng) -> dict:
 
 
 def random_state(m, rng) -> dict:
-    """The model's initial state, with nonzero optimizer state (so every update term matters)."""
+    """The model's initial state, with nonzero optimizer state (so every update term
+    matters). Non-negative: curvature and variance estimates are, and near -mu a
+    rate eps / (h + mu) would turn float32 rounding into large differences."""
     out = {}
     for k, v in m.state.items():
         v = np.array(v, copy=True)
-        if k not in m.program.spec.params:
-            v += (0.01 * rng.normal(size=v.shape)).astype(v.dtype)
+        if k not in m.program.spec.params and v.dtype.kind == "f":
+            v += np.abs(0.01 * rng.normal(size=v.shape)).astype(v.dtype)
         out[k] = v
     return out
 

@@ -439,8 +439,7 @@ def test_spec_errors_name_the_place_with_did_you_mean(norm, msg, hint, col):
 
 
 def test_mnist_pca_fits_in_chunks_without_a_float64_copy():
-    train = mnist("train")
-    x = train.x
+    x = mnist("train").x[:50000]
     tracemalloc.start()
     try:
         n = fit("pca(variance = 0.9)", x)
@@ -450,14 +449,16 @@ def test_mnist_pca_fits_in_chunks_without_a_float64_copy():
         uni_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # a float64 copy of 60000 x 784 would be 2 x x.nbytes (376 MB)
-    assert pca_peak < 0.5 * x.nbytes and uni_peak < 0.5 * x.nbytes
+    # a float64 copy of 50000 x 784 would be 314 MB; one float64 chunk of rows is 51 MB
+    assert pca_peak < 100e6 and uni_peak < 100e6, (pca_peak, uni_peak)
     k = n.arrays["variances"].size
     assert 50 < k < 150  # MNIST keeps 90% of its variance in ~87 components
     assert n.arrays["variances"].sum() / n.arrays["total_variance"] >= 0.9
-    zt = n.apply(mnist("t10k").x)
-    assert zt.shape == (10000, k) and np.all(np.isfinite(zt))
-    w = fit("whiten", x[:20000]).apply(mnist("t10k").x[:2000])  # dead border pixels stay finite
+    test = mnist("t10k").x[:2000]
+    zt = n.apply(test)
+    assert zt.shape == (2000, k) and np.all(np.isfinite(zt))
+    w = fit("whiten", x[:8000]).apply(test)  # dead border pixels stay finite
     assert np.all(np.isfinite(w)) and np.abs(w).max() < 1e3
-    zu = u.apply(x[:2000])
-    assert zu.min() >= -1 and zu.max() <= 1 and np.all(zu[:, x.min(axis=0) == x.max(axis=0)] == 0)
+    zu = u.apply(test)
+    dead = x.min(axis=0) == x.max(axis=0)
+    assert zu.min() >= -1 and zu.max() <= 1 and dead.sum() > 10 and np.all(zu[:, dead] == 0)
