@@ -316,7 +316,13 @@ class _Context:
                 return self._name(n, e.loc, env)
             case S.BinOp(op=op, left=l, right=r):
                 a, b = self.eval(l, env), self.eval(r, env)
-                return self._binop(op, a, b, e.loc)
+                try:
+                    return self._binop(op, a, b, e.loc)
+                except SpecError as err:
+                    if isinstance(a, Node) and isinstance(b, Node) and "shape" in err.message:
+                        err.message += (f" (left: `{self._text(l)}` is {shape_str(a.shape)}, "
+                                        f"right: `{self._text(r)}` is {shape_str(b.shape)})")
+                    raise
             case S.Neg(operand=x):
                 v = self.eval(x, env)
                 if isinstance(v, (int, float)):
@@ -348,6 +354,16 @@ class _Context:
             case S.Call():
                 return self._call(e, env)
         raise SpecError(f"cannot evaluate {type(e).__name__}", e.loc)
+
+    def _text(self, e: S.Expr) -> str:
+        """The source text of an expression (its first line, if it spans several)."""
+        src = self.sources.get(e.loc.file)
+        if src is None:
+            return "..."
+        lines = src.splitlines()
+        line = lines[e.loc.line - 1] if 0 < e.loc.line <= len(lines) else ""
+        end = e.loc.end_col - 1 if e.loc.end_line == e.loc.line and e.loc.end_col else len(line)
+        return line[e.loc.col - 1:end]
 
     def _name(self, n: str, loc: Loc, env: Env):
         if n == "weights" or n == "biases":

@@ -43,10 +43,15 @@ def lr_scales(spec: Spec, cfg: TrainConfig) -> dict[str, float]:
     for name, p in params.items():
         out[name] = _scale_value(cfg.lr_scale, _fan_names(params, name))
     for key, selector, value, loc in cfg.groups:
-        if key != "lr_scale":
-            continue
-        for p in select_params(params, selector, loc):
-            out[p.name] = _scale_value(value, _fan_names(params, p.name))
+        if key == "lr_scale":
+            for p in select_params(params, selector, loc):
+                out[p.name] = _scale_value(value, _fan_names(params, p.name))
+        elif key == "freeze":
+            if not isinstance(value, bool):
+                raise SpecError(f"freeze {selector} takes true or false, got {value!r}", loc)
+            for p in select_params(params, selector, loc):
+                if value:
+                    out[p.name] = 0.0
     return out
 
 

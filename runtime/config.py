@@ -175,6 +175,7 @@ class TrainConfig(_Strict):
     schedule: Constant | InverseTime | StepDecay | Exponential | Plateau = Field(
         default_factory=Constant, description="constant, inverse_time(tau), step(every, factor), "
                                               "exponential(decay, every), plateau(threshold, factor)")
+    freeze: bool = Field(False, description="`freeze SELECTOR = true` keeps a group's parameters fixed")
     init_scale: float = Field(1.0, gt=0, description="a global factor on every initialization's scale [PR 3.2]")
     recover: bool = Field(True, description="on divergence, restore the last healthy state and divide the rate by 3")
     stats: bool = Field(True, description="per-layer statistics in metrics.jsonl each epoch [PR 4.2]")
@@ -221,7 +222,7 @@ class DataConfig(_Strict):
 
 _CALL_FIELDS = {"method": METHODS, "schedule": SCHEDULES, "stop": STOPS, "average": AVERAGES,
                 "emphasize": EMPHASIZE, "transforms": TRANSFORMS}
-_SELECTOR_KEYS = {"lr_scale", "decay", "l1"}
+_SELECTOR_KEYS = {"lr_scale", "decay", "l1", "freeze"}
 _SOURCES = {"mnist", "csv", "npz"}
 
 

@@ -199,3 +199,19 @@ def test_paramset_type():
     s = spec(HEAD + "h = dense(x, 3)\nw = weights\n")
     assert "w" not in s.named  # a selector is not a tensor
     assert isinstance(ParamSet((s.params["h.W"],)), ParamSet)
+
+
+def test_shape_mismatch_names_the_expressions():
+    e = error(HEAD + "h = dense(x, 5)\nz = dense(x, 3)\ny = h + z\n")
+    assert "left: `h` is [B, 5]" in e.message and "right: `z` is [B, 3]" in e.message
+
+
+def test_freeze_selector_keeps_a_group_fixed():
+    import netc
+    m = netc.compile(HEAD + "h1 = dense(x, 5, act = tanh)\ny = dense(h1, 3)\nloss = nll(softmax(y), t)\n"
+                            "train {\n    method = sgd(lr = 0.5)\n    freeze h1 = true\n}\n")
+    before = {k: v.copy() for k, v in m.params.items()}
+    rng = np.random.default_rng(0)
+    m.fit(rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 3, 40), epochs=2)
+    assert all((m.params[k] == before[k]).all() for k in ("h1.W", "h1.b"))
+    assert not (m.params["y.W"] == before["y.W"]).all()
