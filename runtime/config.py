@@ -175,6 +175,8 @@ class TrainConfig(_Strict):
     schedule: Constant | InverseTime | StepDecay | Exponential | Plateau = Field(
         default_factory=Constant, description="constant, inverse_time(tau), step(every, factor), "
                                               "exponential(decay, every), plateau(threshold, factor)")
+    valid_every: int | None = Field(None, ge=1, description="validate every N examples (at least the validation "
+                                                           "set's size) as well as at each epoch's end [PR 3.1]")
     freeze: bool = Field(False, description="`freeze SELECTOR = true` keeps a group's parameters fixed")
     init_scale: float = Field(1.0, gt=0, description="a global factor on every initialization's scale [PR 3.2]")
     recover: bool = Field(True, description="on divergence, restore the last healthy state and divide the rate by 3")

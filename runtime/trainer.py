@@ -150,6 +150,12 @@ class Run:
         t_start = time.perf_counter()
         train_seconds = 0.0
         stopped = "epochs"
+        every = None
+        if cfg.valid_every is not None and valid is not None:
+            every = max(cfg.valid_every, len(valid))  # PR 3.1: at least the validation set's size
+            if every != cfg.valid_every:
+                self.log(f"valid_every raised to {every}, the validation set's size")
+        next_check = every
         hyper = {"momentum": mu, "inv_examples": 1.0 / len(train)}  # the step's scalar inputs, by name
         # emphasizing: which examples were misclassified when last seen (all, at first)
         missed = np.ones(len(train), bool) if cfg.emphasize.kind == "errors" else None
@@ -199,6 +205,21 @@ class Run:
                                 a = avg[name]
                                 a += (self.state[name] - a) * (1.0 / averaged)
                         bar.update(n, loss=loss_sum / max(seen, 1))
+                        if every is not None and age >= next_check:
+                            next_check += every
+                            l, e = evaluate(prog, eval_state, valid, cfg.eval_batch)
+                            row = {"epoch": epoch, "age": age, "valid_loss": l, "valid_error": e, "partial": True}
+                            if metrics_file:
+                                metrics_file.write(json.dumps(row) + "\n")
+                                metrics_file.flush()
+                            score = e if e is not None else l
+                            if score < best["error"]:
+                                best = {"error": score, "epoch": epoch, "state": copy_state(eval_state, params)}
+                                if patience is not None:
+                                    patience = max(patience, int(cfg.stop.grow * age))
+                            if patience is not None and age >= patience:
+                                stopped = "early"
+                                break
                 bar.close()
                 in_epoch = False
                 epoch_loss = loss_sum / max(seen, 1)
@@ -239,7 +260,7 @@ class Run:
                     if patience is not None:
                         patience = max(patience, int(cfg.stop.grow * age))
                 self._checkpoint(epoch, age)
-                if patience is not None and valid is not None and age >= patience:
+                if stopped == "early" or (patience is not None and valid is not None and age >= patience):
                     stopped = "early"
                     self.log(f"early stop at age {age}: no new best validation score since epoch {best['epoch']}")
                     break

@@ -370,3 +370,19 @@ def test_cli_interrupt_exits_130(tmp_path, monkeypatch, capsys):
     assert main(["train", str(tmp_path / "s.net"), "--out", str(tmp_path / "r"), "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_validation_every_n_examples_and_early_stop_inside_an_epoch(tmp_path):
+    x, t = make_problem(n=400, spread=0.7, seed=1)
+    valid_t = (t[300:] + 1) % 3  # fitting the training rule makes validation worse: stop early
+    m = netc.compile(spec(MLP, "method = sgd(lr = 0.05)\nbatch = 10\nepochs = 5\n"
+                                "valid_every = 50\nstop = early(patience = 150, grow = 1.0)"))
+    lines = []
+    s = m.fit(x[:300], t[:300], valid=(x[300:], valid_t), out=tmp_path, log=lines.append)
+    rows = metrics(tmp_path)
+    partial = [r for r in rows if r.get("partial")]
+    assert any("raised to 100" in l for l in lines)  # at least the validation set's size
+    ages = [r["age"] for r in partial]
+    assert ages == [100 * (k + 1) for k in range(len(ages))]
+    # patience 150 examples from the best (age 100 at the latest): stopped inside the first epoch
+    assert s["stopped"] == "early" and s["age"] < 300
