@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .differentiate import grad
 from .errors import SpecError
-from .graph import Graph, Node, toposort
+from .graph import Graph, Node, depends_on, toposort
 from .ops import OPS
 
 # ops whose Jacobian entries are 0 or 1: the squared rule is the gradient rule itself
@@ -29,11 +29,7 @@ _SELECTING = {"sum", "sum_to", "broadcast", "transpose", "reshape", "slice", "pa
 def gauss_newton_diag(G: Graph, loss: Node, params: list[Node], output: Node | None = None) -> list[Node]:
     """Per-parameter diagonal curvature of `loss` (Gauss-Newton below `output`)."""
     order = toposort([loss])
-    wanted = {p.id for p in params}
-    on_path: set[int] = set()
-    for n in order:
-        if n.id in wanted or any(i.id in on_path for i in n.inputs):
-            on_path.add(n.id)
+    on_path = depends_on(order, params)
     network = {n.id for n in toposort([output])} if output is not None else set()
     consumers: dict[int, set[int]] = {}
     for n in order:

@@ -7,7 +7,7 @@ differentiated again.
 from __future__ import annotations
 
 from .errors import SpecError
-from .graph import Graph, Node, shape_str, toposort
+from .graph import Graph, Node, depends_on, shape_str, toposort
 from .ops import OPS
 
 
@@ -19,12 +19,7 @@ def grad(G: Graph, y: Node, wrt: list[Node], seed: Node | None = None) -> list[N
                             f"take sum(...) or mean(...) first", y.loc)
         seed = G.const(1.0, y.dtype)
     order = toposort([y])
-    wanted = {w.id for w in wrt}
-    # nodes on a path from a wrt leaf to y: only they need adjoints
-    on_path: set[int] = set()
-    for n in order:
-        if n.id in wanted or any(i.id in on_path for i in n.inputs):
-            on_path.add(n.id)
+    on_path = depends_on(order, wrt)  # only nodes between a wrt leaf and y need adjoints
     adjoints: dict[int, list[Node]] = {y.id: [seed]}
     for n in reversed(order):
         parts = adjoints.get(n.id)

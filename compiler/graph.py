@@ -122,5 +122,15 @@ def toposort(roots: Iterable[Node]) -> list[Node]:
     return order
 
 
+def depends_on(order: list[Node], leaves) -> set[int]:
+    """Ids of the nodes in `order` (inputs first) that are or depend on one of `leaves`."""
+    wanted = {n.id for n in leaves}
+    found: set[int] = set()
+    for n in order:
+        if n.id in wanted or any(i.id in found for i in n.inputs):
+            found.add(n.id)
+    return found
+
+
 def shape_error(msg: str, loc: Loc | None) -> SpecError:
     return SpecError(msg, loc)
