@@ -23,6 +23,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,41 +92,56 @@ void netc_launch_{k}(unsigned grid, unsigned block, {params}) {{
 """
 
 
+def _unique(kernels: list[KernelSource]) -> list[KernelSource]:
+    """One of each kernel: a name ends in a hash of the code, so equal names are equal kernels."""
+    return list({ks.name: ks for ks in kernels}.values())
+
+
 def c_source(kernels: list[KernelSource]) -> str:
-    return CPU_PRELUDE + "".join(ks.body + _launcher(ks) for ks in kernels)
+    return CPU_PRELUDE + "".join(ks.body + _launcher(ks) for ks in _unique(kernels))
 
 
-_LIBS: dict[str, ctypes.CDLL] = {}
+_LAUNCH: dict[str, object] = {}  # kernel name -> its ctypes launcher, for every kernel built so far
 
 
-def build(kernels: list[KernelSource]) -> ctypes.CDLL:
-    """Compile the kernels as C with gcc into a shared library (cached by source)."""
+def build(kernels: list[KernelSource]) -> dict:
+    """Compile the kernels not built yet as C with gcc (shared libraries cached on
+    disk by source, in as many parallel pieces as there are cores); returns each
+    kernel's launcher, `launch(grid, block, *args)`, by name."""
+    missing = [ks for ks in _unique(kernels) if ks.name not in _LAUNCH]
+    if missing:
+        cc = gcc()
+        if cc is None:
+            raise RuntimeError("no C compiler (gcc) found")
+        parts = max(1, min(os.cpu_count() or 1, len(missing) // 8 or 1))
+        chunks = [missing[i::parts] for i in range(parts)]
+        with ThreadPoolExecutor(parts) as ex:
+            for chunk, so in zip(chunks, ex.map(lambda c: _compile(cc, c), chunks)):
+                lib = ctypes.CDLL(str(so))
+                for ks in chunk:
+                    f = getattr(lib, f"netc_launch_{ks.name}")
+                    f.argtypes = [ctypes.c_uint, ctypes.c_uint] + [_ctype(p) for p in ks.params]
+                    f.restype = None
+                    _LAUNCH[ks.name] = f
+    return {ks.name: _LAUNCH[ks.name] for ks in kernels}
+
+
+def _compile(cc: str, kernels: list[KernelSource]) -> Path:
     src = c_source(kernels)
     key = hashlib.sha256(src.encode()).hexdigest()[:24]
-    if key in _LIBS:
-        return _LIBS[key]
-    cc = gcc()
-    if cc is None:
-        raise RuntimeError("no C compiler (gcc) found")
     d = Path(tempfile.gettempdir()) / f"netc-harness-{os.getuid()}"
     d.mkdir(exist_ok=True)
     so = d / f"k{key}.so"
     if not so.exists():
         c = d / f"k{key}.c"
         c.write_text(src)
-        tmp = d / f"k{key}.{os.getpid()}.so"
+        tmp = d / f"k{key}.{os.getpid()}.{threading.get_ident()}.so"
         r = subprocess.run([cc, "-std=gnu11", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wno-unused",
                             "-o", str(tmp), str(c), "-lm"], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"gcc failed on {c}:\n{r.stderr[-4000:]}")
         os.replace(tmp, so)
-    lib = ctypes.CDLL(str(so))
-    for ks in kernels:
-        f = getattr(lib, f"netc_launch_{ks.name}")
-        f.argtypes = [ctypes.c_uint, ctypes.c_uint] + [_ctype(p) for p in ks.params]
-        f.restype = None
-    _LIBS[key] = lib
-    return lib
+    return so
 
 
 def _ctype(p):
@@ -144,7 +161,7 @@ class CpuRuntime:
     xp = np
 
     def __init__(self, kernels: list[KernelSource], grid: int | None = 1, block: int | None = 1):
-        self.lib = build(kernels)
+        self.fns = build(kernels)
         self.params = {ks.name: ks.params for ks in kernels}
         self.grid, self.block = grid, block
         self.launches = 0
@@ -167,7 +184,7 @@ class CpuRuntime:
                 assert isinstance(a, np.ndarray) and a.flags.c_contiguous, (name, p.name)
                 conv.append(a.ctypes.data)
         self.launches += 1
-        getattr(self.lib, f"netc_launch_{name}")(g, b, *conv)
+        self.fns[name](g, b, *conv)
 
     def matmul(self, a, b, out) -> None:
         np.matmul(a, b, out=out)
@@ -257,7 +274,7 @@ def nvcc_ptx(kernels: list[KernelSource], arch: str, workdir: Path | None = None
     if exe is None:
         raise RuntimeError("nvcc not found")
     d = Path(workdir or tempfile.mkdtemp(prefix="netc-nvcc-"))
-    src = GPU_PRELUDE + "\n".join(ks.body for ks in kernels)
+    src = GPU_PRELUDE + "\n".join(ks.body for ks in _unique(kernels))
     key = hashlib.sha256(src.encode()).hexdigest()[:16]
     cu, ptx = d / f"k{key}.cu", d / f"k{key}.{arch}.ptx"
     cu.write_text(src)

@@ -42,7 +42,7 @@ import lark
 from lark import Token, Tree
 
 from . import syntax as S
-from .errors import Loc
+from .errors import Loc, NetcError
 from .parse import parse
 
 INDENT = "    "
@@ -66,8 +66,25 @@ def strip_locs(node):
 
 def same_tree(a, b) -> bool:
     """Whether two syntax trees (Modules, statements or expressions) are equal
-    once source locations are ignored."""
-    return strip_locs(a) == strip_locs(b)
+    once source locations are ignored. Iterative: any depth the parser accepts."""
+    todo = [(a, b)]
+    while todo:
+        x, y = todo.pop()
+        if isinstance(x, S.Module) or isinstance(y, S.Module):
+            if not (isinstance(x, S.Module) and isinstance(y, S.Module)):
+                return False
+            todo.append((x.stmts, y.stmts))
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            if type(x) is not type(y):
+                return False
+            todo.extend((getattr(x, f.name), getattr(y, f.name)) for f in dataclasses.fields(x) if f.name != "loc")
+        elif isinstance(x, (tuple, list)):
+            if not isinstance(y, (tuple, list)) or len(x) != len(y):
+                return False
+            todo.extend(zip(x, y))
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -118,51 +135,61 @@ def quote(value: str) -> str:
     return '"' + value.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
 
 
+def level(e: S.Expr) -> int:
+    """How tightly `e` binds as written (ATOM for literals, names, brackets)."""
+    match e:
+        case Plus() | S.Neg():
+            return UNARY
+        case S.BinOp(op=op):
+            return _BINOPS[op][1]
+        case S.Transpose() | S.Attr() | S.Index() | S.Call():
+            return POSTFIX
+    return ATOM
+
+
 def expr_text(e: S.Expr, least: int = SUM) -> str:
-    """`e` as text, in parentheses if it binds less tightly than `least`."""
-    level, text = _expr(e)
-    return text if level >= least else f"({text})"
-
-
-def _expr(e: S.Expr) -> tuple[int, str]:
+    """`e` as text, in parentheses if it binds less tightly than `least`.
+    (One Python frame per level of the tree: as deep as the parser goes.)"""
     match e:
         case Paren(inner=inner):
             while isinstance(inner, Paren):  # ((e)) -> (e)
                 inner = inner.inner
-            return ATOM, f"({expr_text(inner)})"
+            text = f"({expr_text(inner)})"
         case Plus(operand=x):
-            return UNARY, "+" + expr_text(x, UNARY)
+            text = "+" + expr_text(x, UNARY)
         case S.Neg(operand=x):
-            return UNARY, "-" + expr_text(x, UNARY)
-        case S.Num(text=text):
-            return ATOM, text
+            text = "-" + expr_text(x, UNARY)
+        case S.Num(text=t):
+            text = t
         case RawStr(raw=raw):
-            return ATOM, raw
+            text = raw
         case S.Str(value=value):
-            return ATOM, quote(value)
+            text = quote(value)
         case S.Name(name=name):
-            return ATOM, name
+            text = name
         case S.ListLit(items=items):
-            return ATOM, "[" + ", ".join(expr_text(x) for x in items) + "]"
+            text = "[" + ", ".join([expr_text(x) for x in items]) + "]"
         case S.BinOp(op=op, left=a, right=b):
-            sym, level, la, lb = _BINOPS[op]
-            return level, f"{expr_text(a, la)} {sym} {expr_text(b, lb)}"
+            sym, _, la, lb = _BINOPS[op]
+            text = f"{expr_text(a, la)} {sym} {expr_text(b, lb)}"
         case S.Transpose(operand=x):
-            return POSTFIX, expr_text(x, POSTFIX) + "'"
+            text = expr_text(x, POSTFIX) + "'"
         case S.Attr(obj=obj, name=name):
-            text = expr_text(obj, POSTFIX)
-            if text.isdigit():  # `1.T` would read as the number `1.` and a name
-                text = f"({text})"
-            return POSTFIX, f"{text}.{name}"
+            o = expr_text(obj, POSTFIX)
+            if o.isdigit():  # `1.T` would read as the number `1.` and a name
+                o = f"({o})"
+            text = f"{o}.{name}"
         case S.Index(obj=obj, lo=lo, hi=hi, is_slice=is_slice):
             inside = expr_text(lo) if not is_slice else (
                 ("" if lo is None else expr_text(lo)) + ":" + ("" if hi is None else expr_text(hi)))
-            return POSTFIX, f"{expr_text(obj, POSTFIX)}[{inside}]"
+            text = f"{expr_text(obj, POSTFIX)}[{inside}]"
         case S.Call(func=func, args=args, kwargs=kwargs):
             order = e.order if isinstance(e, OrderedCall) else tuple(args) + tuple(kwargs)
             parts = [f"{a[0]} = {expr_text(a[1])}" if isinstance(a, tuple) else expr_text(a) for a in order]
-            return POSTFIX, f"{expr_text(func, POSTFIX)}({', '.join(parts)})"
-    raise TypeError(f"not an expression: {e!r}")
+            text = f"{expr_text(func, POSTFIX)}({', '.join(parts)})"
+        case _:
+            raise TypeError(f"not an expression: {e!r}")
+    return text if level(e) >= least else f"({text})"
 
 
 def _params_text(params) -> str:
@@ -462,6 +489,13 @@ def format_source(source: str, file: str = "<spec>", verify: bool = True) -> str
     if not source.endswith("\n"):
         source += "\n"
     before = parse(source, file)  # the user-facing syntax error, exactly as `netc check` reports it
+    try:
+        return _format(source, file, before, verify)
+    except RecursionError:  # deeper than the parser itself goes: not expected, but not a crash
+        raise NetcError(f"{file}: an expression is nested too deeply to format") from None
+
+
+def _format(source: str, file: str, before: S.Module, verify: bool) -> str:
     tree, comments = _parse_with_comments(source)
     conv = _Convert()
     stmts = conv.module(tree)
@@ -502,8 +536,6 @@ def fmt_file(path: str, check: bool = False, write: bool = False, out=None, err=
     for an unreadable file and SpecError for a syntax error (exit 2)."""
     import difflib
     import sys
-
-    from .errors import NetcError
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err

@@ -613,48 +613,122 @@ def _deps(P: Plan, K: Kernel) -> set:
 
 
 def _merge_all(P: Plan) -> None:
+    """Merge producer/consumer kernels until nothing merges. Incremental: a merge
+    updates the maps locally, and the search for an indirect path only visits
+    kernels scheduled before the consumer, so this stays near linear."""
+    pos = P._pos
+    span = {}  # id(kernel) -> (first, last) schedule position of its members
+
+    def note(k):
+        ps = [pos[m.id] for m in k.members]
+        span[id(k)] = (min(ps), max(ps))
+
+    for k in P.kernels:
+        note(k)
+    byid = {id(k): k for k in P.kernels}
+    consumers: dict[int, set] = {i: set() for i in byid}
+    deps = {id(k): _deps(P, k) for k in P.kernels}
+    for i, d in deps.items():
+        for j in d:
+            consumers[j].add(i)
     failed: set = set()  # (producer, consumer) pairs already refused
+    alive = list(P.kernels)
     changed = True
     while changed:
         changed = False
-        byid = {id(k): k for k in P.kernels}
-        consumers: dict[int, set] = {id(k): set() for k in P.kernels}
-        for k in P.kernels:
-            for d in _deps(P, k):
-                consumers[d].add(id(k))
-        for k2 in list(P.kernels):
+        for k2 in list(alive):
             if id(k2) not in byid or k2.kind in ("gemm", "library"):
                 continue
-            producers = sorted((byid[d] for d in _deps(P, k2)), key=lambda k: P._pos[k.members[0].id])
-            for k1 in producers:
-                if k1.kind in ("gemm", "library"):
-                    continue
-                if (id(k1), id(k2)) in failed or _indirect(k1, k2, consumers, byid):
-                    continue
-                merged = _try_merge(P, k1, k2)
-                if merged is None:
-                    failed.add((id(k1), id(k2)))
-                    continue
-                i = P.kernels.index(k1)
-                P.kernels[i] = merged
-                P.kernels.remove(k2)
-                _index(P)
-                changed = True
-                break
-            if changed:
-                break
+            merged_any = True
+            while merged_any:  # the merged kernel may take in another producer
+                merged_any = False
+                for d in sorted(deps[id(k2)], key=lambda i: span[i][0]):
+                    k1 = byid[d]
+                    if k1.kind in ("gemm", "library") or (d, id(k2)) in failed:
+                        continue
+                    if _indirect(d, id(k2), consumers, span):
+                        continue
+                    new = _try_merge(P, k1, k2)
+                    if new is None:
+                        failed.add((d, id(k2)))
+                        continue
+                    # rewire: new replaces k1 and k2
+                    i1, i2, n = d, id(k2), id(new)
+                    byid.pop(i1), byid.pop(i2)
+                    byid[n] = new
+                    note(new)
+                    for m in new.members:
+                        P.producer[m.id] = new
+                    deps[n] = (deps.pop(i1) | deps.pop(i2)) - {i1, i2}
+                    consumers[n] = (consumers.pop(i1) | consumers.pop(i2)) - {i1, i2}
+                    for j in deps[n]:
+                        consumers[j] -= {i1, i2}
+                        consumers[j].add(n)
+                    for j in consumers[n]:
+                        deps[j] -= {i1, i2}
+                        deps[j].add(n)
+                    alive[alive.index(k1)] = new
+                    alive.remove(k2)
+                    k2 = new
+                    merged_any = changed = True
+                    break
+        # siblings: reductions over the same space and axes reading a common buffer or
+        # the outputs of a common kernel (log_softmax and argmax of one output; the
+        # mean loss and the error count over the batch)
+        groups: dict = {}
+        for k in alive:
+            if k.kind == "reduce":
+                groups.setdefault((k.space, k.axes), []).append(k)
+        for ks in groups.values():
+            while len(ks) > 1:
+                k1, rest = ks[0], ks[1:]
+                for k2 in rest:
+                    a, b = id(k1), id(k2)
+                    if (a, b) in failed or not (set(k1.reads) & set(k2.reads) or deps[a] & deps[b]) \
+                            or a in deps[b] or b in deps[a] \
+                            or _indirect(a, b, consumers, span) or _indirect(b, a, consumers, span):
+                        continue
+                    new = _try_merge(P, k1, k2)
+                    if new is None:
+                        failed.add((a, b))
+                        continue
+                    n = id(new)
+                    byid.pop(a), byid.pop(b)
+                    byid[n] = new
+                    note(new)
+                    for m in new.members:
+                        P.producer[m.id] = new
+                    deps[n] = deps.pop(a) | deps.pop(b)
+                    consumers[n] = consumers.pop(a) | consumers.pop(b)
+                    for j in deps[n]:
+                        consumers[j] -= {a, b}
+                        consumers[j].add(n)
+                    for j in consumers[n]:
+                        deps[j] -= {a, b}
+                        deps[j].add(n)
+                    alive[alive.index(k1)] = new
+                    alive.remove(k2)
+                    ks = [new] + [k for k in rest if k is not k2]
+                    changed = True
+                    break
+                else:
+                    ks = rest
+    P.kernels = alive
+    _index(P)
 
 
-def _indirect(k1: Kernel, k2: Kernel, consumers: dict, byid: dict) -> bool:
-    """Is there a path k1 -> x -> ... -> k2 through another kernel?"""
-    stack = [c for c in consumers[id(k1)] if c != id(k2)]
+def _indirect(k1: int, k2: int, consumers: dict, span: dict) -> bool:
+    """Is there a path k1 -> x -> ... -> k2 through another kernel? Kernels whose
+    members all come after k2's in the schedule cannot lead to k2: not visited."""
+    last = span[k2][1]
+    stack = [c for c in consumers[k1] if c != k2 and span[c][0] < last]
     seen = set(stack)
     while stack:
         c = stack.pop()
-        if c == id(k2):
-            return True
         for nxt in consumers.get(c, ()):
-            if nxt not in seen:
+            if nxt == k2:
+                return True
+            if nxt not in seen and span[nxt][0] < last:
                 seen.add(nxt)
                 stack.append(nxt)
     return False
@@ -682,16 +756,16 @@ def _try_merge(P: Plan, k1: Kernel, k2: Kernel) -> Kernel | None:
                 return None
             for m in ew.members:
                 new.omap[m.id] = omap
-    saved = dict(P.producer)
+    saved = {m.id: P.producer.get(m.id) for m in new.members}
     for m in new.members:
         P.producer[m.id] = new
     try:
         _walk(P, new)
+        return new
     except Unfusable:
-        P.producer = saved
         return None
-    P.producer = saved
-    return new
+    finally:
+        P.producer.update(saved)
 
 
 # ---------------------------------------------------------------------------

@@ -385,6 +385,7 @@ class CudaFunction(Function):
     plan: Plan | None = field(default=None, repr=False)
     kernels: list[KernelSource] = field(default_factory=list, repr=False)
     runtime: object = field(default=None, repr=False)
+    host_calls: set = field(default_factory=set, repr=False)  # ids of library kernels run on the host
 
     def bind(self, state: dict, batch: int):
         key = (id(state), batch)
@@ -516,6 +517,7 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
 
     finals: list[str] = []
     launches: list[str] = []
+    host_calls: set[int] = set()
     setup: list[str] = []
     for k in P.kernels:
         lines = [f"        # k{k.id} {k.kind} ({k.phase})" + (f"  [{_comment(', '.join(k.locs()))}]" if k.locs() else "")]
@@ -534,7 +536,10 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
             a, b = (arg(x) for x in k.operands)
             lines.append(f"        rt.matmul({a}, {b}, {var[m.id]})")
         elif k.kind == "library":
-            lines += _library_call(k.members[0], arg, var, take, pool, setup, pre)
+            call, on_host = _library_call(k.members[0], arg, var, take, pool, setup, pre)
+            lines += call
+            if on_host:
+                host_calls.add(k.id)
         else:
             ks = src_of[k.id]
             cfg = _launch_config(k)
@@ -592,10 +597,10 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
         return ns["make"](rt, S, B)
 
     return CudaFunction(name, source, [f.name for f in feeds], [s.name for s in state_nodes], list(outputs),
-                        len(order), make, plan=P, kernels=sources)
+                        len(order), make, plan=P, kernels=sources, host_calls=host_calls)
 
 
-def _library_call(m: Node, arg, var, take, pool, setup, pre) -> list[str]:
+def _library_call(m: Node, arg, var, take, pool, setup, pre) -> tuple[list[str], bool]:
     """An op with no kernel template, through its NumPy emitter with `np` the
     runtime's array module. A view that is no index map is copied out; an op
     drawing random numbers runs on the host (NumPy's Philox streams, keyed by
@@ -603,7 +608,7 @@ def _library_call(m: Node, arg, var, take, pool, setup, pre) -> list[str]:
     spec = OPS[m.op]
     if spec.kind == "view":
         expr = spec.emit(Emit([arg(i) for i in m.inputs], "", m))
-        return [f"        np.copyto({var[m.id]}, {expr})"]
+        return [f"        np.copyto({var[m.id]}, {expr})"], False
     scratch_shapes = spec.scratch(m) if spec.scratch else []
     scratch = [take(s, d) for s, d in scratch_shapes]
     e = Emit([arg(i) for i in m.inputs], var[m.id], m, scratch, setup)
@@ -612,14 +617,14 @@ def _library_call(m: Node, arg, var, take, pool, setup, pre) -> list[str]:
     for (s, d), b in zip(scratch_shapes, scratch):
         pool.setdefault((tuple(s), d), []).append(b)
     if "np.random." not in text:
-        return ["        " + ln for ln in e.lines]
+        return ["        " + ln for ln in e.lines], False
     host = f"{var[m.id]}_host"
     pre.append(f"    {host} = _np.empty({_shape_py(m.shape)}, {m.dtype!r})  # host side of a random stream")
     e = Emit([arg(i) for i in m.inputs], host, m, scratch, setup)
     spec.emit(e)
     lines = ["        " + ln.replace("np.", "_np.") for ln in e.lines]
     lines.append(f"        rt.upload({host}, {var[m.id]})")
-    return lines
+    return lines, True
 
 
 def _shape_py(shape) -> str:
@@ -727,8 +732,11 @@ def emit_text(fn: CudaFunction) -> str:
         covers = ", ".join(k.lines()) or "(generated: no source line)"
         params = k.params()
         out.append("")
-        out.append(f"// ---- k{k.id} {k.kind} ({k.phase}) covers {covers}"
-                   + (f"; parameters {', '.join(params)}" if params else ""))
+        if k.kind in ("gemm", "library"):
+            out.append(f"// ---- k{k.id} {k.kind} ({k.phase}) covers {covers}"
+                       + (f"; parameters {', '.join(params)}" if params else ""))
+        else:
+            out.append(f"// ---- k{k.id} {k.kind} ({k.phase}) covers {covers}")
         if k.kind == "gemm":
             m = k.members[0]
             names = [(_leaf_name(x)) for x in k.operands]
@@ -736,7 +744,10 @@ def emit_text(fn: CudaFunction) -> str:
             out.append(f"// cupy.matmul({names[0]}, {names[1]}, out=[{shape_str(m.shape)}])"
                        + (f"; readers scale by {alpha}" if alpha else ""))
         elif k.kind == "library":
-            out.append(f"// library call: {k.members[0].op} through the NumPy emitter on CuPy")
+            m = k.members[0]
+            where = ("computed on the host (NumPy's random streams), then uploaded" if k.id in fn.host_calls
+                     else "through its NumPy emitter, with the runtime's arrays")
+            out.append(f"// library call: {m.op} {shape_str(m.shape)} {where}")
         else:
             out.append(src_of[k.id].body.rstrip("\n"))
     out.append("")
@@ -760,22 +771,29 @@ FUNCTIONS = {"train_step": "step", "evaluate": "evaluate", "predict": "predict"}
 def lower_function(prog, which: str = "train_step") -> CudaFunction | None:
     """The CUDA version of one of a Program's functions (same outputs, feeds and
     updates as its NumPy version); None if the program has no such function."""
-    fn = getattr(prog, FUNCTIONS[which])
+    attr = FUNCTIONS.get(which, which)
+    fn = getattr(prog, attr, None)
     if fn is None:
         return None
     if isinstance(fn, CudaFunction):
         return fn
-    updates = prog.updates if which == "train_step" else ()
+    return _lower_like(fn, prog.updates if attr == "step" else (), which)
+
+
+def _lower_like(fn: Function, updates, name: str) -> CudaFunction:
     leaves = {n.name: n for n in _leaves(list(fn.outputs) + [u for _, u in updates])}
-    return lower(fn.outputs, updates, which, feeds=[leaves[f] for f in fn.feeds])
+    return lower(fn.outputs, updates, name, feeds=[leaves[f] for f in fn.feeds])
 
 
 def lower_program(prog) -> None:
-    """Replace a Program's NumPy step/evaluate/predict by CUDA functions."""
-    for which, attr in FUNCTIONS.items():
-        fn = lower_function(prog, which)
-        if fn is not None:
-            setattr(prog, attr, fn)
+    """Replace every compiled function a Program holds (step, evaluate, predict,
+    curvature, ...) by its CUDA version."""
+    import dataclasses
+    for f in dataclasses.fields(prog):
+        fn = getattr(prog, f.name)
+        if isinstance(fn, Function) and not isinstance(fn, CudaFunction):
+            setattr(prog, f.name, _lower_like(fn, prog.updates if f.name == "step" else (),
+                                              "train_step" if f.name == "step" else f.name))
 
 
 def _leaves(roots):

@@ -1,4 +1,4 @@
-"""The `netc` command: check | compile | train | gradcheck | doc.
+"""The `netc` command: check | compile | train | search | gradcheck | doc.
 
 Exit codes: 0 success, 1 internal error (a bug in netc: please report it),
 2 user error (spec, data or command line), 130 interrupted.
@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                    help="gpu: run the fused CUDA kernels through CuPy (pip install 'netc[gpu]')")
 
+    c = sub.add_parser("search", help="random search over the spec's distributions; resumes where it stopped")
+    c.add_argument("spec")
+    c.add_argument("--trials", type=_positive, help="trials in all (default: the search block's trials)")
+    c.add_argument("--workers", type=_positive,
+                   help="worker processes (default: the search block's workers, else one per CPU; capped by the CPUs)")
+    c.add_argument("--out", help="results folder (default runs/<spec name>-search); the same folder resumes")
+    c.add_argument("--epochs", type=_positive, help="override the spec's epochs in every trial")
+    c.add_argument("--limit", type=_positive, help="use only the first N examples of each split (smoke runs)")
+
     c = sub.add_parser("gradcheck", help="compare gradients with centered finite differences (float64)")
     c.add_argument("spec")
     c.add_argument("--examples", type=int, default=4)
@@ -84,8 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--write", action="store_true", help="rewrite the file in place if formatting changes it")
 
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
-    c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "ops"], default="prelude")
+    c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "ops"], default="prelude")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {n}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
                 "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
-                "overfit": cmd_overfit, "fmt": cmd_fmt}[args.command](args) or 0
+                "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
@@ -142,6 +161,17 @@ def cmd_check(args) -> int:
     if prog.loss is not None:
         print(f"  loss   {_shape(prog.loss)}; output {_shape(prog.output) if prog.output is not None else '-'}")
     print(f"  compiled in {prog.seconds:.3f}s")
+    if m.space:
+        from netc.search import SearchConfig, describe_point
+        print(f"  search space: {len(m.space)} hyper-parameter{'s' if len(m.space) != 1 else ''} "
+              f"(netc search explores it; netc train trains the point drawn from the seed)")
+        width = max(16, max(len(p) for p in m.space) + 1)
+        for path, d in m.space.items():
+            print(f"    {path:<{width}} {d}")
+        s = m.search_cfg or SearchConfig()
+        print(f"  search: {s.trials} trials, metric {s.metric} (minimized), "
+              f"workers {s.workers or 'one per CPU'}, seed {s.seed}")
+        print(f"  point for seed {m.train_cfg.seed}: {describe_point(m.sampled)}")
     return 0
 
 
@@ -186,6 +216,10 @@ def cmd_train(args) -> int:
     m = _model(args.spec, seed=args.seed, debug=args.debug, device=args.device)
     out = Path(args.out) if args.out else _fresh_run_dir(Path(args.spec).stem)
     print(f"training {args.spec} -> {out}", file=sys.stderr)
+    if m.space:  # a search space: one point, drawn from the seed (netc search explores the space)
+        from netc.search import describe_point
+        print(f"search space: training the point drawn from seed {m.train_cfg.seed}: "
+              f"{describe_point(m.sampled)} (netc search explores the space)", file=sys.stderr)
     t0 = time.perf_counter()
     progress = None if not args.no_progress else False
     try:
@@ -199,6 +233,11 @@ def cmd_train(args) -> int:
     _write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def cmd_search(args) -> int:
+    from netc.search import cli
+    return cli(args)
 
 
 def _fresh_run_dir(stem: str) -> Path:
@@ -267,6 +306,10 @@ def cmd_doc(args) -> int:
         print("train { ... } keys:\n" + describe(TrainConfig))
     elif args.topic == "data":
         print("data { ... } keys:\n" + describe(DataConfig))
+    elif args.topic == "search":
+        from netc.search import SearchConfig
+        print("search { ... } keys (the space: loguniform(a, b), uniform(a, b), intrange(a, b), "
+              "choice(v1, v2, ...) in place of a value in the data/train blocks):\n" + describe(SearchConfig))
     elif args.topic == "ops":
         from netc.compiler.ops import language_ops
         for name, op in sorted(language_ops().items()):

@@ -16,6 +16,7 @@ from netc.compiler.pipeline import compile_program, parse_and_elaborate
 from netc.compiler.update import Optimizer
 from netc.runtime import checkpoint, data, normalize
 from netc.runtime.config import DataConfig, TrainConfig, from_block
+from netc.search import SearchConfig, Space, search_block
 from netc.runtime.splits import load_splits
 from netc.runtime.state import assign, init_state
 from netc.runtime.trainer import Run, evaluate, predict
@@ -105,6 +106,18 @@ def _scale_value(value, names) -> float:
     return float(value)
 
 
+def _check_gpu_settings(cfg: TrainConfig) -> None:
+    """Settings whose work runs on the host over NumPy state: not with device="gpu" yet."""
+    from netc.runtime.config import BATCH_METHODS
+    why = []
+    if getattr(cfg.method, "kind", None) in BATCH_METHODS:
+        why.append(f"method = {cfg.method.kind}(...) (batch methods run on the host)")
+    if cfg.lr is not None and not isinstance(cfg.lr, (int, float)):
+        why.append("lr = auto(eigen) (the power method runs on the host)")
+    if why:
+        raise NetcError(f"device 'gpu' does not support {' or '.join(why)} yet; use device 'cpu'")
+
+
 class Model:
     """A compiled spec with its parameters.
 
@@ -121,12 +134,21 @@ class Model:
         self.device = device
         cupy = lower_cuda.require_gpu() if device == "gpu" else None  # fail before compiling
         configs = {"train": TrainConfig(), "data": DataConfig()}
+        space = Space(text)  # distributions in the data/train blocks (netc/search.py)
+        self.search_cfg: SearchConfig | None = None
 
         def check_block(name, entries, loc):
-            if name in configs:
+            if name == "search":
+                self.search_cfg = search_block(entries, text, loc)
+            elif name in configs and not space.add(name, entries, type(configs[name]), loc):
                 configs[name] = from_block(type(configs[name]), entries, text, loc)
 
         spec = parse_and_elaborate(text, file, check_block=check_block)
+        # a search space: train the point drawn from the seed (the trial seed = the train seed)
+        self.space, self.sampled = space.dists, {}
+        if space:
+            self.sampled = space.sample(seed if seed is not None else space.default_seed(configs["train"]))
+            configs.update(space.configs(self.sampled))
         self.train_cfg, self.data_cfg = configs["train"], configs["data"]
         if seed is not None:
             self.train_cfg.seed = seed
@@ -142,6 +164,7 @@ class Model:
                             spec.block_locs.get("train"), text)
         self.state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
         if cupy is not None:  # parameters and optimizer state live on the device
+            _check_gpu_settings(self.train_cfg)
             lower_cuda.lower_program(self.program)
             self.state = lower_cuda.to_device(self.state, cupy)
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
@@ -184,6 +207,8 @@ class Model:
                   log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays,
                   decay=_weight_decay(self.program.spec, self.train_cfg))
         self.summary = run.fit(*prepared, epochs=epochs)
+        if self.sampled:
+            self.summary["sampled"] = {k: (str(v) if isinstance(v, str) else v) for k, v in self.sampled.items()}
         return self.summary
 
     def _prepare(self, ds: data.Dataset, dtype: str) -> data.Dataset:

@@ -213,7 +213,7 @@ def parse(spec) -> tuple[Step, ...]:
     "[log, standardize]"), a Step, or a list of these; `none` steps are dropped
     (so "none" gives ())."""
     if isinstance(spec, Step):
-        steps = [spec]
+        steps = [step(spec.kind, **spec.kw)]  # validated even if built by hand
     elif isinstance(spec, str):
         steps = _parse_text(spec)
     elif isinstance(spec, (list, tuple)):
@@ -281,6 +281,8 @@ class Normalizer:
         x = np.asarray(x)
         dt = np.float64 if x.dtype == np.float64 else np.float32
         if self.kind == "pipeline":
+            if out is not None and np.shares_memory(out, x):
+                raise ValueError("out must not overlap x (apply never modifies its input)")
             y = x
             for s in self.steps[:-1]:
                 y = s.apply(y)

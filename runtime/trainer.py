@@ -94,6 +94,13 @@ def _host(a):
     return a if isinstance(a, np.ndarray) else a.get()
 
 
+def _hosted(state: dict | None) -> dict | None:
+    """Host copies of device state (for the NumPy-only per-layer statistics)."""
+    if state is None or all(isinstance(v, np.ndarray) for v in state.values()):
+        return state
+    return {k: _host(v) for k, v in state.items()}
+
+
 def learning_rate(cfg: TrainConfig, age: int, base: float) -> float:
     """The scheduled rate at `age` examples seen (plateau acts at epoch ends instead)."""
     sch = cfg.schedule
@@ -187,7 +194,7 @@ class Run:
                                          *[hyper[k] for k in prog.step.feeds[len(data_feeds):]])
                         loss = outs[0]
                         if missed is not None:
-                            missed[idx] = outs[1] > 0  # the errors last seen
+                            missed[idx] = _host(outs[1]) > 0  # the errors last seen
                         loss = float(loss)
                         if watch.exploded(loss):
                             recoveries += 1
@@ -246,8 +253,8 @@ class Run:
                         row[f"{name}_error"] = e
                 if cfg.stats:
                     k = min(len(train), 500)
-                    row.update(layer_stats(prog, self.state, train.x[:k],
-                                           None if train.t is None else train.t[:k], before_last))
+                    row.update(layer_stats(prog, _hosted(self.state), train.x[:k],
+                                           None if train.t is None else train.t[:k], _hosted(before_last)))
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
                 if metrics_file:

@@ -81,17 +81,39 @@ def random_state(m, rng) -> dict:
 # 1. nvcc
 
 
+def _spec_kernels(path, dtypes=("float32",)):
+    out = []
+    for dtype in dtypes:
+        for fn in functions(model(path, dtype)).values():
+            out += fn.kernels
+    return out
+
+
+def _op_kernels():
+    return [k for dtype in ("float32", "float64") for op in _elementwise_ops() for k in _op_function(op, dtype)[0].kernels]
+
+
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    """Every kernel of every shipped spec (train_step, evaluate, predict; float64 too
+    for mnist_mlp) and of every elementwise op, as CuPy gets them: one .cu file per
+    architecture, the two compiled at once."""
+    if cuda_harness.nvcc() is None:
+        pytest.skip("nvcc not found: generated CUDA sources are not compile-checked here "
+                    "(install the CUDA toolkit to check them)")
+    kernels = [k for p in SPECS for k in _spec_kernels(p, ("float32", "float64") if p.name == "mnist_mlp.net"
+                                                      else ("float32",))]
+    kernels += _op_kernels()
+    d = tmp_path_factory.mktemp("nvcc")
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        return dict(zip(ARCHS, ex.map(lambda a: cuda_harness.nvcc_ptx(kernels, a, d), ARCHS)))
+
+
 @needs_nvcc
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
-def test_every_kernel_compiles_with_nvcc(path, tmp_path):
-    kernels = []
-    for dtype in ("float32", "float64"):
-        for fn in functions(model(path, dtype)).values():
-            kernels += fn.kernels
-    names = [k.name for k in kernels]
-    # one .cu per architecture, both compiled at once
-    with concurrent.futures.ThreadPoolExecutor(2) as ex:
-        ptx = dict(zip(ARCHS, ex.map(lambda a: cuda_harness.nvcc_ptx(kernels, a, tmp_path), ARCHS)))
+def test_every_kernel_compiles_with_nvcc(path, ptx):
+    names = {k.name for k in _spec_kernels(path)}
+    assert names
     for arch, text in ptx.items():
         assert f".target {arch}" in text
         for name in names:
@@ -99,18 +121,21 @@ def test_every_kernel_compiles_with_nvcc(path, tmp_path):
 
 
 @needs_nvcc
-def test_every_elementwise_op_compiles_with_nvcc(tmp_path):
-    kernels = []
-    for dtype in ("float32", "float64"):
-        for op in _elementwise_ops():
-            kernels += _op_function(op, dtype)[0].kernels
-    with concurrent.futures.ThreadPoolExecutor(2) as ex:
-        for text in ex.map(lambda a: cuda_harness.nvcc_ptx(kernels, a, tmp_path), ARCHS):
-            assert text.count(".entry") == len(kernels)
+def test_every_elementwise_op_compiles_with_nvcc(ptx):
+    for text in ptx.values():
+        for k in _op_kernels():
+            assert f".entry {k.name}(" in text
 
 
 # ---------------------------------------------------------------------------
 # 2. the same kernels as C on the CPU
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prebuilt():
+    """Every kernel the harness tests run, compiled by gcc in one parallel pass."""
+    if cuda_harness.gcc() is not None:
+        cuda_harness.build([k for p in SPECS for k in _spec_kernels(p, ("float32", "float64"))] + _op_kernels())
 
 
 def _check(fn, values):
@@ -267,6 +292,56 @@ def test_op_without_a_cuda_expression_runs_as_a_library_call(monkeypatch):
     fn = lower_cuda.lower_function(m.program, "train_step")
     assert sum(1 for k in fn.plan.kernels if k.kind == "library") == 2
     _steps_agree(m, fn, 2, 8, np.random.default_rng(8), 2e-5, resync=True)
+
+
+def _gpu_text(path) -> str:
+    """The spec as the GPU path runs it: lr = auto(eigen) (host-only) replaced by its method's rate."""
+    import re
+    return re.sub(r"^\s*lr\s*=\s*auto\(.*$", "", path.read_text(), flags=re.M)
+
+
+def _harnessed(text, **kw):
+    """A model whose every compiled function is the generated CUDA one, run by the CPU harness."""
+    m = netc.compile(text, **kw)
+    lower_cuda.lower_program(m.program)
+    for f in ("step", "evaluate", "predict", "curvature"):
+        fn = getattr(m.program, f, None)
+        if fn is not None:
+            assert isinstance(fn, lower_cuda.CudaFunction)
+            fn.runtime = cuda_harness.CpuRuntime(fn.kernels)
+    return m
+
+
+@needs_gcc
+@pytest.mark.parametrize("name", ["mnist_mlp.net", "second_order.net", "denoising_cae.net"])
+def test_trainer_runs_the_generated_functions(name):
+    """The real training loop (minibatches of two sizes, schedules, validation, SDLM's
+    curvature pass, noise streams) driving the generated functions gives the same run."""
+    text = _gpu_text(next(p for p in SPECS if p.name == name))
+    cpu = netc.compile(text)
+    gen = _harnessed(text)
+    a = cpu.fit(epochs=1, limit=200)
+    b = gen.fit(epochs=1, limit=200)
+    assert b["steps"] == a["steps"] and b["age"] == a["age"]
+    for key in ("train_loss", "valid_loss", "valid_error", "test_error"):
+        if a.get(key) is not None:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
+    x = np.asarray(load_some(cpu))
+    np.testing.assert_allclose(gen.predict(x), cpu.predict(x), rtol=1e-3, atol=1e-4)
+
+
+def load_some(m):
+    from netc.runtime.splits import load_splits
+    return load_splits(m.data_cfg, m.base_dir).train.x[:20]
+
+
+def test_host_only_settings_are_refused_on_the_gpu():
+    from netc.model import _check_gpu_settings
+    from netc.runtime.config import TrainConfig
+    m = model(next(p for p in SPECS if p.name == "second_order.net"))  # lr = auto(eigen)
+    with pytest.raises(NetcError, match="auto\\(eigen\\)"):
+        _check_gpu_settings(m.train_cfg)
+    _check_gpu_settings(TrainConfig())  # plain sgd is fine
 
 
 # ---------------------------------------------------------------------------

@@ -14,11 +14,13 @@ compiler is fixed elsewhere); the properties skip exactly those crash classes
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
 import re
 import resource
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def sq(a) = a ^ 2
 
 h = layer(x, 4)
 y = dense(h, 3, act = identity)
-z = h @ h.W' + sum(sq(y), axis = -1)[0:1]
+z = h @ h.W' + x * mean(sq(y))
 loss = nll(softmax(y), t) + 1e-4 * l2(weights) + 0 * mean(z)
 
 data {
@@ -69,6 +71,7 @@ FUZZ = settings(max_examples=150, deadline=10_000, derandomize=True, database=No
                                        HealthCheck.data_too_large])
 
 _workdir = tempfile.mkdtemp(prefix="netc-fuzz-")
+atexit.register(shutil.rmtree, _workdir, True)
 _LOCATED = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+):(?P<col>\d+): \S")
 
 
@@ -129,21 +132,52 @@ def well_behaved(text: str, name: str = "fuzz.net") -> tuple[bool, str]:
     return False, f"exit {rc}:\n{err[-3000:]}"
 
 
-# crash classes already reported (each has a strict xfail reproducer below);
-# the properties skip them so that they can find new ones
-_KNOWN = [
-    # netc check allocates and initializes every parameter: a huge size is an
-    # internal error (MemoryError / numpy's "Maximum allowed dimension exceeded")
-    re.compile(r"Unable to allocate|MemoryError|Maximum allowed dimension exceeded|array is too big"
-               r"|negative dimensions are not allowed"),
-    # a size or index that is not a finite number: int(inf) / int(nan)
-    re.compile(r"OverflowError: cannot convert float infinity to integer"
-               r"|ValueError: cannot convert float NaN to integer"),
+# Misbehaviours already found and reported: (pattern of the failure, minimal
+# reproducer, what goes wrong). Each reproducer runs below as a strict xfail;
+# the properties skip failures matching a pattern so that they keep looking for
+# new ones. When the compiler is fixed, the xfail turns red: delete the entry.
+_HEAD = "input x : [3]\ntarget t : class(3)\ny = dense(x, 3)\nloss = nll(softmax(y), t)\n"
+KNOWN = [
+    ("output-reads-target", r"leaf '\w+' \(input\) is neither fed nor in state",
+     "target t : [3]\ny = t\n",
+     "the model's output depends on a target: lower(predict) gets only the inputs as feeds "
+     "(compiler/pipeline.py compile_program) -> ValueError in lower_numpy.lower"),
+    ("noise-step-not-fed", r"leaf 'step' \(hyper\) is neither fed nor in state",
+     "input x : [3]\nW = param([3])\nloss = sum(uniform_noise(x * W))\n",
+     "a random op whose noise drops out of the gradient: the loss reads the `step` hyper but "
+     "pipeline._hypers only scans the updates, so train_step is not fed `step`"),
+    ("huge-parameter", r"Unable to allocate|MemoryError|Maximum allowed dimension exceeded|array is too big",
+     "input x : [3]\ny = dense(x, 99999999999999999999)\n",
+     "netc check allocates and initializes every parameter (Model.__init__ -> runtime/state.init_state); "
+     "a huge size is a numpy ValueError/MemoryError instead of a located SpecError"),
+    ("negative-seed", r"expected non-negative integer",
+     _HEAD + "train {\n    seed = -1\n}\n",
+     "train { seed = -1 }: numpy.random.default_rng rejects it in init_state; TrainConfig does not check seed >= 0"),
+    ("complex-lr-scale", r"not 'complex'",
+     _HEAD + "train {\n    lr_scale = (0 - fan_in) ^ 0.5\n}\n",
+     "an lr_scale formula with a negative base and a fractional power evaluates to a Python complex; "
+     "model._scale_value calls float() on it -> TypeError"),
+    ("infinite-init-scale", r"high - low range exceeds valid bounds",
+     _HEAD + "train {\n    init_scale = 1e309\n}\n",
+     "train { init_scale = 1e309 } (inf) reaches Generator.uniform in runtime/state.init_array -> OverflowError; "
+     "TrainConfig does not require a finite init_scale"),
+    ("bad-string-escape", r"'unicodeescape' codec can't decode",
+     'use "\\x"\n',
+     "a string with an invalid escape (\\x, \\u12, \\N{nope}): compiler/parse._unquote's "
+     "decode('unicode_escape') raises UnicodeDecodeError, not a located SpecError"),
+    ("deep-nesting", r"RecursionError",
+     "x = " + "-" * 1200 + "1\n",
+     "about 1000 nested unary minuses or terms of a sum (326 nested calls, 491 nested lists) exhaust "
+     "Python's recursion limit in compiler/parse._Build.expr / elaborate -> RecursionError"),
+    ("unlocated-lr-scale", r"without a location: .*lr_scale must be a number or a formula",
+     _HEAD + "train {\n    lr_scale = true\n}\n",
+     "a non-numeric lr_scale is reported without file:line:col (model._scale_value raises SpecError "
+     "with no loc), and a call such as `lr_scale y.* = f(1)` shows the internal BlockCall repr"),
 ]
 
 
 def _known_crash(why: str) -> bool:
-    return any(k.search(why) for k in _KNOWN)
+    return any(re.search(pattern, why) for _, pattern, _, _ in KNOWN)
 
 
 def assert_well_behaved(text: str) -> None:
@@ -344,10 +378,21 @@ def test_random_specs_check_cleanly(text):
 
 
 # ---------------------------------------------------------------------------
-# crash reproducers found by the fuzzers above: the lead fixes the compiler,
-# then these start passing and strict=True turns them red until removed
+# the reproducers of KNOWN
 
 
-def _assert_clean(text: str) -> None:
+@pytest.mark.parametrize("text", [
+    pytest.param(text, id=name, marks=pytest.mark.xfail(strict=True, reason=reason))
+    for name, _, text, reason in KNOWN])
+def test_known_misbehaviour(text):
     ok, why = well_behaved(text)
     assert ok, why
+
+
+@pytest.mark.parametrize("name, pattern, text", [(n, p, t) for n, p, t, _ in KNOWN], ids=[k[0] for k in KNOWN])
+def test_known_reproducers_still_match(name, pattern, text):
+    """Each reproducer fails the way its pattern says (until it is fixed: then
+    test_known_misbehaviour turns red and the entry goes)."""
+    ok, why = well_behaved(text)
+    if not ok:
+        assert re.search(pattern, why), why
