@@ -97,7 +97,7 @@ class KernelSource:
 
 
 class _Scope:
-    def __init__(self, gen: "_CGen", indent: str, avail_note: str = ""):
+    def __init__(self, gen: "_CGen", indent: str):
         self.gen, self.ind = gen, indent
         self.lines: list[str] = []
         self.names: dict = {}
@@ -251,9 +251,6 @@ class _CGen:
         odims = [(d, S[d]) for d in range(len(S)) if d not in axes]
         rdims = [(d, S[d]) for d in axes]
         out = _Scope(self, "    ")
-        types = set()
-        for kind, r, x in K.steps:
-            types.add(x.dtype if kind != "argmax" else (x.dtype, "argmax"))
         if block:
             declared = set()
             for kind, r, x in K.steps:

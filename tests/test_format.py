@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from netc.cli import main
 from netc.compiler import syntax as S
-from netc.compiler.errors import Loc, NetcError, SpecError
+from netc.compiler.errors import Loc, SpecError
 from netc.compiler.format import format_source, quote, same_tree, strip_locs, unparse
 from netc.compiler.parse import parse
+from test_fuzz import mutated  # the same mutations `netc check` is fuzzed with
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "specs").glob("*.net")) + [ROOT / "compiler" / "prelude.net"]
@@ -549,4 +550,21 @@ def test_messy_specs_format(text):
         parse(text, "gen.net")
     except SpecError as e:  # the generator's own mistake, not the formatter's
         pytest.fail(f"generated an invalid spec: {e}\n{text}")
+    check_formatted(text)
+
+
+# ---------------------------------------------------------------------------
+# mutated shipped specs (the fuzzer's mutations): a located syntax error, or a
+# formatting with every property
+
+
+@settings(PROPS, max_examples=100)
+@given(mutated())
+def test_mutated_specs_format_or_fail_cleanly(text):
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as netc fmt reads a file
+    try:
+        fmt(text)
+    except SpecError as e:
+        assert re.match(r"t\.net:\d+:\d+: ", e.render())
+        return
     check_formatted(text)

@@ -352,6 +352,8 @@ def random_spec(draw) -> str:
         names.append(f"h{k}")
     if draw(st.booleans()):
         lines.append(f"loss = {draw(expressions(names))}")
+    if draw(st.integers(0, 4)) == 0:
+        lines.append(f"output = {draw(expressions(names))}")
     if draw(st.booleans()):
         entries = draw(st.lists(st.tuples(
             st.sampled_from(["method", "batch", "epochs", "shuffle", "seed", "lr_scale", "schedule", "stop",
