@@ -101,12 +101,13 @@ def _hosted(state: dict | None) -> dict | None:
     return {k: _host(v) for k, v in state.items()}
 
 
-def learning_rate(cfg: TrainConfig, age: int, base: float) -> float:
-    """The scheduled rate at `age` examples seen (plateau acts at epoch ends instead)."""
+def learning_rate(cfg: TrainConfig, age: int, steps: int, base: float) -> float:
+    """The scheduled rate after `steps` updates and `age` examples (plateau acts at
+    epoch ends instead). inverse_time counts updates, as Bengio's eq. 2 does."""
     sch = cfg.schedule
     match sch.kind:
         case "inverse_time":
-            return base * sch.tau / max(age, sch.tau)
+            return base * sch.tau / max(steps, sch.tau)
         case "step":
             return base * sch.factor ** (age // sch.every)
         case "exponential":
@@ -188,7 +189,7 @@ class Run:
                             before_last = copy_state(self.state, params)
                         xb, tb = batches.get(idx)
                         data_feeds = feeds_for(prog, xb, tb)
-                        hyper["lr"] = learning_rate(cfg, age, base_lr)
+                        hyper["lr"] = learning_rate(cfg, age, steps, base_lr)
                         hyper["step"] = (cfg.seed << 32) + steps  # noise streams: one per run seed and step
                         outs = prog.step(self.state, *data_feeds,
                                          *[hyper[k] for k in prog.step.feeds[len(data_feeds):]])
@@ -244,8 +245,8 @@ class Run:
                 if avg is not None and epoch == 1:
                     assign(avg, {k: self.state[k] for k in params})
                 train_seconds += time.perf_counter() - t0
-                row = {"epoch": epoch, "age": age, "train_loss": loss_sum / max(seen, 1),
-                       "lr": learning_rate(cfg, age, base_lr)}
+                row = {"epoch": epoch, "age": age, "steps": steps, "train_loss": loss_sum / max(seen, 1),
+                       "lr": learning_rate(cfg, age, steps, base_lr)}
                 for name, ds in (("valid", valid), ("test", test)):
                     if ds is not None:
                         l, e = evaluate(prog, eval_state, ds, cfg.eval_batch)

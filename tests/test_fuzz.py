@@ -109,7 +109,7 @@ def run_check(text: str, name: str = "fuzz.net") -> tuple[int | str, str, str]:
             rc = main(["check", path])
         except SystemExit as e:  # argparse; should not happen with a path argument
             rc = f"SystemExit({e.code})"
-        except BaseException as e:  # noqa: BLE001 - anything escaping main is a finding
+        except Exception as e:  # noqa: BLE001 - anything escaping main is a finding
             rc = f"raised: {type(e).__name__}: {e}"
     return rc, out.getvalue(), err.getvalue()
 
@@ -126,7 +126,12 @@ def well_behaved(text: str, name: str = "fuzz.net") -> tuple[bool, str]:
         first = err.splitlines()[0] if err else ""
         if "Traceback" in err:
             return False, "exit 2 with a traceback:\n" + err
-        if _LOCATED.match(first) or first.startswith(path + ": "):
+        m = _LOCATED.match(first)
+        if m and (m["file"] == path or os.path.isfile(m["file"])):  # the spec, or a file it uses
+            return True, ""
+        if m:
+            return False, f"exit 2 located outside the spec: {first!r}"
+        if first.startswith(path + ": "):
             return True, ""
         return False, f"exit 2 without a location: {first!r}"
     return False, f"exit {rc}:\n{err[-3000:]}"
@@ -172,7 +177,26 @@ KNOWN = [
     ("unlocated-lr-scale", r"without a location: .*lr_scale must be a number or a formula",
      _HEAD + "train {\n    lr_scale = true\n}\n",
      "a non-numeric lr_scale is reported without file:line:col (model._scale_value raises SpecError "
-     "with no loc), and a call such as `lr_scale y.* = f(1)` shows the internal BlockCall repr"),
+     "with no loc); a call such as `lr_scale y.* = f(1)` shows the internal BlockCall repr, and a bare "
+     "`lr_scale = fan_in` or `lr_scale biases = size` is rejected as a string, not read as a formula"),
+    ("huge-lr-scale", r"int too large to convert to float",
+     _HEAD + "train {\n    lr_scale = 10 ^ 400\n}\n",
+     "an lr_scale formula is evaluated on Python ints: 10 ^ 400 is an int that model._scale_value's "
+     "float() cannot convert -> OverflowError"),
+    ("negative-init-range", r"high - low < 0|scale < 0",
+     "input x : [3]\nW = param([3], init = gaussian_init(std = -1))\n",
+     "gaussian_init(std = -1) / uniform_init(limit = -1) reach numpy in runtime/state.init_array -> "
+     "ValueError ('scale < 0', 'high - low < 0'); elaborate's _init does not check the sign"),
+    ("located-in-prelude", r"located outside the spec: ['\"]<prelude>:",
+     "input x : [4]\nh = dense(x, 1.5)\n",
+     "an error raised while expanding a prelude function is located at `<prelude>:26:9` (the param "
+     "call inside `dense`), with no source line and no mention of the user's call site "
+     "(fuzz.net:2:5); the spec's location (or both, as a call chain) is what the user needs"),
+    ("unlocated-output-shape", r"without a location: 'shapes .* do not broadcast'",
+     _HEAD + "output = y.W\n",
+     "an `output` that is not batch-shaped but [k, n] with n classes (here the parameter y.W): "
+     "pipeline._error_count builds ne(argmax(output), t) without checking the batch axis, and the op's "
+     "shape rule raises a SpecError with no location: 'shapes [3] and [B] do not broadcast'"),
 ]
 
 

@@ -30,7 +30,7 @@ def rates(tmp_path, schedule: str, epochs=6, batch=10):
 @pytest.mark.parametrize("schedule, rule", [
     ("step(every = 200, factor = 0.5)", lambda age: 0.1 * 0.5 ** (age // 200)),
     ("exponential(decay = 0.9, every = 100)", lambda age: 0.1 * 0.9 ** (age / 100)),
-    ("inverse_time(tau = 150)", lambda age: 0.1 * 150 / max(age, 150)),
+    ("inverse_time(tau = 15)", lambda age: 0.1 * 15 / max(age / 10, 15)),  # tau in updates of 10
     ("constant", lambda age: 0.1),
 ])
 def test_scheduled_rate_follows_its_formula(tmp_path, schedule, rule):

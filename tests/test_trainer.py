@@ -213,14 +213,15 @@ def test_polyak_with_minibatches_scores_well(tmp_path):
 
 def test_inverse_time_lr_in_metrics(tmp_path):
     x, t = make_problem()
-    eps0, tau = 0.2, 400
+    eps0, tau = 0.2, 16  # tau in updates: 6 updates an epoch here
     m = netc.compile(spec(MLP, f"method = sgd(lr = {eps0})\nbatch = 25\nepochs = 5\n"
                                f"schedule = inverse_time(tau = {tau})"))
     m.fit(x[:150], t[:150], out=tmp_path / "run")
     rows = metrics(tmp_path / "run")
     assert [r["age"] for r in rows] == [150, 300, 450, 600, 750]
+    assert [r["steps"] for r in rows] == [6, 12, 18, 24, 30]
     for r in rows:
-        assert r["lr"] == pytest.approx(eps0 * tau / max(r["age"], tau), rel=1e-12)
+        assert r["lr"] == pytest.approx(eps0 * tau / max(r["steps"], tau), rel=1e-12)
     assert rows[0]["lr"] == eps0 and rows[-1]["lr"] < eps0
 
 
@@ -232,9 +233,9 @@ def test_constant_schedule_lr_in_metrics(tmp_path):
 
 
 def test_inverse_time_steps_use_the_decayed_rate():
-    # full-batch steps replayed by hand: w <- w - eps0 tau / max(age, tau) * grad, age before the step
+    # full-batch steps replayed by hand: w <- w - eps0 tau / max(k, tau) * grad, k updates before the step
     x, t = make_problem(n=100)
-    eps0, tau, n = 0.5, 150, 100
+    eps0, tau, n = 0.5, 2, 100
     train = (f"method = sgd(lr = {eps0})\nbatch = {n}\nshuffle = false\nepochs = 4\ndtype = float64\n"
              f"schedule = inverse_time(tau = {tau})")
     m = netc.compile(spec(MLP, train))
@@ -243,8 +244,7 @@ def test_inverse_time_steps_use_the_decayed_rate():
     f = ref.function("loss", wrt=names)
     x64 = x.astype(np.float64)
     for k in range(4):
-        age = k * n
-        lr = eps0 * tau / max(age, tau)
+        lr = eps0 * tau / max(k, tau)
         grads = f(x64, t)[1:]
         for name, g in zip(names, grads):
             ref.state[name] -= lr * g
