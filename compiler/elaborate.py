@@ -24,6 +24,7 @@ from .parse import parse
 from .simplify import simplify
 
 MAX_ERRORS = 20
+MAX_TENSOR = 2 ** 28  # values in one declared tensor (1 GiB of float32)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,10 @@ class _Context:
             if len(self.errors) >= MAX_ERRORS:
                 break
             try:
-                self._stmt(st)
+                try:
+                    self._stmt(st)
+                except RecursionError:
+                    raise SpecError("this statement is nested too deeply", st.loc) from None
             except _Poisoned:
                 if isinstance(st, S.Assign):
                     self.globals.vars[st.name] = _POISON
@@ -386,14 +390,13 @@ class _Context:
     def _binop(self, op: str, a, b, loc: Loc):
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             try:
-                match op:
-                    case "add": return a + b
-                    case "sub": return a - b
-                    case "mul": return a * b
-                    case "div": return a / b
-                    case "pow": return float(a) ** b if isinstance(b, float) or b < 0 else a ** b
-            except (ZeroDivisionError, OverflowError, ValueError) as ex:
+                r = _number_op(op, a, b)
+            except OverflowError:
+                raise SpecError("arithmetic error: the number is too large", loc) from None
+            except (ZeroDivisionError, ValueError) as ex:
                 raise SpecError(f"arithmetic error: {ex}", loc) from None
+            if r is not None:
+                return _checked_number(r, loc)
             raise SpecError("@ needs tensors, not numbers", loc)
         if isinstance(a, ParamSet) or isinstance(b, ParamSet):
             if op == "matmul":
@@ -472,6 +475,12 @@ class _Context:
             for st in d.body:
                 local.vars[st.name] = self._assign(st.name, st.value, local)
             return self.eval(d.result, local)
+        except SpecError as e:
+            if e.loc is not None and e.loc.file == "<prelude>" and loc is not None and loc.file != "<prelude>":
+                # the user wrote the call, not the prelude line: point at the call
+                e.message = f"in {d.name}(...): {e.message} (prelude line {e.loc.line})"
+                e.loc, e.source = loc, None
+            raise
         finally:
             self.scope.pop()
             self.call_stack.pop()
@@ -540,6 +549,11 @@ class _Context:
         dims = tuple(self._int(d, loc, "a size") for d in v)
         if any(d <= 0 for d in dims):
             raise SpecError(f"{what} has a size that is not positive: {list(dims)}", loc)
+        total = 1
+        for d in dims:
+            total *= d
+        if total > MAX_TENSOR:
+            raise SpecError(f"{what} {list(dims)} has {total:,} values, more than netc allows ({MAX_TENSOR:,})", loc)
         return dims
 
     # -- blocks ----------------------------------------------------------------
@@ -700,8 +714,10 @@ def _init(dist: str, key: str):
     def make(ctx, args, kwargs, loc):
         a = _bind(f"{dist}_init", [key], {}, args, kwargs, loc)
         val = a[key]
-        if isinstance(val, bool) or not isinstance(val, (int, float)):
-            raise SpecError(f"{key} must be a number, got {_kind(val)}", loc)
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+            raise SpecError(f"{key} must be a finite number, got {_kind(val)}", loc)
+        if key != "value" and val < 0:
+            raise SpecError(f"{key} must be >= 0, got {val:g}", loc)
         return {"dist": dist, key: float(val)}
     return make
 
@@ -755,6 +771,27 @@ def _show(v) -> str:
     return _kind(v)
 
 
+def _number_op(op: str, a, b):
+    match op:
+        case "add": return a + b
+        case "sub": return a - b
+        case "mul": return a * b
+        case "div": return a / b
+        case "pow": return float(a) ** b if isinstance(b, float) or b < 0 or abs(b) > 64 else a ** b
+    return None
+
+
+def _checked_number(r, loc):
+    """Arithmetic on numbers must stay real and finite (no complex powers, no 10^400)."""
+    if isinstance(r, complex):
+        raise SpecError("arithmetic error: a negative number to a fractional power", loc)
+    if isinstance(r, int) and not isinstance(r, bool) and abs(r) > 2 ** 63:
+        raise SpecError("arithmetic error: the number is too large", loc)
+    if isinstance(r, float) and not math.isfinite(r):
+        raise SpecError("arithmetic error: the result is not a finite number", loc)
+    return r
+
+
 def _eval_formula(e: S.Expr, names: dict[str, float]) -> float:
     match e:
         case S.Num(value=v):
@@ -769,10 +806,12 @@ def _eval_formula(e: S.Expr, names: dict[str, float]) -> float:
         case S.BinOp(op=op, left=l, right=r):
             a, b = _eval_formula(l, names), _eval_formula(r, names)
             try:
-                return {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b,
-                        "div": lambda: a / b, "pow": lambda: float(a) ** b}[op]()
-            except KeyError:
-                raise SpecError("@ is not allowed here", e.loc) from None
-            except (ZeroDivisionError, OverflowError, ValueError) as ex:
+                r = _number_op(op, float(a), float(b))
+            except OverflowError:
+                raise SpecError("arithmetic error: the number is too large", e.loc) from None
+            except (ZeroDivisionError, ValueError) as ex:
                 raise SpecError(f"arithmetic error: {ex}", e.loc) from None
+            if r is None:
+                raise SpecError("@ is not allowed here", e.loc)
+            return float(_checked_number(r, e.loc))
     raise SpecError("expected arithmetic on numbers and names", e.loc)

@@ -129,10 +129,9 @@ _BINOPS = {"add": ("+", SUM, SUM, PRODUCT), "sub": ("-", SUM, SUM, PRODUCT),
 
 
 def quote(value: str) -> str:
-    """A string literal that the parser reads back as `value`."""
-    if not any(c in value for c in '"\\\n\r'):
-        return f'"{value}"'
-    return '"' + value.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+    """A string literal that the parser reads back as `value` (escapes: \\ \" \n \t)."""
+    table = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+    return '"' + "".join(table.get(c, c) for c in value) + '"'
 
 
 def level(e: S.Expr) -> int:

@@ -60,7 +60,16 @@ def parse(source: str, file: str = "<spec>") -> S.Module:
         tree = _parser().parse(source)
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, source, file) from None
-    return S.Module(file, source, tuple(_Build(file).stmt(c) for c in tree.children))
+    build, stmts = _Build(file), []
+    for c in tree.children:
+        try:
+            stmts.append(build.stmt(c))
+        except RecursionError:
+            raise SpecError("this statement is nested too deeply", build.loc(c), source) from None
+        except SpecError as e:
+            e.source = source
+            raise
+    return S.Module(file, source, tuple(stmts))
 
 
 def _syntax_error(e: lark.exceptions.UnexpectedInput, source: str, file: str) -> SpecError:
@@ -96,6 +105,23 @@ class _Build:
             return Loc(self.file, 1, 1)
         return Loc(self.file, m.line, m.column, m.end_line, m.end_column)
 
+    def unquote(self, tok) -> str:
+        """A string literal's text: escapes \\n \\t \\\\ \\" only (anything else is an error)."""
+        body, out, i = str(tok)[1:-1], [], 0
+        while i < len(body):
+            c = body[i]
+            if c == "\\":
+                nxt = body[i + 1] if i + 1 < len(body) else ""
+                if nxt not in _ESCAPES:
+                    raise SpecError(f"unknown escape '\\{nxt}' in a string; use \\n, \\t, \\\\ or \\\"",
+                                    Loc(self.file, tok.line, tok.column + 1 + i))
+                out.append(_ESCAPES[nxt])
+                i += 2
+            else:
+                out.append(c)
+                i += 1
+        return "".join(out)
+
     # statements -------------------------------------------------------
     def stmt(self, t: Tree) -> S.Stmt:
         loc, k = self.loc(t), t.children
@@ -107,7 +133,7 @@ class _Build:
             case "assign":
                 return S.Assign(loc, str(k[0]), self.expr(k[1]))
             case "use":
-                return S.Use(loc, _unquote(k[0]))
+                return S.Use(loc, self.unquote(k[0]))
             case "def_expr":
                 return S.Def(loc, str(k[0]), self.params(k[1]), (), self.expr(k[2]))
             case "def_block":
@@ -142,7 +168,7 @@ class _Build:
             case "number":
                 return S.Num(loc, float(k[0]), str(k[0]))
             case "string":
-                return S.Str(loc, _unquote(k[0]))
+                return S.Str(loc, self.unquote(k[0]))
             case "name":
                 return S.Name(loc, str(k[0]))
             case "add" | "sub" | "mul" | "div" | "matmul" | "pow":
@@ -176,6 +202,4 @@ class _Build:
         raise AssertionError(t.data)
 
 
-def _unquote(tok) -> str:
-    s = str(tok)[1:-1]
-    return s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}

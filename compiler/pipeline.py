@@ -15,6 +15,7 @@ from .differentiate import grad
 from .elaborate import Spec, elaborate
 from .graph import Node, shape_str, toposort
 from .lower_numpy import Function, lower
+from .errors import SpecError
 from .ops import expected
 from .parse import parse
 from .simplify import simplify
@@ -73,6 +74,12 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
     stages["simplify"] = list(roots)
     loss = roots[0] if spec.loss is not None else None
     output = roots[-1] if spec.output is not None else None
+    if output is not None:
+        reads = {n.name for n in toposort([output]) if n.op == "input"} & set(spec.targets)
+        if reads:
+            raise SpecError(f"the model's output depends on target '{sorted(reads)[0]}': an output must be "
+                            f"computed from the inputs alone (assign `output = ...` to choose it)",
+                            spec.output.loc, spec.source)
     errors = _error_count(spec, output)
     grads: dict[str, Node] = {}
     updates: list[tuple[Node, Node]] = []
@@ -96,9 +103,9 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
     if functions:
         feeds = spec.feeds
         if loss is not None:
-            hypers = _hypers(updates)
+            outs = [loss] + ([errors.inputs[0]] if step_misses and errors is not None else [])
+            hypers = _hypers(updates, outs)
             if updates:
-                outs = [loss] + ([errors.inputs[0]] if step_misses and errors is not None else [])
                 prog.step = lower(outs, updates, "train_step", feeds=feeds + hypers, debug=debug)
             outs = expected(G, [loss] + ([errors] if errors is not None else []))  # no noise when evaluating
             prog.evaluate = lower(outs, (), "evaluate", feeds=_used(feeds, outs), debug=debug)
@@ -113,10 +120,10 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
 HYPER_ORDER = ("lr", "momentum", "step")
 
 
-def _hypers(updates) -> list[Node]:
+def _hypers(updates, outputs=()) -> list[Node]:
     """The step's scalar inputs: lr, momentum, step (the update count, for noise), then any
     others by name; the trainer feeds them by name."""
-    found = {n.name: n for n in toposort([u for _, u in updates]) if n.op == "hyper"}
+    found = {n.name: n for n in toposort([u for _, u in updates] + list(outputs)) if n.op == "hyper"}
     names = [k for k in HYPER_ORDER if k in found] + sorted(k for k in found if k not in HYPER_ORDER)
     return [found[k] for k in names]
 
@@ -133,7 +140,7 @@ def _error_count(spec: Spec, output: Node | None) -> Node | None:
     G = spec.graph
     for t in spec.targets.values():
         n = t.attr("classes")
-        if n is not None and output.ndim == 2 and output.shape[1] == n:
+        if n is not None and output.ndim == 2 and output.shape[0] is None and output.shape[1] == n:
             return G("sum", G("ne", G("argmax", output, axis=-1), t))
     return None
 

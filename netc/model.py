@@ -99,11 +99,12 @@ def _fan_names(params: dict, name: str) -> dict[str, float]:
 
 
 def _scale_value(value, names) -> float:
-    if isinstance(value, Formula):
-        return float(value.evaluate(names))
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"lr_scale must be a number or a formula, got {value!r}")
-    return float(value)
+    """The train block validated the value (runtime/config._scale); formulas are
+    checked for a finite real result as they are evaluated."""
+    v = float(value.evaluate(names)) if isinstance(value, Formula) else float(value)
+    if v < 0:
+        raise SpecError(f"lr_scale came out negative ({v:g})", value.expr.loc if isinstance(value, Formula) else None)
+    return v
 
 
 def _check_gpu_settings(cfg: TrainConfig) -> None:

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from netc.compiler.elaborate import BlockCall, BlockEntry, Symbol
+from netc.compiler.elaborate import BlockCall, BlockEntry, Formula, Symbol
+from netc.compiler.syntax import Name
 from netc.compiler.errors import ErrorList, Loc, SpecError, did_you_mean
 from netc.runtime import normalize as _norm
 
@@ -168,7 +169,7 @@ class TrainConfig(_Strict):
     batch: int = Field(32, ge=1, description="minibatch size B; 1 = true stochastic updates [PR 3.1: 32]")
     epochs: int = Field(10, ge=1, description="passes over the training set (at most, with early stopping)")
     shuffle: bool = Field(True, description="reshuffle the training set each epoch [EB 4.2]")
-    seed: int = Field(0, description="one seed for initialization, shuffling and noise")
+    seed: int = Field(0, ge=0, lt=2 ** 31, description="one seed for initialization, shuffling and noise")
     lr_scale: Any = Field(1.0, description="per-parameter learning-rate factor: a number or a formula of "
                                           "fan_in, fan_out, size (e.g. fan_in ^ -0.5 [EB 4.7]); "
                                           "`lr_scale SELECTOR = ...` sets it for a group")
@@ -178,7 +179,7 @@ class TrainConfig(_Strict):
     valid_every: int | None = Field(None, ge=1, description="validate every N examples (at least the validation "
                                                            "set's size) as well as at each epoch's end [PR 3.1]")
     freeze: bool = Field(False, description="`freeze SELECTOR = true` keeps a group's parameters fixed")
-    init_scale: float = Field(1.0, gt=0, description="a global factor on every initialization's scale [PR 3.2]")
+    init_scale: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="a global factor on every initialization's scale [PR 3.2]")
     recover: bool = Field(True, description="on divergence, restore the last healthy state and divide the rate by 3")
     stats: bool = Field(True, description="per-layer statistics in metrics.jsonl each epoch [PR 4.2]")
     stop: Early | Never = Field(default_factory=Never, description="early(patience, grow) or off")
@@ -244,7 +245,8 @@ def from_block(model: type[_Strict], entries: list[BlockEntry] | None, source: s
             if e.selector is not None:
                 if e.key not in _SELECTOR_KEYS:
                     raise SpecError(f"'{e.key}' cannot be set per parameter group", e.loc, source)
-                groups.append((e.key, e.selector, e.value, e.loc))
+                value = _scale(e.value, e.loc, source) if e.key == "lr_scale" else e.value
+                groups.append((e.key, e.selector, value, e.loc))
                 continue
             if e.key in values:
                 raise SpecError(f"'{e.key}' is set twice", e.loc, source)
@@ -305,6 +307,8 @@ def _convert(key: str, value, loc: Loc, source):
             raise SpecError(f"'{key}' expects a data source (mnist, csv or npz), got {name}", loc, source,
                             hint=did_you_mean(name, _SOURCES))
         return Source(kind=value.name, args=value.args, kwargs=value.kw, slice=value.slice, loc=value.loc)
+    if key == "lr_scale":
+        return _scale(value, loc, source)
     if key == "lr" and isinstance(value, BlockCall):
         try:
             return Auto(**_plain(value))
@@ -344,6 +348,19 @@ def _normalization(value, loc: Loc, source) -> tuple:
         except ValueError as e:
             raise SpecError(f"{name}: {e}", where, source) from None
     return _norm.parse(steps)
+
+
+def _scale(value, loc: Loc, source):
+    """An lr_scale value: a number, or a formula of fan_in, fan_out and size (a bare
+    name is a formula too)."""
+    if isinstance(value, Symbol):
+        return Formula(Name(value.loc or loc, str(value)))
+    if isinstance(value, Formula) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    where = value.loc if isinstance(value, BlockCall) else loc
+    shown = f"{value.name}(...)" if isinstance(value, BlockCall) else repr(value)
+    raise SpecError(f"lr_scale must be a number or a formula of fan_in, fan_out and size, got {shown}",
+                    where, source)
 
 
 def _plain(v):

@@ -71,8 +71,8 @@ def check_formatted(src: str) -> str:
     # trailing commas go, empty brackets stay empty
     ("y = f(a, b,)\nz = [1, 2,]\nw = g()\nv = []\n", "y = f(a, b)\nz = [1, 2]\nw = g()\nv = []\n"),
     # numbers and strings keep their text
-    ('y = 1.50e+3 + .5 + 1. + 007\nuse "a\\"b.net"\nz = "\\x41"\n',
-     'y = 1.50e+3 + .5 + 1. + 007\nuse "a\\"b.net"\nz = "\\x41"\n'),
+    ('y = 1.50e+3 + .5 + 1. + 007\nuse "a\\"b.net"\nz = "\\t"\n',
+     'y = 1.50e+3 + .5 + 1. + 007\nuse "a\\"b.net"\nz = "\\t"\n'),
     # named arguments keep their order among the positional ones
     ("y = f(k = 1, a)\n", "y = f(k = 1, a)\n"),
     # user parentheses kept, doubled ones collapsed
