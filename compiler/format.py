@@ -568,24 +568,6 @@ def fmt_file(path: str, check: bool = False, write: bool = False, out=None, err=
 
 
 def _replace(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and
-    os.replace, keeping the file's permissions: never a half-written spec."""
-    import os
-    import tempfile
-
-    d = os.path.dirname(os.path.abspath(path))
-    mode = os.stat(path).st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Rewrite the spec atomically, keeping its permissions: never a half-written spec."""
+    from .atomic import atomic_write
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), keep_mode=True)

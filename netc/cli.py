@@ -249,8 +249,8 @@ def _fresh_run_dir(stem: str) -> Path:
 
 
 def _write_json(path: Path, obj) -> None:
-    from netc.runtime.checkpoint import _atomic
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
+    from netc.compiler.atomic import atomic_write
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
 
 
 def cmd_gradcheck(args) -> int:

@@ -451,7 +451,7 @@ def _run_trial(job: dict) -> dict:
     """Train one trial in its own run directory (in a worker process). Never raises:
     a failure is part of the record."""
     from netc.model import Model
-    from netc.runtime.checkpoint import _atomic
+    from netc.compiler.atomic import atomic_write
 
     t0 = time.perf_counter()
     rec = {"trial": job["trial"], "seed": job["seed"], "status": "failed", "metric": None,
@@ -465,7 +465,7 @@ def _run_trial(job: dict) -> dict:
         summary = m.fit(epochs=job["epochs"], out=run_dir, limit=job["limit"], progress=False)
         summary = {**summary, "trial": job["trial"], "seed": job["seed"],
                    "wall_seconds": time.perf_counter() - t0}
-        _atomic(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2, default=str).encode()))
+        atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2, default=str).encode()))
         rec["summary"] = summary
         value = summary.get(METRICS[job["metric"]])
         if value is None or not math.isfinite(value):
@@ -502,8 +502,8 @@ class Store:
             if differ and (self.path.exists() and self.path.stat().st_size):
                 raise NetcError(f"{out} holds another search (its {', '.join(differ)} differ): its trials "
                                 f"cannot be resumed by this one; pass another --out, or remove {out}")
-        from netc.runtime.checkpoint import _atomic
-        _atomic(ident, lambda f: f.write(json.dumps(identity, indent=2).encode()))
+        from netc.compiler.atomic import atomic_write
+        atomic_write(ident, lambda f: f.write(json.dumps(identity, indent=2).encode()))
         self._needs_newline = False
         if self.path.exists():
             data = self.path.read_bytes()
@@ -585,10 +585,10 @@ class Report:
 
 
 def _write_curve(out: Path, metric: str, best: dict | None, curve: list[dict]) -> None:
-    from netc.runtime.checkpoint import _atomic
+    from netc.compiler.atomic import atomic_write
     obj = {"metric": metric, "minimized": True, "curve": curve,
            "best": None if best is None else {k: best[k] for k in ("trial", "seed", "metric", "sampled", "dir")}}
-    _atomic(out / "best_so_far.json", lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    atomic_write(out / "best_so_far.json", lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 def run_search(path, *, trials: int | None = None, workers: int | None = None, out=None,

@@ -8,12 +8,11 @@ old one, so a crash or kill mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from netc.compiler.atomic import atomic_write
 from netc.compiler.errors import DataError
 
 FORMAT = "netc-checkpoint-1"
@@ -27,8 +26,8 @@ def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     meta = {"format": FORMAT, **meta}
     payload = {f"a/{k}": np.asarray(v) for k, v in arrays.items()}
     payload["meta.json"] = np.array(json.dumps(meta))
-    _atomic(path / FILE, lambda f: np.savez(f, **payload))
-    _atomic(path / "model.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    atomic_write(path / FILE, lambda f: np.savez(f, **payload))
+    atomic_write(path / "model.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return path / FILE
 
 
@@ -46,19 +45,3 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     if meta.get("format") != FORMAT:
         raise DataError(f"{file}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT}")
     return arrays, meta
-
-
-def _atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
