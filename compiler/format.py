@@ -36,14 +36,13 @@ import dataclasses
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 
 import lark
 from lark import Token, Tree
 
 from . import syntax as S
 from .errors import Loc, NetcError
-from .parse import parse
+from .parse import NewlinesInBrackets, grammar_text, parse
 
 INDENT = "    "
 
@@ -296,37 +295,13 @@ def _render(items: list[_Item], tail: list, source_lines: list[str]) -> str:
 # token (so parentheses are seen) and collecting comments
 
 
-class _NewlinesInBrackets:
-    """The same post-lexer as compiler/parse.py: newlines inside ( ) and [ ] do
-    not end a statement; runs of newlines collapse to one."""
-
-    always_accept = ("_NL",)
-
-    def process(self, stream):
-        depth = 0
-        last_nl = True
-        for tok in stream:
-            if tok.type in ("LPAR", "LSQB"):
-                depth += 1
-            elif tok.type in ("RPAR", "RSQB"):
-                depth = max(0, depth - 1)
-            if tok.type == "_NL":
-                if depth > 0 or last_nl:
-                    continue
-                last_nl = True
-            else:
-                last_nl = False
-            yield tok
-
-
 _lock = threading.Lock()
 _comments: list[Token] = []
 
 
 @lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    text = resources.files("netc.grammar").joinpath("net.lark").read_text()
-    return lark.Lark(text, parser="lalr", propagate_positions=True, postlex=_NewlinesInBrackets(),
+    return lark.Lark(grammar_text(), parser="lalr", propagate_positions=True, postlex=NewlinesInBrackets(),
                      maybe_placeholders=True, keep_all_tokens=True,
                      lexer_callbacks={"COMMENT": _comments.append})
 

@@ -23,7 +23,7 @@ _TERMINAL_WORDS = {
 }
 
 
-class _NewlinesInBrackets:
+class NewlinesInBrackets:
     """Post-lexer: newlines inside ( ) and [ ] do not end a statement; runs of
     newlines collapse to one."""
 
@@ -46,11 +46,14 @@ class _NewlinesInBrackets:
             yield tok
 
 
+def grammar_text() -> str:
+    return resources.files("netc.grammar").joinpath("net.lark").read_text()
+
+
 @lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    text = resources.files("netc.grammar").joinpath("net.lark").read_text()
-    return lark.Lark(text, parser="lalr", propagate_positions=True,
-                     postlex=_NewlinesInBrackets(), maybe_placeholders=True)
+    return lark.Lark(grammar_text(), parser="lalr", propagate_positions=True,
+                     postlex=NewlinesInBrackets(), maybe_placeholders=True)
 
 
 def parse(source: str, file: str = "<spec>") -> S.Module:
