@@ -149,10 +149,7 @@ class Run:
         eval_state = self.state if avg is None else {**self.state, **avg}
         best = {"error": math.inf, "epoch": 0, "state": None}
         patience = getattr(cfg.stop, "patience", None)
-        metrics_file = None
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            metrics_file = open(self.out_dir / "metrics.jsonl", "w")
+        metrics = _Metrics(self.out_dir)
         age, steps, recoveries, epoch, averaged = 0, 0, 0, 0, 0
         history: list[dict] = []
         t_start = time.perf_counter()
@@ -217,9 +214,7 @@ class Run:
                             next_check += every
                             l, e = evaluate(prog, eval_state, valid, cfg.eval_batch)
                             row = {"epoch": epoch, "age": age, "valid_loss": l, "valid_error": e, "partial": True}
-                            if metrics_file:
-                                metrics_file.write(json.dumps(row) + "\n")
-                                metrics_file.flush()
+                            metrics.write(row)
                             score = e if e is not None else l
                             if score < best["error"]:
                                 best = {"error": score, "epoch": epoch, "state": copy_state(eval_state, params)}
@@ -258,9 +253,7 @@ class Run:
                                            None if train.t is None else train.t[:k], _hosted(before_last)))
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
-                if metrics_file:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
+                metrics.write(row)
                 self.log(_epoch_line(row, epochs))
                 score = row.get("valid_error") if row.get("valid_error") is not None else row.get("valid_loss")
                 if score is not None and score < best["error"]:
@@ -279,8 +272,7 @@ class Run:
                 age = good_age
             self.log("interrupted: the last completed epoch is saved")
         finally:
-            if metrics_file:
-                metrics_file.close()
+            metrics.close()
         if best["state"] is not None and (cfg.stop.kind == "early"):
             assign(self.state, best["state"])
         elif avg is not None:
@@ -345,7 +337,7 @@ class Run:
 
         w = np.concatenate([self.state[k].astype(np.float64).reshape(-1) for k in names])
         history, t0 = [], time.perf_counter()
-        metrics_file = open(self.out_dir / "metrics.jsonl", "w") if self.out_dir else None
+        metrics = _Metrics(self.out_dir)
         try:
             for epoch in range(1, epochs + 1):
                 e0 = time.perf_counter()
@@ -359,14 +351,11 @@ class Run:
                         row[f"{name}_loss"], row[f"{name}_error"] = evaluate(prog, self.state, ds, cfg.eval_batch)
                 row["seconds"] = time.perf_counter() - e0
                 history.append(row)
-                if metrics_file:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
+                metrics.write(row)
                 self.log(_epoch_line(row, epochs))
                 self._checkpoint(epoch, row["age"])
         finally:
-            if metrics_file:
-                metrics_file.close()
+            metrics.close()
         last = history[-1]
         seconds = time.perf_counter() - t0
         return {"epochs": len(history), "age": last["age"], "steps": evals[0], "stopped": "epochs",
@@ -421,6 +410,26 @@ class Run:
         arrays = {f"state/{k}": _host(v) for k, v in self.state.items()}
         arrays.update(self.extra_arrays())
         checkpoint.save(self.out_dir, arrays, {**self.meta, "epoch": epoch, "age": age, "final": final})
+
+
+class _Metrics:
+    """metrics.jsonl: one JSON line per epoch (and per extra validation), flushed as
+    written so a crash keeps every finished line."""
+
+    def __init__(self, out_dir: Path | None):
+        self.file = None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.file = open(out_dir / "metrics.jsonl", "w")
+
+    def write(self, row: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
 
 
 class _Watch:
