@@ -93,7 +93,6 @@ class GemmOnly:
 
     def step(self, x, t):
         p = self.p
-        n = len(x)
         h1 = x @ p["W0"]
         h2 = h1 @ p["W1"]
         y = h2 @ p["W2"]

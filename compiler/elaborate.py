@@ -354,7 +354,12 @@ class _Context:
                     if not -len(v) <= i < len(v):
                         raise SpecError(f"index {i} is out of range for a list of {len(v)}", lo.loc)
                     return v[i]
-                raise SpecError(f"cannot index {_kind(v)}", e.loc)
+                if isinstance(v, Node) and is_slice and v.ndim >= 2:  # features lo:hi of the last axis
+                    bounds = {k: self._int(self.eval(b, env), b.loc, "a slice bound")
+                              for k, b in (("lo", lo), ("hi", hi)) if b is not None}
+                    return self.G("slice", v, axis=-1, loc=e.loc, **bounds)
+                raise SpecError(f"cannot index {_kind(v)}" + ("; slice the last axis as x[lo:hi]"
+                                                              if isinstance(v, Node) else ""), e.loc)
             case S.Call():
                 return self._call(e, env)
         raise SpecError(f"cannot evaluate {type(e).__name__}", e.loc)

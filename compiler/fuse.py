@@ -402,16 +402,9 @@ def _kind(n: Node, host_ids: set, absorbed: set) -> str:
     return "library"
 
 
-# C expression templates that ops.py gets wrong, or lacks: {0}, {1}, ... are
-# the operands, {T} the result's C type. Each entry is a fix to report upstream.
-# History: softplus's "fmax({0},0)" (fmax(float, int): "calling a constexpr
-# __host__ function" in device code) was caught by the nvcc test and fixed in
-# ops.py with {T}; the table is empty until the next such finding.
-CUDA_OVERRIDES: dict[str, str] = {}
-
-
 def cuda_template(op: str) -> str | None:
-    return CUDA_OVERRIDES.get(op) or OPS[op].cuda
+    """The op's elementwise C template (ops.py), or None: then it runs as a library call."""
+    return OPS[op].cuda
 
 
 def _reduced_axes(n: Node) -> tuple:

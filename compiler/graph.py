@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .errors import Loc, SpecError
+from .errors import Loc
 
 BATCH = None  # the symbolic batch dimension in a shape
 
@@ -130,7 +130,3 @@ def depends_on(order: list[Node], leaves) -> set[int]:
         if n.id in wanted or any(i.id in found for i in n.inputs):
             found.add(n.id)
     return found
-
-
-def shape_error(msg: str, loc: Loc | None) -> SpecError:
-    return SpecError(msg, loc)

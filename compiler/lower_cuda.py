@@ -30,7 +30,7 @@ from .errors import NetcError
 from .fuse import Ex, Kernel, Plan, ident
 from .graph import Node, shape_str
 from .lower_numpy import FEED_OPS, STATE_OPS, Function, _comment, _literal
-from .ops import OPS, Emit
+from .ops import OPS, Emit, cuda_expr
 
 CTYPE = {"float32": "float", "float64": "double", "int64": "long long", "int32": "int"}
 BLOCK = 256  # threads per block (elementwise; the most for reductions)
@@ -178,11 +178,7 @@ class _CGen:
             m, s = self.accs[(ex.node.id, 0)], self.accs[(ex.node.id, 1)]
             rhs = f"({x} - {m} - log({s}))" if ex.node.op == "log_softmax" else f"(exp({x} - {m}) / {s})"
         elif ex.kind == "op":
-            tmpl = fuse.cuda_template(ex.node.op)
-            args = [self.expr(a, sc) for a in ex.args]
-            attrs = {k: _literal_c(float(v), ex.dtype) for k, v in ex.node.attrs
-                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            rhs = tmpl.format(*args, T=t, **attrs)
+            rhs = cuda_expr(ex.node, [self.expr(a, sc) for a in ex.args], t)
         else:
             raise AssertionError(ex.kind)
         nm = self.local()

@@ -182,7 +182,7 @@ def lower(outputs: list[Node], updates: list[tuple[Node, Node]] = (), name: str 
                 rn = order[pos[r]]
                 give(rn.shape, rn.dtype, owned.pop(r))
     rets = ", ".join(var[o.id] for o in outputs)
-    lines = [f"def make(np, S, B):"]
+    lines = ["def make(np, S, B):"]
     lines += [f"    s{k} = S[{s.name!r}]  # {s.op} {shape_str(s.shape)}" for k, s in enumerate(state_nodes)]
     lines += allocs
     lines += ["    " + s for s in setup]

@@ -1361,7 +1361,3 @@ def expected(G, roots: list[Node]) -> list[Node]:
 def language_ops() -> dict[str, Op]:
     """The ops the language can call directly, by name."""
     return {name: op for name, op in OPS.items() if op.lang is not None}
-
-
-def describe(node: Node) -> str:
-    return f"{node.op} {shape_str(node.shape)}"

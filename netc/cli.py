@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from netc.compiler.errors import NetcError
+from netc.compiler.pipeline import STAGES
 
 EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPT = 1, 2, 130
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused kernels per step, bytes moved and GEMM FLOPs per step (at the spec's batch size)")
     c.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                    help="gpu: also check that CuPy and a device are there and build the GPU functions")
-    c.add_argument("--after", choices=["elaborate", "simplify", "differentiate", "simplify_grads"],
+    c.add_argument("--after", choices=list(STAGES),
                    default="simplify_grads", help="with --emit graph|dot: the stage to show")
     c.add_argument("--function", choices=["train_step", "evaluate", "predict"], default="train_step",
                    help="with --emit numpy|cuda or --stats: which compiled function")

@@ -31,12 +31,12 @@ def lr_probe(model_factory, x, t, start: float = 10.0, tries: int = 12, epochs: 
         m.train_cfg.stats = False
         initial = float(m.function("loss")(*_feeds(m, x, t))[0])
         try:
-            s = m.fit(x, t, epochs=epochs)
+            m.fit(x, t, epochs=epochs)
             final = float(m.function("loss")(*_feeds(m, x, t))[0])
             ok = math.isfinite(final) and final < initial
             verdict = "trains" if ok else f"no progress (loss {initial:.4g} -> {final:.4g})"
         except Diverged:
-            ok, verdict, s = False, "diverges", None
+            ok, verdict = False, "diverges"
         log(f"  lr {lr:<10.4g} {verdict}")
         if ok:
             return lr

@@ -217,7 +217,7 @@ def parse_dist(call: BlockCall, source: str | None = None) -> Dist:
         a, b = int(a), int(b)
     if not a < b:
         fail(f"the lower end must be below the upper end, got {_num(a)} >= {_num(b)}",
-             hint=f"for a fixed value write the value itself" if a == b else f"write {name}({_num(b)}, {_num(a)})")
+             hint="for a fixed value write the value itself" if a == b else f"write {name}({_num(b)}, {_num(a)})")
     log = kw.get("log", False)
     if not isinstance(log, bool):
         fail(f"log must be true or false, got {log!r}")

@@ -215,3 +215,13 @@ def test_freeze_selector_keeps_a_group_fixed():
     m.fit(rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 3, 40), epochs=2)
     assert all((m.params[k] == before[k]).all() for k in ("h1.W", "h1.b"))
     assert not (m.params["y.W"] == before["y.W"]).all()
+
+
+def test_slicing_a_tensor_takes_features_of_the_last_axis():
+    s = spec(HEAD + "a = x[1:3]\nb = x[:2] * 2\n")
+    xv = np.arange(8.0).reshape(2, 4)
+    a, b = evaluate([s.named["a"], s.named["b"]], {"x": xv})
+    np.testing.assert_array_equal(a, xv[:, 1:3])
+    np.testing.assert_array_equal(b, 2 * xv[:, :2])
+    e = error(HEAD + "a = x[1]\n")
+    assert "cannot index a tensor [B, 4]" in e.message and "x[lo:hi]" in e.message
