@@ -3,7 +3,6 @@ error rendering (file:line:col, the source line, a caret, never a traceback)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -50,7 +50,6 @@ def brute_force(s, loss, y, v, eps=1e-5):
     yv = evaluate([y], v)[0]
     B, m = yv.shape
     # diagonal Hessian of the loss w.r.t. the output (the loss as a function of y)
-    from netc.compiler.graph import Graph  # noqa: F401  (documentation: y is substituted below)
     H = np.zeros((B, m))
     for b in range(B):
         for k in range(m):

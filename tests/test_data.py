@@ -9,7 +9,7 @@ import pytest
 
 from netc.compiler.errors import DataError
 from netc.runtime import data
-from netc.runtime.data import Dataset, arrays, csv, minibatches, mnist, npz, read_idx
+from netc.runtime.data import arrays, csv, minibatches, mnist, npz, read_idx
 
 
 def idx_bytes(a: np.ndarray, code: int) -> bytes:
