@@ -70,7 +70,7 @@ class DataError(NetcError):
     """An error in a data file: names the file and the record."""
 
 
-class ErrorList(NetcError):
+class ErrorList(SpecError):
     """Several independent errors found in one pass (netc check reports them all)."""
 
     def __init__(self, errors: list[NetcError]):

@@ -12,7 +12,7 @@ import lark
 from lark import Token, Tree
 
 from . import syntax as S
-from .errors import Loc, SpecError
+from .errors import ErrorList, Loc, SpecError
 
 _TERMINAL_WORDS = {
     "_NL": "end of line", "NAME": "a name", "NUMBER": "a number", "STRING": "a string",
@@ -56,13 +56,14 @@ def _parser() -> lark.Lark:
                      postlex=NewlinesInBrackets(), maybe_placeholders=True)
 
 
+MAX_SYNTAX_ERRORS = 10
+
+
 def parse(source: str, file: str = "<spec>") -> S.Module:
+    """Syntax tree of `source`; raises SpecError, or ErrorList for several syntax errors."""
     if not source.endswith("\n"):
         source += "\n"
-    try:
-        tree = _parser().parse(source)
-    except lark.exceptions.UnexpectedInput as e:
-        raise _syntax_error(e, source, file) from None
+    tree = _parse_reporting_many(source, file)
     build, stmts = _Build(file), []
     for c in tree.children:
         try:
@@ -73,6 +74,31 @@ def parse(source: str, file: str = "<spec>") -> S.Module:
             e.source = source
             raise
     return S.Module(file, source, tuple(stmts))
+
+
+def _parse_reporting_many(source: str, file: str) -> Tree:
+    """Parse; on a syntax error, blank the offending line and go on, so one run
+    reports the independent mistakes of a file (up to MAX_SYNTAX_ERRORS). The
+    line numbers stay those of the original text."""
+    errors: list[SpecError] = []
+    lines = source.split("\n")
+    blanked: set[int] = set()
+    while True:
+        try:
+            tree = _parser().parse("\n".join(lines))
+            break
+        except lark.exceptions.UnexpectedInput as e:
+            err = _syntax_error(e, source, file)
+            errors.append(err)
+            line = err.loc.line
+            at_end = isinstance(e, lark.exceptions.UnexpectedEOF) or getattr(getattr(e, "token", None), "type", "") == "$END"
+            if at_end or line in blanked or len(errors) >= MAX_SYNTAX_ERRORS or not 1 <= line <= len(lines):
+                break
+            blanked.add(line)
+            lines[line - 1] = ""
+    if errors:
+        raise errors[0] if len(errors) == 1 else ErrorList(errors)
+    return tree
 
 
 def _syntax_error(e: lark.exceptions.UnexpectedInput, source: str, file: str) -> SpecError:

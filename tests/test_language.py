@@ -225,3 +225,10 @@ def test_slicing_a_tensor_takes_features_of_the_last_axis():
     np.testing.assert_array_equal(b, 2 * xv[:, :2])
     e = error(HEAD + "a = x[1]\n")
     assert "cannot index a tensor [B, 4]" in e.message and "x[lo:hi]" in e.message
+
+
+def test_independent_syntax_errors_are_all_reported():
+    with pytest.raises(ErrorList) as e:
+        spec(HEAD + "h = dense(x, 5,, act = tanh)\ny = dense(h 3)\nloss = nll(softmax(y), t)\nz = = 2\n")
+    assert [(err.loc.line, err.loc.col) for err in e.value.errors] == [(3, 16), (4, 13), (6, 5)]
+    assert all(err.source_line() is not None for err in e.value.errors)
