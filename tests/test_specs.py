@@ -43,3 +43,10 @@ def test_spec_trains_a_few_steps(path):
     assert any((model.params[k] != before[k]).any() for k in before), "no parameter moved"
     if summary.get("valid_error") is not None:
         assert 0.0 <= summary["valid_error"] <= 1.0
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_shipped_specs_are_in_the_canonical_layout(path):
+    from netc.compiler.format import format_source
+    text = path.read_text()
+    assert format_source(text, str(path)) == text, f"run: netc fmt --write {path}"
