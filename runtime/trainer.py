@@ -146,6 +146,7 @@ class Run:
             base_lr = self._eigen_rate(train, rng, base_lr.examples)
         mu = getattr(cfg.method, "momentum", 0.0)
         avg = copy_state(self.state, params) if cfg.average.kind == "polyak" else None
+        avg_delta = copy_state(self.state, params) if avg is not None else None  # scratch
         eval_state = self.state if avg is None else {**self.state, **avg}
         best = {"error": math.inf, "epoch": 0, "state": None}
         patience = getattr(cfg.stop, "patience", None)
@@ -206,9 +207,11 @@ class Run:
                         seen += n
                         if avg is not None and epoch > 1:  # the first epoch is burn-in
                             averaged += 1
-                            for name in params:
-                                a = avg[name]
-                                a += (self.state[name] - a) * (1.0 / averaged)
+                            for name in params:  # avg += (w - avg) / k, without temporaries
+                                a, d = avg[name], avg_delta[name]
+                                np.subtract(self.state[name], a, out=d)
+                                d *= 1.0 / averaged
+                                a += d
                         bar.update(n, loss=loss_sum / max(seen, 1))
                         if every is not None and age >= next_check:
                             next_check += every
