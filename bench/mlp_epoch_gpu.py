@@ -30,30 +30,10 @@ from netc.compiler.errors import NetcError
 from netc.compiler.lower_cuda import lower_function, require_gpu
 from netc.runtime.data import mnist
 
-SPEC = """
-input  x : [784]
-target t : class(10)
-h1 = dense(x,  800, act = tanh, init = glorot)
-h2 = dense(h1, 800, act = tanh, init = glorot)
-y  = dense(h2, 10,  act = identity)
-loss = nll(softmax(y), t)
-train {
-    method = sgd(lr = 0.01, momentum = 0.9)
-    batch  = 128
-}
-"""
-SIZES = (784, 800, 800, 10)
-LR, MU, B = 0.01, 0.9, 128
+# the network, its parameters and rates: the CPU benchmark's, so the two compare
+from mlp_epoch import B, LR, MU, SPEC, init_params  # noqa: E402  (bench/ is on sys.path when run)
+
 NAMES = {"h1.W": "W0", "h1.b": "b0", "h2.W": "W1", "h2.b": "b1", "y.W": "W2", "y.b": "b2"}
-
-
-def init_params(rng):
-    ps = {}
-    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        r = np.sqrt(6 / (a + b))
-        ps[f"W{i}"] = rng.uniform(-r, r, (a, b)).astype(np.float32)
-        ps[f"b{i}"] = np.zeros(b, np.float32)
-    return ps
 
 
 def torch_or_reason():
