@@ -115,6 +115,8 @@ def _check_gpu_settings(cfg: TrainConfig) -> None:
         why.append(f"method = {cfg.method.kind}(...) (batch methods run on the host)")
     if cfg.lr is not None and not isinstance(cfg.lr, (int, float)):
         why.append("lr = auto(eigen) (the power method runs on the host)")
+    if cfg.transforms.kind == "every":
+        why.append("transforms = every(...) (the refresh runs on the host)")
     if why:
         raise NetcError(f"device 'gpu' does not support {' or '.join(why)} yet; use device 'cpu'")
 

@@ -128,7 +128,8 @@ class Early(_Strict):
 
 
 class Every(_Strict):
-    """Re-estimate the transformation statistics every `updates` updates [RV]. (not implemented yet)"""
+    """Re-estimate the transformed units' alpha, beta, gamma every N updates, compensating
+    the consumers so the network's function is unchanged [RV] (runtime/transforms.py)."""
     kind: Literal["every"] = "every"
     args: tuple[int] = (1000,)
 
@@ -192,7 +193,7 @@ class TrainConfig(_Strict):
     interleave: bool = Field(False, description="present consecutive examples from different classes [EB 4.2]")
     lr: float | Auto | None = Field(None, description="overrides the method's rate: a number or auto(eigen)")
     transforms: Never | Every = Field(default_factory=Never, description="every(N): re-estimate transformed units' "
-                                                                          "statistics [RV] (not implemented yet)")
+                                                                          "alpha, beta, gamma every N updates [RV]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
     groups: list = Field(default_factory=list, description="(internal) per-selector settings")

@@ -138,9 +138,12 @@ class Run:
         rng = np.random.default_rng([cfg.seed, 1])
         batches = Batches(train.x, train.t if prog.spec.targets else None)
         params = list(prog.spec.params)
+        refresher, every_n = None, None
         if cfg.transforms.kind == "every":
-            raise NetcError("transforms = every(...) (re-estimating transformed units, Raiko et al.) is not "
-                            "implemented yet; remove it to train with the transformations held fixed")
+            from .transforms import Refresher
+            refresher, every_n = Refresher(prog, self.log), int(cfg.transforms.args[0])
+            if not refresher.layers:
+                raise NetcError("transforms = every(...) needs `transformed` layers in the spec")
         base_lr = cfg.lr if cfg.lr is not None else cfg.method.lr
         if not isinstance(base_lr, (int, float)):  # lr = auto(eigen)
             base_lr = self._eigen_rate(train, rng, base_lr.examples)
@@ -203,6 +206,9 @@ class Run:
                         n = len(idx)
                         age += n
                         steps += 1
+                        if refresher is not None and steps % every_n == 0:
+                            sample = train.x[:min(len(train), 1000)]
+                            refresher.refresh(self.state, np.ascontiguousarray(sample))
                         loss_sum += loss * n
                         seen += n
                         if avg is not None and epoch > 1:  # the first epoch is burn-in

@@ -26,9 +26,7 @@ def test_spec_checks(path):
 
 # specs whose training waits for a feature that has not landed (strict: they fail
 # loudly once it does, so the marker comes off)
-WAITING = {
-    "transformed.net": "re-estimating transformed units (transforms = every(N)) is not implemented",
-}
+WAITING: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, raises=netc.NetcError,
