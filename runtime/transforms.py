@@ -4,8 +4,8 @@ with a = u @ W + b; every N updates the trainer re-estimates
 
     alpha = -mean tanh'(a)                      (zero slope on average)
     beta  = -mean (tanh(a) + alpha a)           (zero output on average)
-    gamma = 1 / std(tanh(a) + alpha a + beta)   (unit scale; the exact
-                                                 definition is a (check) item)
+    gamma = 1 / std(tanh(a) + alpha a + beta)   (unit scale, at most GAMMA_MAX;
+                                                 the exact definition is a (check) item)
 
 on a sample of the training set, and changes the layer's consumers so the
 network computes the same function: each consumer's weights A are rescaled by
@@ -25,6 +25,9 @@ from netc.compiler.graph import Node, toposort
 from netc.compiler.lower_numpy import lower
 from netc.compiler.ops import expected
 from netc.compiler.pipeline import Program
+
+
+GAMMA_MAX = 10.0  # a unit that is almost linear has a tiny residual: do not blow it up
 
 
 @dataclass
@@ -114,7 +117,7 @@ class Refresher:
         th = np.tanh(a)
         alpha = -np.mean(1 - th ** 2, axis=0)
         beta = -np.mean(th + alpha * a, axis=0)
-        gamma = 1.0 / np.maximum(np.std(th + alpha * a + beta, axis=0), 1e-3)
+        gamma = 1.0 / np.maximum(np.std(th + alpha * a + beta, axis=0), 1.0 / GAMMA_MAX)
         a_old, b_old, g_old = (state[layer.key(k)].astype(np.float64) for k in ("alpha", "beta", "gamma"))
         W, b = state[layer.key("W")].astype(np.float64), state[layer.key("b")].astype(np.float64)
         delta = g_old * (alpha - a_old)  # the change of the linear part, per unit
