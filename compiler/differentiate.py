@@ -32,7 +32,10 @@ def grad(G: Graph, y: Node, wrt: list[Node], seed: Node | None = None) -> list[N
         rule = OPS[n.op].grad
         if rule is None:
             raise SpecError(f"'{n.op}' has no derivative", n.loc)
-        for inp, gi in zip(n.inputs, rule(G, n, g)):
+        mark = len(G)
+        parts_in = rule(G, n, g)
+        G.locate_new(mark, n.loc)
+        for inp, gi in zip(n.inputs, parts_in):
             if gi is not None and inp.id in on_path:
                 adjoints.setdefault(inp.id, []).append(gi)
     return [adjoints[w.id][0] if w.id in adjoints

@@ -465,6 +465,7 @@ class _Context:
                                 hint=did_you_mean(k, names) or f"its arguments are: {', '.join(names)}")
         self.call_stack.append(d.name)
         self.scope.append(("call", d.name))
+        mark = len(self.G)
         try:
             for i, p in enumerate(d.params):
                 if i < len(args):
@@ -489,6 +490,8 @@ class _Context:
         finally:
             self.scope.pop()
             self.call_stack.pop()
+            if d.loc.file == "<prelude>" and loc is not None and loc.file != "<prelude>":
+                self.G.locate_new(mark, loc, replacing="<prelude>")  # the user's line, not the prelude's
 
     def _select(self, e: S.Call):
         if len(e.args) != 1 or e.kwargs:

@@ -63,6 +63,7 @@ class Graph:
         self.float_dtype = float_dtype
         self._table: dict = {}
         self._count = 0
+        self._nodes: list[Node] = []  # in creation order
 
     def __len__(self) -> int:
         return self._count
@@ -87,7 +88,18 @@ class Graph:
         node = Node(op, ins, frozen, tuple(shape), dtype, loc, self._count)
         self._count += 1
         self._table[key] = node
+        self._nodes.append(node)
         return node
+
+    def locate_new(self, since: int, loc: Loc | None, replacing: str | None = None) -> None:
+        """Give the nodes created since `since` (a len(G) mark) that have no source
+        location, or one in the file `replacing`, this one: a derivative's nodes point
+        at the line they differentiate, a prelude function's at the user's call."""
+        if loc is None:
+            return
+        for n in self._nodes[since:]:
+            if n.loc is None or (replacing is not None and n.loc.file == replacing):
+                n.loc = loc
 
     def const(self, value: float, dtype: str | None = None) -> Node:
         return self("const", value=float(value), dtype=dtype or self.float_dtype)

@@ -56,6 +56,7 @@ def build_updates(G: Graph, opt: Optimizer, params: list[Node], grads: list[Node
         if scale == 0:
             continue  # frozen
         eps_p = G("mul", lr, scale) if scale != 1 else lr
+        mark = len(G)
         match opt.kind:
             case "sgd" | "adaptive":
                 updates += _sgd(G, opt, p, g, eps_p)
@@ -71,6 +72,7 @@ def build_updates(G: Graph, opt: Optimizer, params: list[Node], grads: list[Node
                 updates += _vsgd(G, opt, p, g, curv[i], scale)
             case other:
                 raise ValueError(f"unknown optimizer {other!r}")
+        G.locate_new(mark, p.loc)  # the update points at the parameter's line
     return updates
 
 

@@ -47,3 +47,18 @@ def layer_stats(program: Program, state: dict, x: np.ndarray, t: np.ndarray | No
                     row["update_ratio"] = float(np.linalg.norm(w - before_last_step[name]) / max(norm, 1e-30))
                 out["params"][name] = row
     return out
+
+
+def first_nonfinite_layer(program: Program, state: dict, x) -> str | None:
+    """The first named layer, in spec order, with a NaN or an infinity on this batch,
+    with its .net location: where a divergence shows first."""
+    acts_fn, _, layers = _functions(program)
+    if acts_fn is None:
+        return None
+    with np.errstate(all="ignore"):
+        values = acts_fn(state, np.asarray(x))
+    for name, a in zip(layers, values):
+        if not np.all(np.isfinite(a)):
+            node = program.spec.named[name]
+            return f"layer '{name}'" + (f" ({node.loc})" if node.loc else "")
+    return None

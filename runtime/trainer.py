@@ -25,7 +25,7 @@ from .data import Dataset
 from .presentation import epoch_order
 from .progress import Progress
 from .state import assign, copy_state
-from .stats import layer_stats
+from .stats import first_nonfinite_layer, layer_stats
 
 MAX_RECOVERIES = 8
 
@@ -200,7 +200,7 @@ class Run:
                         loss = float(loss)
                         if watch.exploded(loss):
                             recoveries += 1
-                            base_lr = self._recover(recoveries, loss, age, base_lr, good)
+                            base_lr = self._recover(recoveries, loss, age, base_lr, good, xb)
                             watch.reset()
                             continue
                         n = len(idx)
@@ -401,10 +401,14 @@ class Run:
                     h *= 1 - m.gamma
                     h += m.gamma * c
 
-    def _recover(self, count: int, loss: float, age: int, lr: float, good: dict) -> float:
+    def _recover(self, count: int, loss: float, age: int, lr: float, good: dict, x=None) -> float:
         """Bengio 2012 §2.1: restore the last healthy state and divide the rate by 3."""
+        where = first_nonfinite_layer(self.program, _hosted(self.state), x) if x is not None else None
+        if where:
+            self.log(f"loss {loss:g} at age {age}: the first non-finite values are in {where}")
         if not self.cfg.recover:
-            raise Diverged(f"training diverged (loss {loss:g}) at age {age} with learning rate {lr:g}")
+            raise Diverged(f"training diverged (loss {loss:g}) at age {age} with learning rate {lr:g}"
+                           + (f"; the first non-finite values are in {where}" if where else ""))
         if count > MAX_RECOVERIES:
             raise Diverged(f"training diverged {count} times (loss {loss:g}); the rate is now {lr:g}: "
                            f"lower method.lr")

@@ -234,7 +234,8 @@ def test_compile_graph_default_has_params_and_locations(tiny, capsys):
     assert "param(" in out and "name=h.W" in out
     assert "matmul(" in out
     assert f"# {tiny}:2:1" in out  # nodes remember where they came from: the input declaration,
-    assert "# <prelude>:" in out  # and the prelude's dense for the layer arithmetic
+    assert f"# {tiny}:5:5" in out  # the user's `h = dense(...)` call for the layer's arithmetic
+    assert "<prelude>" not in out  # (and its derivative and update), never the prelude's line
 
 
 def test_compile_numpy(tiny, capsys):

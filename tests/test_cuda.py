@@ -412,7 +412,9 @@ def test_emit_cuda_and_stats_on_the_command_line(capsys):
     for ks in fn.kernels:
         assert f"NETC_KERNEL void {ks.name}(" in out
     assert out.count("// ---- k") == len(fn.plan.kernels)
-    assert "covers <prelude>:28" in out and "cupy.matmul(" in out and "def make(rt, S, B):" in out
+    h1_line = next(i for i, line in enumerate(open(path).read().splitlines(), 1) if line.startswith("h1 = dense"))
+    assert f"covers {path}:{h1_line}" in out  # kernels name the user's layer line, not the prelude's
+    assert "<prelude>" not in out and "cupy.matmul(" in out and "def make(rt, S, B):" in out
     assert main(["compile", path, "--stats"]) == 0
     out = capsys.readouterr().out
     assert "kernels per step:      20" in out and "at batch 128" in out and "818.8 MFLOP" in out

@@ -386,3 +386,13 @@ def test_validation_every_n_examples_and_early_stop_inside_an_epoch(tmp_path):
     assert ages == [100 * (k + 1) for k in range(len(ages))]
     # patience 150 examples from the best (age 100 at the latest): stopped inside the first epoch
     assert s["stopped"] == "early" and s["age"] < 300
+
+
+def test_divergence_names_the_first_layer_with_non_finite_values():
+    x, t = make_problem()
+    m = netc.compile(spec("h = dense(x, 16, act = exp)\ny = dense(h, 3)\nloss = nll(softmax(y), t)",
+                          "method = sgd(lr = 1e3)\nbatch = 10\nrecover = false"))
+    with pytest.raises(trainer_mod.Diverged) as e:
+        m.fit(x * 30, t, epochs=1)
+    assert "the first non-finite values are in layer 'h'" in str(e.value)
+    assert ":3:" in str(e.value)  # the spec line of `h = dense(...)`
