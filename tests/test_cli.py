@@ -12,6 +12,7 @@ import pytest
 
 import netc
 from netc.cli import main
+from problems import make_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.net"))
@@ -41,14 +42,6 @@ train {
 }
 """
 
-
-def make_problem(n=200, features=20, classes=3, seed=0, spread=2.0):
-    """Gaussian blobs around random centres: nearly linearly separable."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, features)) * spread
-    t = rng.integers(0, classes, n)
-    x = (centres[t] + rng.normal(size=(n, features))).astype(np.float32)
-    return x, t.astype(np.int64)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import netc
+from problems import make_problem
 
 NETS = {
     "tanh-nll-l2": "h = dense(x, H, act = tanh)\ny = dense(h, 3)\nloss = nll(softmax(y), t) + 1e-4 * l2(weights)",
@@ -30,13 +31,6 @@ def batch(n, features, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, features)).astype(np.float32), rng.integers(0, 3, n)
 
-
-def make_problem(n=200, features=20, classes=3, seed=0, spread=2.0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, features)) * spread
-    t = rng.integers(0, classes, n)
-    x = (centres[t] + rng.normal(size=(n, features))).astype(np.float32)
-    return x, t.astype(np.int64)
 
 
 def _step_memory(model, x, t, calls=20):

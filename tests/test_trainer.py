@@ -10,15 +10,7 @@ import pytest
 import netc
 from netc.runtime import checkpoint
 from netc.runtime import trainer as trainer_mod
-
-
-def make_problem(n=200, features=20, classes=3, seed=0, spread=2.0):
-    """Gaussian blobs around random centres; spread 2 is nearly separable, 0.4 is noisy."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, features)) * spread
-    t = rng.integers(0, classes, n)
-    x = (centres[t] + rng.normal(size=(n, features))).astype(np.float32)
-    return x, t.astype(np.int64)
+from problems import make_problem
 
 
 def spec(net: str, train: str, head="input  x : [20]\ntarget t : class(3)\n") -> str:
