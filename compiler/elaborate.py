@@ -7,21 +7,23 @@ like `weights`) and init descriptors (dicts).
 """
 from __future__ import annotations
 
-import fnmatch
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 from . import syntax as S
+from .blocks import BlockEntry, block_entry, select_params
 from .differentiate import grad as _grad
 from .errors import ErrorList, Loc, NetcError, SpecError, did_you_mean
 from .graph import BATCH, Graph, Node, shape_str
+from .numbers import arith, literal
 from .ops import language_ops
 from .parse import parse
 from .simplify import simplify
+from .spec import Spec
 
 MAX_ERRORS = 20
 MAX_TENSOR = 2 ** 28  # values in one declared tensor (1 GiB of float32)
@@ -44,49 +46,6 @@ class Builtin:
     name: str
     fn: Callable  # (ctx, args: list, kwargs: dict, loc) -> value
     doc: str = ""
-
-
-class Symbol(str):
-    """A bare name in a block (`standardize`, `polyak`), with where it was written."""
-
-    loc: Loc | None
-
-    def __new__(cls, value: str, loc: Loc | None = None):
-        s = super().__new__(cls, value)
-        s.loc = loc
-        return s
-
-
-@dataclass(frozen=True)
-class BlockCall:
-    """A call written in a block, e.g. `sgd(lr = 0.1)` or `mnist("train")[0:50000]`."""
-    name: str
-    args: tuple
-    kwargs: tuple[tuple[str, Any], ...]
-    loc: Loc
-    slice: tuple | None = None
-
-    @property
-    def kw(self) -> dict:
-        return dict(self.kwargs)
-
-
-@dataclass(frozen=True)
-class Formula:
-    """A block value that depends on names known only later (e.g. `fan_in ^ -0.5`
-    evaluated per parameter)."""
-    expr: S.Expr
-
-    def evaluate(self, names: dict[str, float]) -> float:
-        return _eval_formula(self.expr, names)
-
-
-@dataclass(frozen=True)
-class BlockEntry:
-    key: str
-    selector: str | None
-    value: Any
-    loc: Loc
 
 
 class _Poisoned(Exception):
@@ -115,28 +74,6 @@ class Env:
             out |= set(e.vars)
             e = e.parent
         return out
-
-
-@dataclass
-class Spec:
-    """The elaborated spec: the forward graph and everything the runtime needs."""
-    graph: Graph
-    file: str
-    source: str
-    inputs: dict[str, Node] = field(default_factory=dict)
-    targets: dict[str, Node] = field(default_factory=dict)
-    params: dict[str, Node] = field(default_factory=dict)
-    buffers: dict[str, Node] = field(default_factory=dict)  # `buffer(...)`: kept, not trained
-    named: dict[str, Node] = field(default_factory=dict)
-    loss: Node | None = None
-    output: Node | None = None
-    blocks: dict[str, list[BlockEntry]] = field(default_factory=dict)
-    block_locs: dict[str, Loc] = field(default_factory=dict)
-    functions: dict[str, UserFn] = field(default_factory=dict)
-
-    @property
-    def feeds(self) -> list[Node]:
-        return list(self.inputs.values()) + list(self.targets.values())
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +227,7 @@ class _Context:
                                     hint=did_you_mean(name, ["data", "train", "search"]))
                 if name in sp.blocks:
                     raise SpecError(f"a second '{name}' block", st.loc)
-                sp.blocks[name] = [self._entry(e) for e in entries]
+                sp.blocks[name] = [block_entry(e) for e in entries]
                 sp.block_locs[name] = st.loc
                 if self.check_block is not None:
                     self.check_block(name, sp.blocks[name], st.loc)
@@ -313,7 +250,7 @@ class _Context:
         G = self.G
         match e:
             case S.Num(value=v):
-                return int(v) if v.is_integer() and "." not in e.text and "e" not in e.text.lower() else v
+                return literal(e)
             case S.Str(value=v):
                 return v
             case S.Name(name=n):
@@ -394,15 +331,7 @@ class _Context:
 
     def _binop(self, op: str, a, b, loc: Loc):
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            try:
-                r = _number_op(op, a, b)
-            except OverflowError:
-                raise SpecError("arithmetic error: the number is too large", loc) from None
-            except (ZeroDivisionError, ValueError) as ex:
-                raise SpecError(f"arithmetic error: {ex}", loc) from None
-            if r is not None:
-                return _checked_number(r, loc)
-            raise SpecError("@ needs tensors, not numbers", loc)
+            return arith(op, a, b, loc, "@ needs tensors, not numbers")
         if isinstance(a, ParamSet) or isinstance(b, ParamSet):
             if op == "matmul":
                 raise SpecError("@ cannot take a parameter selector", loc)
@@ -565,44 +494,6 @@ class _Context:
         return dims
 
     # -- blocks ----------------------------------------------------------------
-    def _entry(self, en: S.Entry) -> BlockEntry:
-        return BlockEntry(en.key, en.selector, self._block_value(en.value), en.loc)
-
-    def _block_value(self, e: S.Expr):
-        match e:
-            case S.Num():
-                return self.eval(e, self.globals)
-            case S.Str(value=v):
-                return v
-            case S.Name(name=n):
-                return {"true": True, "false": False}.get(n, Symbol(n, e.loc))
-            case S.Neg(operand=x):
-                v = self._block_value(x)
-                return -v if isinstance(v, (int, float)) else Formula(e)
-            case S.Attr():
-                return Symbol(_dotted(e) or "?", e.loc)
-            case S.BinOp():
-                a, b = self._block_value(e.left), self._block_value(e.right)
-                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-                    return self._binop(e.op, a, b, e.loc)
-                return Formula(e)
-            case S.ListLit(items=items):
-                return [self._block_value(i) for i in items]
-            case S.Call(func=f):
-                name = _dotted(f)
-                if name is None:
-                    raise SpecError("expected a name before '('", e.loc)
-                return BlockCall(name, tuple(self._block_value(a) for a in e.args),
-                                 tuple((k, self._block_value(v)) for k, v in e.kwargs), e.loc)
-            case S.Index(obj=o, lo=lo, hi=hi, is_slice=is_slice):
-                base = self._block_value(o)
-                if not isinstance(base, BlockCall) or not is_slice:
-                    raise SpecError("only a data source can be sliced, as in mnist(\"train\")[0:50000]", e.loc)
-                bounds = tuple(None if x is None else self._int(self._block_value(x), x.loc, "a slice bound")
-                               for x in (lo, hi))
-                return BlockCall(base.name, base.args, base.kwargs, base.loc, bounds)
-        raise SpecError("unsupported expression in a block", e.loc)
-
     # -- builtins ------------------------------------------------------------------
     def _builtins(self) -> Env:
         env = Env()
@@ -730,25 +621,7 @@ def _init(dist: str, key: str):
     return make
 
 
-def select_params(params: dict[str, Node], pattern: str, loc: Loc | None) -> tuple[Node, ...]:
-    """Parameters matching a layer name (`h1` = `h1.*`) or a glob (`h*.W`)."""
-    if pattern in ("weights", "biases"):
-        return tuple(p for p in params.values() if (p.ndim >= 2) == (pattern == "weights"))
-    globs = [pattern] if any(c in pattern for c in "*?[") else [pattern, pattern + ".*"]
-    hits = tuple(p for n, p in params.items() if any(fnmatch.fnmatchcase(n, g) for g in globs))
-    if not hits:
-        raise SpecError(f"'{pattern}' selects no parameter", loc,
-                        hint=did_you_mean(pattern, params) or f"parameters: {', '.join(params) or 'none'}")
-    return hits
-
-
-def _dotted(e: S.Expr) -> str | None:
-    if isinstance(e, S.Name):
-        return e.name
-    if isinstance(e, S.Attr):
-        base = _dotted(e.obj)
-        return None if base is None else f"{base}.{e.name}"
-    return None
+_dotted = S.dotted_name
 
 
 def _callee_name(e: S.Expr) -> str:
@@ -777,49 +650,3 @@ def _kind(v) -> str:
 
 def _show(v) -> str:
     return _kind(v)
-
-
-def _number_op(op: str, a, b):
-    match op:
-        case "add": return a + b
-        case "sub": return a - b
-        case "mul": return a * b
-        case "div": return a / b
-        case "pow": return float(a) ** b if isinstance(b, float) or b < 0 or abs(b) > 64 else a ** b
-    return None
-
-
-def _checked_number(r, loc):
-    """Arithmetic on numbers must stay real and finite (no complex powers, no 10^400)."""
-    if isinstance(r, complex):
-        raise SpecError("arithmetic error: a negative number to a fractional power", loc)
-    if isinstance(r, int) and not isinstance(r, bool) and abs(r) > 2 ** 63:
-        raise SpecError("arithmetic error: the number is too large", loc)
-    if isinstance(r, float) and not math.isfinite(r):
-        raise SpecError("arithmetic error: the result is not a finite number", loc)
-    return r
-
-
-def _eval_formula(e: S.Expr, names: dict[str, float]) -> float:
-    match e:
-        case S.Num(value=v):
-            return v
-        case S.Name(name=n):
-            if n not in names:
-                raise SpecError(f"unknown name '{n}' here; known: {', '.join(sorted(names))}", e.loc,
-                                hint=did_you_mean(n, names))
-            return names[n]
-        case S.Neg(operand=x):
-            return -_eval_formula(x, names)
-        case S.BinOp(op=op, left=l, right=r):
-            a, b = _eval_formula(l, names), _eval_formula(r, names)
-            try:
-                r = _number_op(op, float(a), float(b))
-            except OverflowError:
-                raise SpecError("arithmetic error: the number is too large", e.loc) from None
-            except (ZeroDivisionError, ValueError) as ex:
-                raise SpecError(f"arithmetic error: {ex}", e.loc) from None
-            if r is None:
-                raise SpecError("@ is not allowed here", e.loc)
-            return float(_checked_number(r, e.loc))
-    raise SpecError("expected arithmetic on numbers and names", e.loc)

@@ -136,3 +136,13 @@ class Module:
     file: str
     source: str
     stmts: tuple[Stmt, ...] = field(default=())
+
+
+def dotted_name(e: Expr) -> str | None:
+    """`h1.W` written as attributes of names -> "h1.W"; None for any other expression."""
+    if isinstance(e, Name):
+        return e.name
+    if isinstance(e, Attr):
+        base = dotted_name(e.obj)
+        return None if base is None else f"{base}.{e.name}"
+    return None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from netc.compiler.elaborate import Formula, Spec, select_params
+from netc.compiler.blocks import Formula, select_params
+from netc.compiler.spec import Spec
 from netc.compiler.errors import DataError, NetcError, SpecError
 from netc.compiler import lower_cuda
 from netc.compiler.lower_numpy import lower

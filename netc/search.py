@@ -54,7 +54,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from netc.compiler.elaborate import BlockCall, BlockEntry, Symbol
+from netc.compiler.blocks import BlockCall, BlockEntry, Symbol
 from netc.compiler.errors import ErrorList, Loc, NetcError, SpecError, did_you_mean
 from netc.runtime.config import _Strict, from_block
 

@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from netc.compiler.elaborate import BlockCall, BlockEntry, Formula, Symbol
-from netc.compiler.syntax import Name
+from netc.compiler.blocks import BlockCall, BlockEntry, Formula, Symbol
 from netc.compiler.errors import ErrorList, Loc, SpecError, did_you_mean
 from netc.runtime import normalize as _norm
 
@@ -355,7 +354,7 @@ def _scale(value, loc: Loc, source):
     """An lr_scale value: a number, or a formula of fan_in, fan_out and size (a bare
     name is a formula too)."""
     if isinstance(value, Symbol):
-        return Formula(Name(value.loc or loc, str(value)))
+        return Formula.of_name(str(value), value.loc or loc)
     if isinstance(value, Formula) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
         return value
     where = value.loc if isinstance(value, BlockCall) else loc
