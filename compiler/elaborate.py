@@ -1,51 +1,27 @@
 """Elaborate a parsed spec into a graph: resolve names, expand `def`s, name
 parameters by call path, check shapes, and collect the data/train blocks.
 
-Values during elaboration: Nodes (tensors), Python numbers, strings, lists
-(shape literals), functions (user `def`s and builtins), ParamSets (selectors
-like `weights`) and init descriptors (dicts).
+The values it computes with are in values.py, the builtins in builtins.py, the
+block values in blocks.py; the result is a spec.Spec.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from . import syntax as S
 from .blocks import BlockEntry, block_entry, select_params
-from .differentiate import grad as _grad
+from .builtins import builtins_env
 from .errors import ErrorList, Loc, NetcError, SpecError, did_you_mean
 from .graph import BATCH, Graph, Node, shape_str
 from .numbers import arith, literal
-from .ops import language_ops
 from .parse import parse
-from .simplify import simplify
 from .spec import Spec
+from .values import Builtin, Env, ParamSet, UserFn, as_tensor, bind, kind_of, sizes, whole_number
 
 MAX_ERRORS = 20
-MAX_TENSOR = 2 ** 28  # values in one declared tensor (1 GiB of float32)
-
-
-@dataclass(frozen=True)
-class ParamSet:
-    """A selection of parameters (`weights`, `biases`, `params(h2)`); ops map over it."""
-    nodes: tuple[Node, ...]
-
-
-@dataclass(frozen=True)
-class UserFn:
-    d: S.Def
-    env: "Env"
-
-
-@dataclass(frozen=True)
-class Builtin:
-    name: str
-    fn: Callable  # (ctx, args: list, kwargs: dict, loc) -> value
-    doc: str = ""
 
 
 class _Poisoned(Exception):
@@ -53,27 +29,6 @@ class _Poisoned(Exception):
 
 
 _POISON = object()
-
-
-class Env:
-    def __init__(self, parent: "Env | None" = None):
-        self.vars: dict[str, Any] = {}
-        self.parent = parent
-
-    def lookup(self, name: str):
-        e = self
-        while e is not None:
-            if name in e.vars:
-                return e.vars[name]
-            e = e.parent
-        raise KeyError(name)
-
-    def names(self):
-        e, out = self, set()
-        while e is not None:
-            out |= set(e.vars)
-            e = e.parent
-        return out
 
 
 # ---------------------------------------------------------------------------
@@ -107,7 +62,7 @@ class _Context:
         self.call_stack: list[str] = []
         self.assigned: list[S.Expr] = []  # value expressions of the assignments being evaluated
         self.sources = {module.file: module.source}
-        self.globals = Env(self._builtins())
+        self.globals = Env(builtins_env())
 
     # -- driver --------------------------------------------------------------
     def run(self) -> Spec:
@@ -196,7 +151,7 @@ class _Context:
                 return
             case S.InputDecl(name=name, type=t):
                 self._fresh(name, st.loc)
-                dims = self._dims(self.eval(t, self.globals), t.loc, "an input's shape")
+                dims = sizes(self.eval(t, self.globals), t.loc, "an input's shape")
                 node = G("input", name=name, shape=(BATCH, *dims), dtype=G.float_dtype, loc=st.loc)
                 sp.inputs[name] = node
                 self.globals.vars[name] = node
@@ -205,10 +160,10 @@ class _Context:
                 if isinstance(t, S.Call) and isinstance(t.func, S.Name) and t.func.name == "class":
                     if len(t.args) != 1 or t.kwargs:
                         raise SpecError("class(n) takes the number of classes", t.loc)
-                    n = self._int(self.eval(t.args[0], self.globals), t.args[0].loc, "the number of classes")
+                    n = whole_number(self.eval(t.args[0], self.globals), t.args[0].loc, "the number of classes")
                     node = G("input", name=name, shape=(BATCH,), dtype="int64", classes=n, loc=st.loc)
                 else:
-                    dims = self._dims(self.eval(t, self.globals), t.loc, "a target's shape")
+                    dims = sizes(self.eval(t, self.globals), t.loc, "a target's shape")
                     node = G("input", name=name, shape=(BATCH, *dims), dtype=G.float_dtype, loc=st.loc)
                 sp.targets[name] = node
                 self.globals.vars[name] = node
@@ -220,7 +175,7 @@ class _Context:
                 if isinstance(value, Node):
                     sp.named[name] = value
                 elif name in ("loss", "output"):
-                    raise SpecError(f"'{name}' must be a tensor expression, got {_kind(value)}", v.loc)
+                    raise SpecError(f"'{name}' must be a tensor expression, got {kind_of(value)}", v.loc)
             case S.Block(name=name, entries=entries):
                 if name not in ("data", "train", "search"):
                     raise SpecError(f"unknown block '{name}'; expected data, train or search", st.loc,
@@ -270,16 +225,16 @@ class _Context:
                     return -v
                 return self._map1(lambda t: G("neg", t, loc=e.loc), v, e.loc, "-")
             case S.Transpose(operand=x):
-                v = self._tensor(self.eval(x, env), x.loc, "'")
+                v = as_tensor(self.G, self.eval(x, env), x.loc, "'")
                 return G("transpose", v, loc=e.loc)
             case S.Attr(obj=o, name=attr):
-                dotted = _dotted(e)
+                dotted = S.dotted_name(e)
                 if dotted and dotted in self.spec.params:
                     return self.spec.params[dotted]
                 v = self.eval(o, env)
                 if attr == "T" and isinstance(v, Node):
                     return G("transpose", v, loc=e.loc)
-                raise SpecError(f"{_kind(v)} has no attribute '{attr}'" if not dotted else
+                raise SpecError(f"{kind_of(v)} has no attribute '{attr}'" if not dotted else
                                 f"no parameter named '{dotted}'", e.loc,
                                 hint=did_you_mean(dotted or attr, self.spec.params))
             case S.ListLit(items=items):
@@ -287,15 +242,15 @@ class _Context:
             case S.Index(obj=o, lo=lo, hi=hi, is_slice=is_slice):
                 v = self.eval(o, env)
                 if isinstance(v, list) and not is_slice:
-                    i = self._int(self.eval(lo, env), lo.loc, "an index")
+                    i = whole_number(self.eval(lo, env), lo.loc, "an index")
                     if not -len(v) <= i < len(v):
                         raise SpecError(f"index {i} is out of range for a list of {len(v)}", lo.loc)
                     return v[i]
                 if isinstance(v, Node) and is_slice and v.ndim >= 2:  # features lo:hi of the last axis
-                    bounds = {k: self._int(self.eval(b, env), b.loc, "a slice bound")
+                    bounds = {k: whole_number(self.eval(b, env), b.loc, "a slice bound")
                               for k, b in (("lo", lo), ("hi", hi)) if b is not None}
                     return self.G("slice", v, axis=-1, loc=e.loc, **bounds)
-                raise SpecError(f"cannot index {_kind(v)}" + ("; slice the last axis as x[lo:hi]"
+                raise SpecError(f"cannot index {kind_of(v)}" + ("; slice the last axis as x[lo:hi]"
                                                               if isinstance(v, Node) else ""), e.loc)
             case S.Call():
                 return self._call(e, env)
@@ -340,21 +295,14 @@ class _Context:
                 raise SpecError("cannot combine two parameter selectors elementwise", loc)
             return ParamSet(tuple(self._binop(op, p, other, loc) if first else self._binop(op, other, p, loc)
                                   for p in ps.nodes))
-        ta = self._tensor(a, loc, _SYMBOL[op], allow_number=True)
-        tb = self._tensor(b, loc, _SYMBOL[op], allow_number=True)
+        ta = as_tensor(self.G, a, loc, _SYMBOL[op], allow_number=True)
+        tb = as_tensor(self.G, b, loc, _SYMBOL[op], allow_number=True)
         return self.G(op, ta, tb, loc=loc)
 
     def _map1(self, f, v, loc, what):
         if isinstance(v, ParamSet):
             return ParamSet(tuple(f(p) for p in v.nodes))
-        return f(self._tensor(v, loc, what))
-
-    def _tensor(self, v, loc: Loc, what: str, allow_number=False):
-        if isinstance(v, Node):
-            return v
-        if allow_number and isinstance(v, (int, float)) and not isinstance(v, bool):
-            return self.G.const(v)
-        raise SpecError(f"{what} needs a tensor, got {_kind(v)}", loc)
+        return f(as_tensor(self.G, v, loc, what))
 
     # -- calls -----------------------------------------------------------------
     def _call(self, e: S.Call, env: Env):
@@ -365,7 +313,7 @@ class _Context:
             args = [self.eval(a, env) for a in e.args]
             kwargs = {k: self.eval(v, env) for k, v in e.kwargs}
             direct = bool(self.assigned) and self.assigned[-1] is e
-            return self._param(args, kwargs, e.loc, direct, kind=e.func.name.replace("buffer", "state"))
+            return self.param(args, kwargs, e.loc, direct, kind=e.func.name.replace("buffer", "state"))
         f = self.eval(e.func, env)
         args = [self.eval(a, env) for a in e.args]
         kwargs = {}
@@ -379,7 +327,7 @@ class _Context:
         if isinstance(f, Builtin):
             return f.fn(self, args, kwargs, loc)
         if not isinstance(f, UserFn):
-            raise SpecError(f"'{name}' is {_kind(f)}, not a function", loc)
+            raise SpecError(f"'{name}' is {kind_of(f)}, not a function", loc)
         d = f.d
         if d.name in self.call_stack:
             chain = " -> ".join(self.call_stack[self.call_stack.index(d.name):] + [d.name])
@@ -426,36 +374,15 @@ class _Context:
         if len(e.args) != 1 or e.kwargs:
             raise SpecError("params(...) takes one layer name or glob pattern", e.loc)
         a = e.args[0]
-        pattern = _dotted(a) or (a.value if isinstance(a, S.Str) else None)
+        pattern = S.dotted_name(a) or (a.value if isinstance(a, S.Str) else None)
         if pattern is None:
             raise SpecError("params(...) takes a layer name like h1 or a pattern like \"h*.W\"", a.loc)
         return ParamSet(select_params(self.spec.params, pattern, a.loc))
 
     # -- parameters --------------------------------------------------------------
-    def _param_name(self, direct: bool) -> str:
-        taken = {**self.spec.params, **self.spec.buffers}
-        assigns = [n for kind, n in self.scope if kind == "assign"]
-        if not direct:
-            assigns = assigns + ["param"]
-        first = ".".join(assigns)
-        if first not in taken:
-            return first
-        segs = [n for _, n in self.scope] + ([] if direct else ["param"])
-        calls = [i for i, (kind, _) in enumerate(self.scope) if kind == "call"]
-        name = ".".join(segs)
-        k = 2
-        while name in taken:
-            if calls:
-                segs[calls[-1]] = f"{self.scope[calls[-1]][1]}_{k}"
-            else:
-                segs[-1] = f"{segs[-1].split('_')[0]}_{k}"
-            name = ".".join(segs)
-            k += 1
-        return name
-
-    def _param(self, args, kwargs, loc, direct=False, kind="param"):
-        a = _bind(kind if kind == "param" else "buffer", ["shape", "init"], {"init": None}, args, kwargs, loc)
-        dims = self._dims(a["shape"], loc, "a parameter's shape")
+    def param(self, args, kwargs, loc, direct=False, kind="param"):
+        a = bind(kind if kind == "param" else "buffer", ["shape", "init"], {"init": None}, args, kwargs, loc)
+        dims = sizes(a["shape"], loc, "a parameter's shape")
         default = "glorot" if kind == "param" and len(dims) >= 2 else "zeros"  # biases start at 0
         init = a["init"] if a["init"] is not None else self.globals.lookup(default)
         if isinstance(init, (UserFn, Builtin)):
@@ -463,8 +390,8 @@ class _Context:
         if isinstance(init, (int, float)):
             init = {"dist": "constant", "value": float(init)}
         if not (isinstance(init, dict) and "dist" in init):
-            raise SpecError(f"init must be an initialization such as glorot or fan_in, got {_kind(init)}", loc)
-        name = self._param_name(direct)
+            raise SpecError(f"init must be an initialization such as glorot or fan_in, got {kind_of(init)}", loc)
+        name = _param_name(self.scope, {**self.spec.params, **self.spec.buffers}, direct)
         node = self.G(kind, name=name, shape=tuple(dims), init=init, loc=loc)
         if kind == "param":
             self.spec.params[name] = node
@@ -472,181 +399,31 @@ class _Context:
             self.spec.buffers[name] = node
         return node
 
-    # -- checks ------------------------------------------------------------------
-    def _int(self, v, loc, what) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-            raise SpecError(f"{what} must be a whole number, got {_show(v)}", loc)
-        return int(v)
-
-    def _dims(self, v, loc, what) -> tuple[int, ...]:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = [v]
-        if not isinstance(v, list):
-            raise SpecError(f"{what} must be a list of sizes like [784], got {_kind(v)}", loc)
-        dims = tuple(self._int(d, loc, "a size") for d in v)
-        if any(d <= 0 for d in dims):
-            raise SpecError(f"{what} has a size that is not positive: {list(dims)}", loc)
-        total = 1
-        for d in dims:
-            total *= d
-        if total > MAX_TENSOR:
-            raise SpecError(f"{what} {list(dims)} has {total:,} values, more than netc allows ({MAX_TENSOR:,})", loc)
-        return dims
-
-    # -- blocks ----------------------------------------------------------------
-    # -- builtins ------------------------------------------------------------------
-    def _builtins(self) -> Env:
-        env = Env()
-        v = env.vars
-        for name, op in language_ops().items():
-            v[name] = Builtin(name, _op_builtin(name, op), op.doc)
-        v["param"] = Builtin("param", lambda c, a, k, loc: c._param(a, k, loc),
-                             "param(shape, init = glorot): a trainable tensor named by where it is assigned")
-        v["dim"] = Builtin("dim", _dim, "dim(x, axis = -1): the size of one axis of x")
-        v["buffer"] = Builtin("buffer", lambda c, a, k, loc: c._param(a, k, loc, kind="state"),
-                              "buffer(shape, init = zeros): a tensor kept with the model but not trained "
-                              "(set by the trainer, e.g. the transformation statistics)")
-        v["grad"] = Builtin("grad", _grad_builtin, "grad(e, x): the derivative of scalar e with respect to x")
-        v["jacobian"] = Builtin("jacobian", _jacobian_builtin,
-                                "jacobian(y, x): per-example d y/d x, [B, m, n] for y [B, m] and x [B, n]")
-        v["gaussian_init"] = Builtin("gaussian_init", _init("normal", "std"), "gaussian_init(std): N(0, std^2)")
-        v["uniform_init"] = Builtin("uniform_init", _init("uniform", "limit"), "uniform_init(limit): U(-limit, limit)")
-        v["constant_init"] = Builtin("constant_init", _init("constant", "value"), "constant_init(value)")
-        for const, val in (("pi", math.pi), ("e", math.e)):
-            v[const] = val
-        return env
-
-
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "pow": "^"}
 
 
-def _bind(fname, names, defaults, args, kwargs, loc) -> dict:
-    if len(args) > len(names):
-        raise SpecError(f"'{fname}' takes at most {len(names)} arguments, got {len(args)}", loc)
-    out = dict(zip(names, args))
-    for k, val in kwargs.items():
-        if k not in names:
-            raise SpecError(f"'{fname}' has no argument '{k}'", loc,
-                            hint=did_you_mean(k, names) or f"its arguments are: {', '.join(names)}")
-        if k in out:
-            raise SpecError(f"argument '{k}' of '{fname}' given twice", loc)
-        out[k] = val
-    for n in names:
-        if n not in out:
-            if n not in defaults:
-                raise SpecError(f"'{fname}' needs argument '{n}'", loc)
-            out[n] = defaults[n]
-    return out
-
-
-def _op_builtin(name, op):
-    params, defaults = op.lang
-    tensors = [p for p in params if p not in defaults]
-
-    def call(ctx: _Context, args, kwargs, loc):
-        a = _bind(name, list(params), defaults, args, kwargs, loc)
-        attrs = {k: a[k] for k in params if k in defaults}
-        if name == "one_hot" and attrs.get("n") is None:
-            t = a["t"]
-            attrs["n"] = t.attr("classes") if isinstance(t, Node) else None
-            if attrs["n"] is None:
-                raise SpecError("one_hot(t, n) needs n unless t is a class(n) target", loc)
-        for k in ("axis",):
-            if k in attrs and attrs[k] is not None:
-                ax = attrs[k]
-                attrs[k] = tuple(ctx._int(x, loc, "an axis") for x in ax) if isinstance(ax, list) else ctx._int(ax, loc, "an axis")
-        if "n" in attrs:
-            attrs["n"] = ctx._int(attrs["n"], loc, "n")
-        vals = [a[t] for t in tensors]
-        sets = [v for v in vals if isinstance(v, ParamSet)]
-        if sets:
-            if name in ("sum", "mean") and len(vals) == 1:
-                parts = [ctx.G(name, p, loc=loc, **attrs) for p in sets[0].nodes]
-                if not parts:
-                    return ctx.G.const(0.0)
-                total = parts[0]
-                for p in parts[1:]:
-                    total = ctx.G("add", total, p, loc=loc)
-                return total if name == "sum" else ctx.G("div", total, float(len(parts)), loc=loc)
-            if len(sets) > 1:
-                raise SpecError("cannot combine two parameter selectors elementwise", loc)
-            return ParamSet(tuple(
-                ctx.G(name, *[p if isinstance(v, ParamSet) else ctx._tensor(v, loc, name, True) for v in vals],
-                      loc=loc, **attrs) for p in sets[0].nodes))
-        ins = [ctx._tensor(v, loc, f"{name}()", allow_number=True) for v in vals]
-        if all(i.op == "const" for i in ins) and all(isinstance(v, (int, float)) for v in vals) and op.kind == "elementwise":
-            from .evaluate import evaluate
-            return float(evaluate([ctx.G(name, *ins, loc=loc, **attrs)], {})[0])
-        return ctx.G(name, *ins, loc=loc, **attrs)
-    return call
-
-
-def _dim(ctx: _Context, args, kwargs, loc):
-    a = _bind("dim", ["x", "axis"], {"axis": -1}, args, kwargs, loc)
-    x = ctx._tensor(a["x"], loc, "dim()")
-    ax = ctx._int(a["axis"], loc, "an axis")
-    if not -x.ndim <= ax < x.ndim:
-        raise SpecError(f"axis {ax} is out of range for shape {shape_str(x.shape)}", loc)
-    d = x.shape[ax]
-    if d is None:
-        raise SpecError("the batch dimension has no size at compile time", loc)
-    return d
-
-
-def _grad_builtin(ctx: _Context, args, kwargs, loc):
-    a = _bind("grad", ["e", "x"], {}, args, kwargs, loc)
-    e, x = ctx._tensor(a["e"], loc, "grad()"), a["x"]
-    (e,) = simplify(ctx.G, [e])  # differentiate the stabilized forms, not the naive ones
-    if isinstance(x, ParamSet):
-        return ParamSet(tuple(_grad(ctx.G, e, list(x.nodes))))
-    return _grad(ctx.G, e, [ctx._tensor(x, loc, "grad()")])[0]
-
-
-def _jacobian_builtin(ctx: _Context, args, kwargs, loc):
-    from .jacobian import jacobian
-    a = _bind("jacobian", ["y", "x"], {}, args, kwargs, loc)
-    y, x = ctx._tensor(a["y"], loc, "jacobian()"), ctx._tensor(a["x"], loc, "jacobian()")
-    return jacobian(ctx.G, y, x, loc)
-
-
-def _init(dist: str, key: str):
-    def make(ctx, args, kwargs, loc):
-        a = _bind(f"{dist}_init", [key], {}, args, kwargs, loc)
-        val = a[key]
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
-            raise SpecError(f"{key} must be a finite number, got {_kind(val)}", loc)
-        if key != "value" and val < 0:
-            raise SpecError(f"{key} must be >= 0, got {val:g}", loc)
-        return {"dist": dist, key: float(val)}
-    return make
-
-
-_dotted = S.dotted_name
-
-
 def _callee_name(e: S.Expr) -> str:
-    return _dotted(e) or "expression"
+    return S.dotted_name(e) or "expression"
 
 
-def _kind(v) -> str:
-    if isinstance(v, Node):
-        return f"a tensor {shape_str(v.shape)}"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return f"the number {v:g}"
-    if isinstance(v, str):
-        return f"the string {v!r}"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, ParamSet):
-        return "a parameter selector"
-    if isinstance(v, (UserFn, Builtin)):
-        return "a function"
-    if isinstance(v, dict):
-        return "an initialization"
-    return type(v).__name__
-
-
-def _show(v) -> str:
-    return _kind(v)
+def _param_name(scope: list[tuple[str, str]], taken, direct: bool) -> str:
+    """A parameter's name: its assignments' names joined by dots (`h1.W`), or, when
+    that is taken (a `def` called twice), the whole call path with a counter."""
+    assigns = [n for kind, n in scope if kind == "assign"]
+    if not direct:
+        assigns = assigns + ["param"]
+    first = ".".join(assigns)
+    if first not in taken:
+        return first
+    segs = [n for _, n in scope] + ([] if direct else ["param"])
+    calls = [i for i, (kind, _) in enumerate(scope) if kind == "call"]
+    name = ".".join(segs)
+    k = 2
+    while name in taken:
+        if calls:
+            segs[calls[-1]] = f"{scope[calls[-1]][1]}_{k}"
+        else:
+            segs[-1] = f"{segs[-1].split('_')[0]}_{k}"
+        name = ".".join(segs)
+        k += 1
+    return name
