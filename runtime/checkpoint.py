@@ -1,22 +1,49 @@
 """Checkpoints: one .npz of plain arrays (parameters, optimizer state,
 normalization statistics) with the metadata inside it as JSON text.
 
-No pickle: loading uses allow_pickle=False and JSON. A checkpoint is written
-to a temporary file in the same folder, flushed to disk, then renamed over the
-old one, so a crash or kill mid-write leaves the previous checkpoint intact.
+Writing: to a temporary file in the same folder, flushed to disk, then renamed
+over the old one, so a crash or kill mid-write leaves the previous checkpoint
+intact.
+
+Reading treats the file as hostile: it loads or it refuses with a DataError
+naming the file and the field. No pickle (object arrays are refused from the
+.npy header, before anything is unpickled or allocated); every array's
+declared shape and type is read from its header and checked against the bytes
+actually stored (and, by the caller, against the spec) before its data is read;
+the metadata is checked field by field against closed sets (compiler/validate.py).
 """
 from __future__ import annotations
 
 import json
+import os
+import stat
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from netc.compiler import validate as V
 from netc.compiler.atomic import atomic_write
 from netc.compiler.errors import DataError
+from netc.compiler.sources import EMBED_LIMIT, USE_CAP
 
 FORMAT = "netc-checkpoint-1"
 FILE = "params.npz"
+META = "meta.json"
+META_CHARS = 8 << 20  # characters of metadata (the spec and its used files are the bulk)
+HEADER_LIMIT = 10_000  # bytes of one .npy header (NumPy's own default cap)
+DEFLATE_RATIO = 1100  # deflate expands at most ~1032x: more declared than that is a zip bomb
+ARRAY_KINDS = "biuf"  # bool, integers, floats: what state and statistics hold
+TEXT_KINDS = "U"  # short text entries (the normalizer's kind)
+TEXT_CHARS = 256
+
+# the errors a malformed zip or .npy raises inside zipfile / NumPy
+_BROKEN = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, TypeError, KeyError,
+           IndexError, struct.error, zlib.error, NotImplementedError, RuntimeError, RecursionError)
 
 
 def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
@@ -25,23 +52,255 @@ def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **meta}
     payload = {f"a/{k}": np.asarray(v) for k, v in arrays.items()}
-    payload["meta.json"] = np.array(json.dumps(meta))
+    payload[META] = np.array(json.dumps(meta))
     atomic_write(path / FILE, lambda f: np.savez(f, **payload))
     atomic_write(path / "model.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return path / FILE
 
 
-def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    path = Path(path)
-    file = path / FILE if path.is_dir() else path
+# ---------------------------------------------------------------------------- metadata
+
+def _optional(check):
+    return check, False
+
+
+def _required(check):
+    return check, True
+
+
+def _params(v, what, error):
+    if not isinstance(v, dict) or len(v) > 100_000:
+        raise error(f"{what}: expected a table of parameter shapes, got {V.shown(v)}")
+    for name, shape in v.items():
+        V.text(name, f"{what} (a name)", TEXT_CHARS, error, line=True)
+        if not isinstance(shape, list) or len(shape) > 32:
+            raise error(f"{what}: the shape of {V.shown(name)} is {V.shown(shape)}, not a list of sizes")
+        for d in shape:
+            V.integer(d, f"{what}: a size of {V.shown(name)}", 0, 1 << 62, error)
+    return v
+
+
+def _sources(v, what, error):
+    if not isinstance(v, dict) or len(v) > EMBED_LIMIT:
+        raise error(f"{what}: expected a table of at most {EMBED_LIMIT} used files, got {V.shown(v)}")
+    for name, text in v.items():
+        V.text(name, f"{what} (a file name)", V.PATH_LIMIT, error, line=True)
+        V.text(text, f"{what}: {V.shown(name)}", USE_CAP, error)
+    return v
+
+
+def _summary(v, what, error):
+    if v is not None and not isinstance(v, dict):
+        raise error(f"{what}: expected a table or null, got {V.shown(v)}")
+    return v
+
+
+def _format(v, what, error):
+    V.text(v, what, 64, error, line=True)
+    if v != FORMAT:
+        raise error(f"{what}: unknown checkpoint format {V.shown(v)}, expected {FORMAT}")
+    return v
+
+
+def _spec_file(v, what, error):
+    V.text(v, what, V.PATH_LIMIT, error, line=True)
+    if not v:
+        raise error(f"{what}: empty")
+    return v
+
+
+# Every field a checkpoint's metadata may hold, with its check. Fields not
+# listed are kept but never used (a newer writer's additions).
+FIELDS: dict[str, tuple[Callable, bool]] = {
+    "format": _required(_format),
+    "netc": _optional(lambda v, w, e: V.text(v, w, 64, e, line=True)),
+    "spec": _required(lambda v, w, e: V.text(v, w, USE_CAP, e)),
+    "spec_file": _optional(_spec_file),
+    "dtype": _required(V.float_dtype),
+    "seed": _required(V.seed),
+    "params": _required(_params),
+    "sources": _optional(_sources),
+    "summary": _optional(_summary),
+    "epoch": _optional(lambda v, w, e: V.integer(v, w, 0, None, e)),
+    "age": _optional(lambda v, w, e: V.integer(v, w, 0, None, e)),
+    "final": _optional(lambda v, w, e: V.flag(v, w, e)),
+}
+
+
+def check_meta(meta, file: Path) -> dict:
+    """The metadata with every known field checked; a DataError names the field."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{file}: field '{META}': expected a JSON object, got {type(meta).__name__}")
+    if "format" in meta:  # the format first: a different format explains everything else
+        _format(meta["format"], f"{file}: field 'format'", DataError)
+    for name, (check, required) in FIELDS.items():
+        what = f"{file}: field '{name}'"
+        if name not in meta:
+            if required:
+                raise DataError(f"{what} is missing")
+            continue
+        check(meta[name], what, DataError)
+    return meta
+
+
+# ---------------------------------------------------------------------------- arrays
+
+@dataclass(frozen=True)
+class Entry:
+    """One array as its .npy header declares it (nothing of its data read yet)."""
+    member: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+
+
+class Checkpoint:
+    """An opened checkpoint: checked metadata, and the declared shape and type
+    of every array. Data is read on demand (`read`), after the caller compared
+    the declared shape with what it expects."""
+
+    def __init__(self, file: Path, zf: zipfile.ZipFile, meta: dict, entries: dict[str, Entry]):
+        self.file, self._zf, self.meta, self.entries = file, zf, meta, entries
+
+    def error(self, field: str, message: str) -> DataError:
+        return DataError(f"{self.file}: field '{field}': {message}")
+
+    def read(self, name: str, shape: tuple[int, ...] | None = None, dtype=None) -> np.ndarray:
+        """The array `name`; with `shape`/`dtype`, refused unless it has exactly those."""
+        e = self.entries.get(name)
+        if e is None:
+            raise DataError(f"{self.file}: field '{name}' is missing")
+        if shape is not None and e.shape != tuple(shape):
+            raise self.error(name, f"shape {_short(e.shape)} in the checkpoint, but {tuple(shape)} in the spec")
+        if dtype is not None and e.dtype != np.dtype(dtype):
+            raise self.error(name, f"type {_dtype_name(e.dtype)} in the checkpoint, but {np.dtype(dtype)} in the spec")
+        return self._data(name, e)
+
+    def _data(self, name: str, e: Entry) -> np.ndarray:
+        try:
+            with self._zf.open(e.member) as f:
+                a = np.lib.format.read_array(f, allow_pickle=False, max_header_size=HEADER_LIMIT)
+        except _BROKEN as x:
+            raise self.error(name, f"unreadable ({_why(x)})") from None
+        if a.shape != e.shape or a.dtype != e.dtype:  # cannot happen unless the file changed under us
+            raise self.error(name, "changed while being read")
+        return a
+
+    def close(self) -> None:
+        self._zf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """Open `path` (a run folder or a params.npz) and check its structure and
+    metadata; a DataError names the file and the field."""
+    path = V.path(path, "checkpoint path", DataError)
     try:
-        with np.load(file, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta.json"]))
-            arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+        file = path / FILE if path.is_dir() else path
+        st = os.stat(file)
     except FileNotFoundError:
-        raise DataError(f"{file}: no checkpoint here (expected {FILE} from `netc train`)") from None
-    except (KeyError, ValueError, OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{file}: not a netc checkpoint ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{file}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT}")
-    return arrays, meta
+        raise DataError(f"{path}: no checkpoint here (expected {FILE} from `netc train`)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{file}: not a netc checkpoint (not a regular file)")
+    try:
+        f = open(file, "rb")  # noqa: SIM115 - owned by the ZipFile / Checkpoint from here
+    except OSError as e:
+        raise DataError(f"{file}: cannot read the checkpoint ({e.strerror or e})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise DataError(f"{file}: not a netc checkpoint (not a regular file)")
+        try:
+            zf = zipfile.ZipFile(f)
+            members = zf.infolist()
+        except _BROKEN as e:
+            raise DataError(f"{file}: not a netc checkpoint (not a complete .npz archive: {_why(e)})") from None
+        entries: dict[str, Entry] = {}
+        for info in members:
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if name in entries:
+                raise DataError(f"{file}: field '{name}' appears twice")
+            entries[name] = _header(file, zf, info, name)
+        meta_entry = entries.pop(META, None)
+        if meta_entry is None:
+            raise DataError(f"{file}: not a netc checkpoint (field '{META}' is missing)")
+        arrays = {k[2:]: e for k, e in entries.items() if k.startswith("a/")}
+        ck = Checkpoint(file, zf, {}, arrays)
+        ck.meta = check_meta(_meta(ck, meta_entry), file)
+        return ck
+    except BaseException:
+        f.close()
+        raise
+
+
+def _meta(ck: Checkpoint, e: Entry):
+    if e.dtype.kind != "U" or e.shape != () or e.dtype.itemsize // 4 > META_CHARS:
+        raise ck.error(META, f"expected one text of at most {META_CHARS} characters, "
+                             f"found an array {e.dtype} {e.shape}")
+    text = str(ck._data(META, e)[()])
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as x:
+        raise ck.error(META, f"not valid JSON ({_why(x)})") from None
+
+
+def _header(file: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> Entry:
+    """Read and check one member's .npy header: a plain numeric (or short text)
+    type, and a declared size that the stored bytes really hold."""
+    where = f"{file}: field '{name}'"
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > DEFLATE_RATIO * max(info.compress_size, 1):
+        raise DataError(f"{where}: declares {info.file_size} bytes from {info.compress_size} compressed "
+                        f"(not a plausible array; refused before reading)")
+    try:
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=HEADER_LIMIT)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=HEADER_LIMIT)
+            else:
+                raise ValueError(f".npy format version {version} is not supported")
+            offset = f.tell()
+    except _BROKEN as e:
+        raise DataError(f"{where}: not a readable array ({_why(e)})") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise DataError(f"{where}: type {_dtype_name(dtype)} is not allowed (plain numbers only; never pickled objects)")
+    if dtype.kind not in ARRAY_KINDS + TEXT_KINDS:
+        raise DataError(f"{where}: type {_dtype_name(dtype)} is not allowed (bool, integer or float only)")
+    if dtype.kind in TEXT_KINDS and name != META and (shape != () or dtype.itemsize // 4 > TEXT_CHARS):
+        raise DataError(f"{where}: text of type {dtype} {shape} is not allowed (one short text only)")
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * dtype.itemsize
+    stored = info.file_size - offset
+    if nbytes != stored:
+        raise DataError(f"{where}: the header declares shape {_short(shape)} of {dtype} ({nbytes} bytes), "
+                        f"but {stored} bytes are stored (refused before reading)")
+    return Entry(info, tuple(shape), dtype, fortran)
+
+
+def _short(shape) -> str:
+    s = str(tuple(shape))
+    return s if len(s) <= 80 else s[:70] + f"... ({len(shape)} dims)"
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return V.shown(dtype.str if dtype.fields is None else "structured", 40)
+
+
+def _why(e: BaseException) -> str:
+    return V.shown(f"{type(e).__name__}: {e}", 120).strip("'\"")
+
+
+def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Every array and the checked metadata (each array checked against its
+    stored size; callers that know the expected shapes use open_checkpoint)."""
+    with open_checkpoint(path) as ck:
+        return {k: ck.read(k) for k in ck.entries}, ck.meta
