@@ -3,49 +3,22 @@
 A Graph is the intern table: asking it for the same (op, inputs, attrs) twice
 returns the same Node, so structurally equal expressions are one node
 (common-subexpression elimination for free) and node equality is identity.
-Shapes are tuples of ints where the batch dimension is None (symbolic).
+Before interning, the op's build-stage rewrite rules put the node in its
+canonical form. The node type and the walks live in `node.py` (re-exported
+here); the op table does not know this module, so it imports only `node.py`.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 from .errors import Loc
+from .node import BATCH, Node, depends_on, shape_str, toposort
+from .ops import OPS
+from .rewrite import by_op
 
-BATCH = None  # the symbolic batch dimension in a shape
+__all__ = ["BATCH", "Graph", "Node", "depends_on", "shape_str", "toposort"]
 
-
-class Node:
-    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "loc", "id", "__weakref__")
-
-    def __init__(self, op, inputs, attrs, shape, dtype, loc, id_):
-        self.op, self.inputs, self.attrs = op, inputs, attrs
-        self.shape, self.dtype, self.loc, self.id = shape, dtype, loc, id_
-
-    def attr(self, key: str, default: Any = None) -> Any:
-        for k, v in self.attrs:
-            if k == key:
-                return v
-        return default
-
-    @property
-    def a(self) -> dict:
-        return dict(self.attrs)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def name(self) -> str | None:
-        return self.attr("name")
-
-    def __repr__(self) -> str:
-        label = self.name or ", ".join(f"{k}={v}" for k, v in self.attrs if k != "init")
-        return f"%{self.id}:{self.op}({label}) {shape_str(self.shape)} {self.dtype}"
-
-
-def shape_str(shape) -> str:
-    return "[" + ", ".join("B" if d is None else str(d) for d in shape) + "]"
+_CANONICAL = by_op("build")  # root op -> its canonical-form rules
 
 
 def _freeze(v):
@@ -70,8 +43,6 @@ class Graph:
 
     def __call__(self, op: str, *inputs, loc: Loc | None = None, **attrs) -> Node:
         """Build (or find) the node `op(inputs; attrs)`; numbers become constants."""
-        from .ops import OPS  # the table imports this module for Node
-
         spec = OPS.get(op)
         if spec is None:
             raise KeyError(f"unknown op {op!r}")
@@ -81,9 +52,10 @@ class Graph:
         node = self._table.get(key)
         if node is not None:
             return node
-        shortcut = spec.simplify_on_build(self, ins, dict(frozen), loc) if spec.simplify_on_build else None
-        if shortcut is not None:
-            return shortcut
+        for rule in _CANONICAL.get(op, ()):
+            canonical = rule.fn(self, op, ins, dict(frozen), loc)
+            if canonical is not None:
+                return canonical
         shape, dtype = spec.infer(self, ins, dict(frozen), loc)
         node = Node(op, ins, frozen, tuple(shape), dtype, loc, self._count)
         self._count += 1
@@ -112,33 +84,3 @@ class Graph:
         return self(node.op, *inputs, loc=node.loc, **dict(node.attrs))
 
 
-def toposort(roots: Iterable[Node]) -> list[Node]:
-    """Inputs before users, in depth-first order from the roots (iterative: graphs are deep)."""
-    order, seen = [], set()
-    for root in roots:
-        if root.id in seen:
-            continue
-        stack = [(root, 0)]
-        while stack:
-            n, i = stack.pop()
-            if i == 0 and n.id in seen:
-                continue
-            if i < len(n.inputs):
-                stack.append((n, i + 1))
-                child = n.inputs[i]
-                if child.id not in seen:
-                    stack.append((child, 0))
-            else:
-                seen.add(n.id)
-                order.append(n)
-    return order
-
-
-def depends_on(order: list[Node], leaves) -> set[int]:
-    """Ids of the nodes in `order` (inputs first) that are or depend on one of `leaves`."""
-    wanted = {n.id for n in leaves}
-    found: set[int] = set()
-    for n in order:
-        if n.id in wanted or any(i.id in found for i in n.inputs):
-            found.add(n.id)
-    return found

@@ -6,7 +6,11 @@ derivative (rules that *build graph nodes*, so derivatives of derivatives work
 and the two modes compose), its reference NumPy implementation (used for
 constant folding and as ground truth in tests), and its NumPy code emitter (the
 lowering writes into a preallocated `out`). Elementwise ops also carry a C
-expression for the CUDA lowering (`cuda_expr` renders it for a node).
+expression for the CUDA lowering (`cuda_expr` renders it for a node). An op
+whose attributes have several spellings says which is canonical (`canonical`,
+`noop`: the build-stage rule `canonical_attrs` applies them before a node is
+interned), and a non-elementwise op says how diagonal curvature flows through it
+(`curvature`: LeCun's bbprop, see curvature.py).
 
 Adding an op = adding one entry here + its finite-difference test.
 """
@@ -18,7 +22,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import SpecError
-from .graph import Node, shape_str
+from .node import Node, shape_str, toposort
+from .rewrite import rule
 
 # ---------------------------------------------------------------------------
 # the entry
@@ -36,9 +41,45 @@ class Op:
     lang: tuple | None = None  # how the language calls it: (params, defaults dict)
     scratch: Callable | None = None  # node -> [(shape, dtype)] temporaries for emit
     cuda: str | None = None  # elementwise C expression over {0}, {1}, ..., {T} and {attr}
-    simplify_on_build: Callable | None = None  # (G, inputs, attrs[, loc]) -> Node | None
+    canonical: Callable | None = None  # (inputs, attrs, loc) -> canonical attrs (rule canonical_attrs)
+    noop: Callable | None = None  # (inputs, canonical attrs) -> True where the node is its first input
+    curvature: Callable | None = None  # (G, node, h, g | None) -> [h per input]  bbprop (curvature.py)
     expect: Callable | None = None  # (G, node) -> Node  a random op's expected value
     doc: str = ""
+    # facts the planner and the fused renderers read (compiler/fuse.py)
+    alias: int | None = None  # a view that *is* one of its inputs: that input's position
+    index_map: Callable | None = None  # fusible index arithmetic, see `index_map` below
+    reducer: Reduction | None = None  # how a fused kernel computes this reduction
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How a fused kernel computes a reduction: accumulations over the reduced
+    axes, in order, then the result. Step kinds: sum | max | min | argmax (the
+    first maximum's index) | sumexp (sum of exp(x - the first step's value)).
+    C templates read {0}, {1}, ... the steps' results, {n} the number of entries
+    reduced, {T} the result's C type; `row` (softmax-like ops, whose result has
+    the source's shape) reads {x}, the input at the point."""
+    steps: tuple[str, ...]
+    value: str = "{0}"
+    row: str | None = None
+    space: Callable | None = None  # node -> (reduced axes, result dim -> source dim); default: `axes` attr
+
+    def axes_map(self, n: Node) -> tuple[tuple, tuple]:
+        """(the reduced axes of the source, for each dim of the result the source
+        dim it indexes or None)."""
+        if self.space is not None:
+            return self.space(n)
+        src, axes = n.inputs[0].shape, tuple(n.attr("axes"))
+        if n.attr("keepdims") or self.row is not None:
+            return axes, tuple(None if d in axes or src[d] == 1 else d for d in range(len(src)))
+        return axes, tuple(None if src[d] == 1 else d for d in range(len(src)) if d not in axes)
+
+
+# index_map(node, idx) -> [(k, index into input k) | (None, d)]: the op at iteration
+# point `idx` (a tuple over its dims of iteration-dim numbers, None for a size-1 dim)
+# reads input k at that index, or the loop index of iteration dim d; its value is
+# its `cuda` template over those arguments, or the one argument when it has none.
 
 
 @dataclass
@@ -175,24 +216,23 @@ def cuda_expr(node: Node, args: list[str], T: str = "double") -> str:
     return OPS[node.op].cuda.format(*args, T=T, **attrs)
 
 
-def _canonical(name: str, normalize: Callable, identity: Callable | None = None) -> Callable:
-    """A build hook that re-interns a node under canonical attributes.
+def canonical_attrs(G, op: str, ins, a: dict, loc=None) -> Node | None:
+    """The node under its op's canonical attributes, or its input where the op is a no-op.
 
-    `normalize(inputs, attrs, loc) -> attrs` is also what `infer` calls, so it
-    raises SpecError for bad attributes; the hook leaves those to `infer`, which
-    reports them with the source location. `identity(inputs, attrs)` says when
-    the op is a no-op and the node is its first input."""
-    def build(G, ins, a, loc=None):
-        try:
-            b = normalize(ins, a, loc)
-        except SpecError:
-            return None
-        if identity is not None and identity(ins, b):
-            return ins[0]
-        if repr(sorted(b.items())) == repr(sorted(a.items())):
-            return None
-        return G(name, *ins, loc=loc, **b)
-    return build
+    A build-stage rewrite rule (registered for every op with a `canonical` or a
+    `noop` at the end of the table). `canonical(inputs, attrs, loc)` is also
+    what `infer` calls, so it raises SpecError for bad attributes; the rule
+    leaves those to `infer`, which reports them with the source location."""
+    spec = OPS[op]
+    try:
+        b = spec.canonical(ins, a, loc) if spec.canonical is not None else a
+    except SpecError:
+        return None
+    if spec.noop is not None and spec.noop(ins, b):
+        return ins[0]
+    if repr(sorted(b.items())) == repr(sorted(a.items())):
+        return None
+    return G(op, *ins, loc=loc, **b)
 
 
 def _axes_attrs(op: str, default, single: bool = False, keepdims: bool = True) -> Callable:
@@ -521,8 +561,7 @@ _register(Op(
                      f"out={e.out})"),
     grad=_g_clip, jvp=_j_clip, cuda="fmin(fmax({0},{lo}),{hi})",
     lang=(("x", "lo", "hi"), {"lo": -np.inf, "hi": np.inf}),
-    simplify_on_build=_canonical("clip", _clip_attrs,
-                                 lambda ins, b: b["lo"] == -np.inf and b["hi"] == np.inf),
+    canonical=_clip_attrs, noop=lambda ins, b: b["lo"] == -np.inf and b["hi"] == np.inf,
     doc="clip(x, lo, hi): x limited to [lo, hi] (numbers); the derivative is 1 inside, "
         "0 outside"))
 
@@ -605,8 +644,8 @@ _REDUCE_LANG = (("x", "axis", "keepdims"), {"axis": None, "keepdims": False})
 
 _register(Op("sum", "reduce", _axis_shape_infer(_sum_attrs),
              impl=lambda xs, a, B: np.sum(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
-             emit=_sum_emit, grad=_g_sum, jvp=_linear_jvp, lang=_REDUCE_LANG,
-             simplify_on_build=_canonical("sum", _sum_attrs),
+             emit=_sum_emit, grad=_g_sum, jvp=_linear_jvp, lang=_REDUCE_LANG, reducer=Reduction(("sum",)),
+             canonical=_sum_attrs,
              doc="sum over `axis` (all axes by default)"))
 
 
@@ -618,7 +657,8 @@ def _mean_infer(G, ins, a, loc):
 _register(Op("mean", "reduce", _mean_infer,
              impl=lambda xs, a, B: np.mean(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
              emit=_mean_emit, grad=_g_mean, jvp=_linear_jvp, lang=_REDUCE_LANG,
-             simplify_on_build=_canonical("mean", _mean_attrs),
+             reducer=Reduction(("sum",), "{0} * (({T})1 / ({T}){n})"),
+             canonical=_mean_attrs,
              doc="mean over `axis` (all axes by default)"))
 
 
@@ -650,8 +690,8 @@ for _name, _fn in (("max", "max"), ("min", "min")):
                                                         keepdims=bool(a.get("keepdims"))),
         emit=lambda e, _fn=_fn: e(f"np.{_fn}({e.args[0]}, axis={e.node.attr('axes')}, "
                                   f"keepdims={bool(e.node.attr('keepdims'))}, out={e.out})"),
-        grad=_g_extreme, jvp=_j_extreme, lang=_REDUCE_LANG,
-        simplify_on_build=_canonical(_name, _attrs),
+        grad=_g_extreme, jvp=_j_extreme, lang=_REDUCE_LANG, reducer=Reduction((_fn,)),
+        canonical=_attrs,
         doc=f"{_name}(x, axis, keepdims): the {'largest' if _name == 'max' else 'smallest'} entry "
             f"over `axis` (all axes by default); the derivative goes to the {_name}imal entries, "
             f"split evenly between ties"))
@@ -663,7 +703,7 @@ _register(Op("argmax", "reduce", _axis_shape_infer(_argmax_attrs, dtype="int64")
              impl=lambda xs, a, B: np.argmax(xs[0], axis=a["axes"][0]),
              emit=lambda e: e(f"np.argmax({e.args[0]}, axis={e.node.attr('axes')[0]}, out={e.out})"),
              grad=lambda G, n, g: (None,), jvp=_no_jvp, lang=(("x", "axis"), {"axis": -1}),
-             simplify_on_build=_canonical("argmax", _argmax_attrs),
+             canonical=_argmax_attrs, reducer=Reduction(("argmax",)),
              doc="index of the largest entry along `axis`"))
 
 
@@ -693,8 +733,11 @@ def _sum_to_emit(e: Emit):
           f"out={e.out}.reshape({shape_expr((1,) * len(lead) + tuple(dst))}))")
 
 
-def _sum_to_build(G, ins, a, loc=None):
-    return ins[0] if tuple(ins[0].shape) == tuple(a["shape"]) else None
+def _sum_to_space(n: Node) -> tuple[tuple, tuple]:
+    src, dst = n.inputs[0].shape, n.attr("shape")
+    lead, kept = _sum_to_axes(src, dst)
+    axes, off = tuple(sorted(lead + kept)), len(src) - len(dst)
+    return axes, tuple(None if d + off in axes or src[d + off] == 1 else d + off for d in range(len(dst)))
 
 
 def _sum_to_infer(G, ins, a, loc):
@@ -706,7 +749,7 @@ def _sum_to_infer(G, ins, a, loc):
 
 _register(Op("sum_to", "reduce", _sum_to_infer, impl=_sum_to_impl, emit=_sum_to_emit,
              grad=lambda G, n, g: (G("broadcast", g, shape=n.inputs[0].shape),), jvp=_linear_jvp,
-             simplify_on_build=_sum_to_build,
+             noop=lambda ins, a: tuple(ins[0].shape) == tuple(a["shape"]), reducer=Reduction(("sum",), space=_sum_to_space),
              doc="sum a broadcast result back down to an operand's shape (derivative of broadcasting)"))
 
 
@@ -739,6 +782,15 @@ def _bcast_impl(xs, a, B):
     return np.broadcast_to(x, concrete(a["shape"], B)).copy()
 
 
+def _bcast_index(n: Node, idx: tuple) -> list:
+    """Fusion: broadcast(x) at `idx` reads x at the right-aligned projection."""
+    axes = n.attr("axes") or ()
+    src = _bcast_src(n.inputs[0].shape, axes)
+    off = len(n.shape) - len(src)
+    at = [None if src[d] == 1 else idx[d + off] for d in range(len(src))]
+    return [(0, tuple(s for d, s in enumerate(at) if d not in axes))]
+
+
 def _g_bcast(G, n, g):
     axes = n.attr("axes")
     if axes:
@@ -747,8 +799,8 @@ def _g_bcast(G, n, g):
 
 
 _register(Op("broadcast", "other", _bcast_infer, impl=_bcast_impl, emit=_bcast_emit, grad=_g_bcast,
-             jvp=_linear_jvp,
-             simplify_on_build=lambda G, ins, a, loc=None: ins[0] if not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]) else None,
+             jvp=_linear_jvp, index_map=_bcast_index,
+             noop=lambda ins, a: not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]),
              doc="broadcast to a shape (with reduced `axes` re-inserted first)"))
 
 # ---------------------------------------------------------------------------
@@ -788,9 +840,14 @@ def _transpose_infer(G, ins, a, loc):
 
 _register(Op("transpose", "view", _transpose_infer, impl=lambda xs, a, B: xs[0].T,
              emit=lambda e: f"{e.args[0]}.T", grad=lambda G, n, g: (G("transpose", g),),
-             jvp=_linear_jvp,
-             simplify_on_build=lambda G, ins, a, loc=None: ins[0].inputs[0] if ins[0].op == "transpose" else None,
+             jvp=_linear_jvp, index_map=lambda n, idx: [(0, (idx[1], idx[0]))],
              lang=(("x",), {}), doc="matrix transpose (`W'` or `W.T`)"))
+
+
+@rule("transpose_twice", ("transpose",), stage="build")
+def _transpose_twice(G, op, ins, a, loc=None):
+    """x'' is x."""
+    return ins[0].inputs[0] if ins[0].op == "transpose" else None
 
 # ---------------------------------------------------------------------------
 # shape manipulation: reshape, slice, pad, concat
@@ -836,8 +893,7 @@ _register(Op(
     emit=lambda e: f"np.reshape({e.args[0]}, {shape_expr(e.node.attr('shape'))})",
     grad=lambda G, n, g: (G("reshape", g, shape=n.inputs[0].shape),), jvp=_linear_jvp,
     lang=(("x", "shape"), {"shape": None}),
-    simplify_on_build=_canonical("reshape", _reshape_attrs,
-                                 lambda ins, b: tuple(b["shape"]) == tuple(ins[0].shape)),
+    canonical=_reshape_attrs, noop=lambda ins, b: tuple(b["shape"]) == tuple(ins[0].shape),
     doc="reshape(x, shape): the same entries in a new shape; the batch dimension is kept, so "
         "`shape` lists the others (one may be -1). A view where the storage allows"))
 
@@ -893,8 +949,7 @@ _register(Op(
     "slice", "view", _slice_infer, impl=_slice_impl,
     emit=lambda e: e.args[0] + _index(e.node.attr("axes")[0], f"{e.node.attr('lo')}:{e.node.attr('hi')}"),
     grad=_g_slice, jvp=_linear_jvp, lang=(("x", "lo", "hi", "axis"), {"lo": None, "hi": None, "axis": -1}),
-    simplify_on_build=_canonical("slice", _slice_attrs,
-                                 lambda ins, b: b["hi"] - b["lo"] == ins[0].shape[b["axes"][0]]),
+    canonical=_slice_attrs, noop=lambda ins, b: b["hi"] - b["lo"] == ins[0].shape[b["axes"][0]],
     doc="slice(x, lo, hi, axis = -1): entries lo <= i < hi along `axis` (negative counts from "
         "the end; not the batch axis). A view"))
 
@@ -938,7 +993,7 @@ _register(Op(
     grad=lambda G, n, g: (G("slice", g, axis=n.attr("axes")[0], lo=n.attr("before"),
                             hi=n.attr("before") + n.inputs[0].shape[n.attr("axes")[0]]),),
     jvp=_linear_jvp, lang=(("x", "before", "after", "axis"), {"before": 0, "after": 0, "axis": -1}),
-    simplify_on_build=_canonical("pad", _pad_attrs, lambda ins, b: not b["before"] and not b["after"]),
+    canonical=_pad_attrs, noop=lambda ins, b: not b["before"] and not b["after"],
     doc="pad(x, before, after, axis = -1): x with `before` zeros in front and `after` zeros "
         "behind along `axis` (not the batch axis)"))
 
@@ -985,7 +1040,7 @@ _register(Op(
     emit=lambda e: e(f"np.concatenate(({e.args[0]}, {e.args[1]}), axis={e.node.attr('axes')[0]}, "
                      f"out={e.out})"),
     grad=_g_concat, jvp=_j_concat, lang=(("x", "y", "axis"), {"axis": -1}),
-    simplify_on_build=_canonical("concat", _concat_attrs),
+    canonical=_concat_attrs,
     doc="concat(x, y, axis = -1): x and y joined along `axis` (not the batch axis); the other "
         "sizes must agree"))
 
@@ -1102,12 +1157,14 @@ def _same_shape_infer(normalize):
 _register(Op("log_softmax", "other", _same_shape_infer(_log_softmax_attrs),
              impl=_log_softmax_ref, emit=_log_softmax_emit, grad=_g_log_softmax,
              jvp=_j_log_softmax, scratch=_keep_scratch,
-             simplify_on_build=_canonical("log_softmax", _log_softmax_attrs),
+             reducer=Reduction(("max", "sumexp"), row="({x} - {0} - log({1}))"),
+             canonical=_log_softmax_attrs,
              lang=(("x", "axis"), {"axis": -1}), doc="log(softmax(x)), computed stably"))
 _register(Op("softmax", "other", _same_shape_infer(_softmax_attrs),
              impl=lambda xs, a, B: np.exp(_log_softmax_ref(xs, a, B)), emit=_softmax_emit,
              grad=_g_softmax, jvp=_self_adjoint(_g_softmax), scratch=_keep_scratch,
-             simplify_on_build=_canonical("softmax", _softmax_attrs),
+             reducer=Reduction(("max", "sumexp"), row="(exp({x} - {0}) / {1})"),
+             canonical=_softmax_attrs,
              lang=(("x", "axis"), {"axis": -1}), doc="normalized exponential along `axis`"))
 
 
@@ -1144,7 +1201,8 @@ def _j_logsumexp(G, n, ts):
 
 _register(Op("logsumexp", "other", _axis_shape_infer(_logsumexp_attrs),
              impl=_logsumexp_ref, emit=_logsumexp_emit, grad=_g_logsumexp, jvp=_j_logsumexp,
-             scratch=_keep_scratch, simplify_on_build=_canonical("logsumexp", _logsumexp_attrs),
+             scratch=_keep_scratch, canonical=_logsumexp_attrs,
+             reducer=Reduction(("max", "sumexp"), "{0} + log({1})"),
              lang=(("x", "axis", "keepdims"), {"axis": -1, "keepdims": False}),
              doc="logsumexp(x, axis = -1, keepdims = false): log(sum(exp(x))) along `axis`, "
                  "computed stably; its derivative is softmax(x)"))
@@ -1173,6 +1231,8 @@ def _one_hot_emit(e: Emit):
 _register(Op("one_hot", "other", _one_hot_infer,
              impl=lambda xs, a, B: (xs[0][..., None] == np.arange(a["n"])).astype(np.float64),
              emit=_one_hot_emit, grad=lambda G, n, g: (None,), jvp=_no_jvp,
+             index_map=lambda n, idx: [(0, idx[:-1]), (None, idx[-1])],
+             cuda="(({0}) == ({1}) ? ({T})1 : ({T})0)",
              lang=(("t", "n"), {"n": None}),
              doc="class labels to one-hot rows (n defaults to the target's class count)"))
 
@@ -1220,21 +1280,6 @@ def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Ca
         check(v, loc)
         return v
 
-    def build(G, ins, a, loc=None):
-        if len(ins) not in (1, 2):
-            return None
-        try:
-            v = numbers(a, loc)
-        except SpecError:
-            return None  # `infer` reports it, with the location
-        x = ins[0]
-        b = {**a, **v}
-        b["seed"] = int(a["seed"]) if "seed" in a else _default_seed(name, x, loc)
-        b.setdefault("dtype", x.dtype if x.dtype.startswith("float") else G.float_dtype)
-        if len(ins) == 2 and repr(sorted(b.items())) == repr(sorted(a.items())):
-            return None
-        return G(name, x, ins[1] if len(ins) == 2 else step_hyper(G), loc=loc, **b)
-
     def infer(G, ins, a, loc):
         numbers(a, loc)
         if len(ins) != 2 or ins[1].shape != ():
@@ -1257,7 +1302,29 @@ def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Ca
 
     return _register(Op(name, "other", infer, impl=impl, emit=emit,
                         grad=lambda G, n, g: (None, None), jvp=_no_jvp, lang=lang,
-                        simplify_on_build=build, expect=expect, doc=doc))
+                        canonical=lambda ins, a, loc: {**a, **numbers(a, loc)},
+                        expect=expect, doc=doc))
+
+
+_RANDOM_OPS = ("uniform_noise", "normal_noise", "bernoulli_mask")
+
+
+@rule("random_stream", _RANDOM_OPS, stage="build")
+def _random_stream(G, op, ins, a, loc=None):
+    """A random op's stream made explicit: its numbers, a seed (a default one per
+    op, shape tensor and call site), its dtype and the `step` hyper as second input."""
+    if len(ins) not in (1, 2):
+        return None
+    try:
+        b = OPS[op].canonical(ins, a, loc)
+    except SpecError:
+        return None  # `infer` reports it, with the location
+    x = ins[0]
+    b["seed"] = int(a["seed"]) if "seed" in a else _default_seed(op, x, loc)
+    b.setdefault("dtype", x.dtype if x.dtype.startswith("float") else G.float_dtype)
+    if len(ins) == 2 and repr(sorted(b.items())) == repr(sorted(a.items())):
+        return None
+    return G(op, x, ins[1] if len(ins) == 2 else step_hyper(G), loc=loc, **b)
 
 
 def _dt(a) -> str:
@@ -1331,7 +1398,7 @@ _random_op("bernoulli_mask", {"keep": 0.5}, _check_keep, _fill_bernoulli, _ref_b
 
 _register(Op(
     "training_only", "view", lambda G, ins, a, loc: _training_only_infer(ins, loc),
-    impl=lambda xs, a, B: xs[0], emit=lambda e: e.args[0],
+    impl=lambda xs, a, B: xs[0], emit=lambda e: e.args[0], alias=0,
     grad=lambda G, n, g: (g, None), jvp=lambda G, n, ts: ts[0],
     expect=lambda G, n: n.inputs[1], lang=(("x", "otherwise"), {}),
     doc="x while training; `otherwise` when evaluating and predicting (e.g. input corruption)"))
@@ -1349,13 +1416,16 @@ def expected(G, roots: list[Node]) -> list[Node]:
     """`roots` with every random op replaced by its expected value: the graph
     to evaluate and predict with (inverted dropout x * mask / keep becomes x;
     zero-mean noise disappears), which needs no `step` feed."""
-    from .graph import toposort
     new: dict[int, Node] = {}
     for n in toposort(roots):
         spec = OPS[n.op]
         m = G.rebuild(n, [new[i.id] for i in n.inputs])
         new[n.id] = spec.expect(G, m) if spec.expect is not None else m
     return [new[r.id] for r in roots]
+
+
+rule("canonical_attrs", [name for name, op in OPS.items() if op.canonical or op.noop],
+     stage="build")(canonical_attrs)
 
 
 def language_ops() -> dict[str, Op]:

@@ -3,30 +3,34 @@ to a fixed point.
 
 The numerically delicate ops (log_softmax, softplus) are stable by
 construction; the rewrites here only *route* naive user formulas onto them.
-Each rule is a named function in RULES so `netc compile --emit graph` can show
-what ran, and each has a before/after test.
+Each rule is registered by name and root op in the one rewrite table
+(`rewrite.RULES`, which also holds the op table's build-stage canonical forms),
+so `netc compile` can say what fired; each has a before/after test.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-
 from .evaluate import evaluate
-from .graph import Graph, Node, toposort
+from .graph import Graph, Node
+from .node import toposort
 from .ops import OPS
+from .rewrite import RULES, Rule, by_op, index, rule
 
-Rule = Callable[[Graph, Node], "Node | None"]
+__all__ = ["RULES", "Rule", "node_count", "simplify"]
+
+
+def _of_kind(*kinds: str) -> tuple[str, ...]:
+    """The ops of these kinds (a rule that fires on, say, any elementwise op)."""
+    return tuple(name for name, op in OPS.items() if op.kind in kinds)
 
 
 def _const(n: Node, value: float | None = None) -> bool:
     return n.op == "const" and (value is None or n.attr("value") == value)
 
 
+@rule("fold_constants", _of_kind("elementwise", "reduce"))
 def fold_constants(G: Graph, n: Node) -> Node | None:
     """An elementwise or reducing op over constants is a constant."""
-    if n.op == "const" or not n.inputs or n.shape != () or not all(_const(i) for i in n.inputs):
-        return None
-    if OPS[n.op].kind not in ("elementwise", "reduce"):
+    if not n.inputs or n.shape != () or not all(_const(i) for i in n.inputs):
         return None
     (value,) = evaluate([n], {})
     return G.const(float(value), n.dtype) if n.dtype.startswith("float") else None
@@ -45,6 +49,7 @@ def _one(n: Node) -> bool:
     return _const(n, 1.0) or (n.op == "broadcast" and _const(n.inputs[0], 1.0))
 
 
+@rule("identities", ("add", "sub", "mul", "div", "pow", "neg", "broadcast"))
 def identities(G: Graph, n: Node) -> Node | None:
     """x+0, 0+x, x-0, 0-x, x*0, x*1, 1*x, x/1, x^1, --x, a broadcast of a broadcast scalar."""
     ins = n.inputs
@@ -81,6 +86,7 @@ def identities(G: Graph, n: Node) -> Node | None:
     return None
 
 
+@rule("negations", ("mul", "div", "sub", "add"))
 def negations(G: Graph, n: Node) -> Node | None:
     """Move negations outward so they cancel: (-a)*b -> -(a*b), a - (-b) -> a + b, a + (-b) -> a - b."""
     if n.op in ("mul", "div"):
@@ -98,18 +104,18 @@ def negations(G: Graph, n: Node) -> Node | None:
     return None
 
 
+@rule("log_of_softmax", ("log",))
 def log_of_softmax(G: Graph, n: Node) -> Node | None:
     """log(softmax(y)) -> log_softmax(y): finite for any logits."""
-    if n.op == "log" and n.inputs[0].op == "softmax":
+    if n.inputs[0].op == "softmax":
         s = n.inputs[0]
         return G("log_softmax", s.inputs[0], axes=s.attr("axes"), loc=n.loc)
     return None
 
 
+@rule("log_of_sigmoid", ("log",))
 def log_of_sigmoid(G: Graph, n: Node) -> Node | None:
     """log(sigmoid(a)) -> -softplus(-a);  log(1 - sigmoid(a)) -> -softplus(a)."""
-    if n.op != "log":
-        return None
     x = n.inputs[0]
     if x.op == "sigmoid":
         return G("neg", G("softplus", G("neg", x.inputs[0])), loc=n.loc)
@@ -118,6 +124,7 @@ def log_of_sigmoid(G: Graph, n: Node) -> Node | None:
     return None
 
 
+@rule("softplus_forms", ("log1p", "log"))
 def softplus_forms(G: Graph, n: Node) -> Node | None:
     """log(1 + exp(a)) and log1p(exp(a)) -> softplus(a); log(exp(a)) -> a."""
     if n.op == "log1p" and n.inputs[0].op == "exp":
@@ -144,12 +151,11 @@ def _size(n: Node) -> int:
     return size
 
 
+@rule("scale_into_matmul", ("mul",))
 def scale_into_matmul(G: Graph, n: Node) -> Node | None:
     """s * (a @ b) -> (s * a) @ b or a @ (s * b) for a scalar s, scaling the smaller
     operand when it is smaller than the product (the weight gradient lr * x'd:
     one pass over the batch instead of one over the weight matrix)."""
-    if n.op != "mul":
-        return None
     for s, m in ((n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])):
         if s.shape == () and m.op == "matmul" and s.dtype == m.dtype:
             a, b = m.inputs
@@ -165,19 +171,20 @@ def _two(n: Node) -> bool:
     return _const(n, 2.0)
 
 
+@rule("square_of_product", ("pow",))
 def square_of_product(G: Graph, n: Node) -> Node | None:
     """(a * b)^2 -> a^2 * b^2, so squares reach the factors of a structured product."""
-    if n.op == "pow" and _two(n.inputs[1]) and n.inputs[0].op == "mul":
+    if _two(n.inputs[1]) and n.inputs[0].op == "mul":
         a, b = n.inputs[0].inputs
         return G("mul", G("pow", a, 2.0), G("pow", b, 2.0), loc=n.loc)
     return None
 
 
+@rule("elementwise_through_layout", _of_kind("elementwise"))
 def elementwise_through_layout(G: Graph, n: Node) -> Node | None:
     """f(broadcast(a)) -> broadcast(f(a)) and f(a') -> f(a)' for a unary elementwise f
     (or a power by a constant): compute on the smaller tensor, let transposes cancel."""
-    spec = OPS[n.op]
-    if spec.kind != "elementwise" or not n.inputs:
+    if not n.inputs:
         return None
     if len(n.inputs) == 2 and not (n.op == "pow" and _const(n.inputs[1])):
         return None
@@ -207,12 +214,13 @@ def _missing_axis(f: Node) -> int | None:
     return 0
 
 
+@rule("contract_sum", ("sum",))
 def contract_sum(G: Graph, n: Node) -> Node | None:
     """sum over all axes of a product of rank-2 tensors broadcast to rank 3 ->
     the same sum contracted on the small tensors: P[a,b] Q[b,c] R[a,c] ->
     sum(P * (R @ Q')), and the two-factor cases. The closed form of a squared
     Jacobian norm falls out of this without an [a, b, c] tensor."""
-    if n.op != "sum" or n.inputs[0].ndim != 3 or n.attr("axes") != (0, 1, 2) or n.attr("keepdims"):
+    if n.inputs[0].ndim != 3 or n.attr("axes") != (0, 1, 2) or n.attr("keepdims"):
         return None
     groups: dict[int, Node] = {}
     for f in _factors(n.inputs[0]):
@@ -234,53 +242,25 @@ def contract_sum(G: Graph, n: Node) -> Node | None:
     return G("sum", inner, loc=n.loc)
 
 
-RULES: dict[str, Rule] = {
-    "fold_constants": fold_constants,
-    "identities": identities,
-    "negations": negations,
-    "log_of_softmax": log_of_softmax,
-    "log_of_sigmoid": log_of_sigmoid,
-    "softplus_forms": softplus_forms,
-    "scale_into_matmul": scale_into_matmul,
-    "square_of_product": square_of_product,
-    "elementwise_through_layout": elementwise_through_layout,
-    "contract_sum": contract_sum,
-}
-
-
 def simplify(G: Graph, roots: list[Node], rules: dict[str, Rule] | None = None,
              fired: dict[str, int] | None = None) -> list[Node]:
-    """Rewrite the graph under `roots` bottom-up until no rule fires."""
-    rules = RULES if rules is None else rules
+    """Rewrite the graph under `roots` bottom-up until no rule fires.
+
+    `rules`: a subset of the table (by name) to apply instead of all its
+    simplify-stage rules; `fired` counts the rewrites by rule name."""
+    table = by_op("simplify") if rules is None else index(rules.values())
     done: dict[int, Node] = {}  # node id -> its simplified form (which maps to itself)
 
-    def pending(root: Node) -> list[Node]:
-        """Nodes under root not simplified yet, inputs first (never walks into done ones)."""
-        order, seen, stack = [], set(), [(root, 0)]
-        while stack:
-            n, i = stack.pop()
-            if i == 0 and (n.id in done or n.id in seen):
-                continue
-            if i < len(n.inputs):
-                stack.append((n, i + 1))
-                c = n.inputs[i]
-                if c.id not in done and c.id not in seen:
-                    stack.append((c, 0))
-            else:
-                seen.add(n.id)
-                order.append(n)
-        return order
-
     def settle(root: Node) -> Node:
-        for n in pending(root):
+        for n in toposort([root], known=done):  # only what is not simplified yet
             m = G.rebuild(n, [done[i.id] for i in n.inputs])
             for _ in range(100):
-                for name, rule in rules.items():
-                    r = rule(G, m)
-                    if r is not None and r is not m:
+                for r in table.get(m.op, ()):
+                    new = r.fn(G, m)
+                    if new is not None and new is not m:
                         if fired is not None:
-                            fired[name] = fired.get(name, 0) + 1
-                        m = settle(r)
+                            fired[r.name] = fired.get(r.name, 0) + 1
+                        m = settle(new)
                         break
                 else:
                     break
@@ -293,5 +273,3 @@ def simplify(G: Graph, roots: list[Node], rules: dict[str, Rule] | None = None,
 
 def node_count(roots: list[Node]) -> int:
     return len(toposort(roots))
-
-

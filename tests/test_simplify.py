@@ -124,9 +124,41 @@ RULE_CASES = {
 
 RULE_IDS = [(rule, case) for rule, cases in RULE_CASES.items() for case in cases]
 
+# build-stage rule -> (a spelling, its canonical form): the graph builds both as one node
+BUILD_CASES = {
+    "canonical_attrs": {
+        "sum axis": (lambda G, x, y, v: G("sum", x, axis=-1), lambda G, x, y, v: G("sum", x, axes=(1,))),
+        "softmax default": (lambda G, x, y, v: G("softmax", x), lambda G, x, y, v: G("softmax", x, axes=(1,))),
+        "clip everything": (lambda G, x, y, v: G("clip", x, lo=-np.inf, hi=np.inf), lambda G, x, y, v: x),
+        "sum_to same shape": (lambda G, x, y, v: G("sum_to", x, shape=(None, 4)), lambda G, x, y, v: x),
+        "broadcast same shape": (lambda G, x, y, v: G("broadcast", v, shape=(4,)), lambda G, x, y, v: v),
+        "reshape same shape": (lambda G, x, y, v: G("reshape", x, shape=(4,)), lambda G, x, y, v: x),
+        "slice everything": (lambda G, x, y, v: G("slice", x, lo=0, hi=4), lambda G, x, y, v: x),
+        "pad nothing": (lambda G, x, y, v: G("pad", x, before=0, after=0), lambda G, x, y, v: x),
+    },
+    "transpose_twice": {
+        "x''": (lambda G, x, y, v: G("transpose", G("transpose", x)), lambda G, x, y, v: x),
+    },
+    "random_stream": {
+        "seeded": (lambda G, x, y, v: G("uniform_noise", x, seed=3),
+                   lambda G, x, y, v: G("uniform_noise", x, G("hyper", name="step", shape=(), dtype="int64"),
+                                        lo=0.0, hi=1.0, seed=3, dtype="float64")),
+    },
+}
+BUILD_IDS = [(rule, case) for rule, cases in BUILD_CASES.items() for case in cases]
+
 
 def test_every_rule_has_cases():
-    assert set(RULE_CASES) == set(RULES)
+    assert set(RULE_CASES) == {name for name, r in RULES.items() if r.stage == "simplify"}
+    assert set(BUILD_CASES) == {name for name, r in RULES.items() if r.stage == "build"}
+
+
+@pytest.mark.parametrize("rule,case", BUILD_IDS, ids=[f"{r}-{c}" for r, c in BUILD_IDS])
+def test_build_rules_give_one_node_per_expression(rule, case):
+    G = Graph("float64")
+    spelling, canonical = BUILD_CASES[rule][case]
+    ls = leaves(G)
+    assert spelling(G, *ls) is canonical(G, *ls)
 
 
 def _check_same_values(before, after, values):
