@@ -276,7 +276,7 @@ class _Context:
         try:
             v = env.lookup(n)
         except KeyError:
-            if n in ("loguniform", "uniform", "intrange", "choice"):  # netc/search.py reads them in blocks
+            if n in ("loguniform", "uniform", "intrange", "choice"):  # netc/search_space.py reads them in blocks
                 raise SpecError(f"{n}(...) is a search distribution: it can stand for a value in the data and "
                                 f"train blocks, not in the network", loc) from None
             raise SpecError(f"unknown name '{n}'", loc, hint=did_you_mean(n, env.names())) from None

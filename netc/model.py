@@ -17,7 +17,7 @@ from netc.compiler.pipeline import compile_program, parse_and_elaborate
 from netc.compiler.update import Optimizer
 from netc.runtime import checkpoint, data, normalize
 from netc.runtime.config import DataConfig, TrainConfig, from_block
-from netc.search import SearchConfig, Space, search_block
+from netc.search_space import SearchConfig, Space, search_block
 from netc.runtime.splits import load_splits
 from netc.runtime.state import assign, init_state
 from netc.runtime.trainer import Run, evaluate, predict

@@ -18,7 +18,8 @@ import pytest
 
 import netc
 from netc.cli import main
-from netc.search import (Dist, SearchConfig, border_warnings, best_so_far, parse_dist, trial_seed)
+from netc.search_space import Dist, SearchConfig, parse_dist, trial_seed
+from netc.search_store import border_warnings, best_so_far
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -410,3 +411,57 @@ def test_ctrl_c_keeps_the_finished_trials(folder):
     recs = read_trials(folder / "i")
     assert sorted(r["trial"] for r in recs) == [1, 2, 3, 4, 5, 6]  # no trial twice
     assert [r for r in recs if r["trial"] in done] == [r for r in kept]
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live (not zombie) child processes of `pid`: {pid: command line}."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, ...
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"  # a zombie has finished
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_kill_9_of_the_search_leaves_no_worker_behind(folder):
+    path = write(folder, spec_text(search="\nsearch {\n    workers = 2\n}\n"))
+    args = [sys.executable, "-m", "netc.cli", "search", str(path), "--trials", "8", "--epochs", "200",
+            "--workers", "2", "--out", "k"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    everyone: set[int] = set()
+    try:
+        deadline, workers = time.time() + 60, {}
+        while time.time() < deadline and len(workers) < 2:
+            workers = {pid: cmd for pid, cmd in _children(p.pid).items() if "spawn_main" in cmd}
+            time.sleep(0.1)
+        assert len(workers) >= 2, f"the search did not start its workers: {_children(p.pid)}"
+        time.sleep(1.0)  # the workers are running trials now
+        everyone = set(_children(p.pid))  # the workers and any helper process of the pool
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(pid) for pid in everyone):
+            time.sleep(0.1)
+        left = sorted(pid for pid in everyone if _alive(pid))
+        assert not left, f"processes left running after kill -9 of the search: {left}"
+    finally:
+        for pid in [p.pid, *_children(p.pid), *everyone]:  # whatever happened, leave nothing behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
