@@ -4,13 +4,22 @@ Every loader turns a bad file into a DataError (exit code 2) that names the file
 and, where there is one, the record/line/column, so users can fix their data
 without reading a traceback. Only numpy and the standard library are used, and
 nothing is ever unpickled.
+
+Checks happen once, where data enters, and are vectorized: the loaders refuse
+what is bad whatever the spec (unparsable cells, NaN/inf, 0 records, damaged
+files); `conform` then refuses what is bad for the spec's target (a label that
+is not a whole number in 0..n-1 for class(n), a wrong width for a real target)
+and turns whole-number float labels (what np.savetxt writes) into int64
+classes. `check_arrays` does both for arrays handed to the API.
 """
 from __future__ import annotations
 
 import csv as _csv
+import dataclasses
 import functools
 import gzip
 import importlib.resources
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -21,8 +30,8 @@ import numpy as np
 
 from netc.compiler.errors import DataError, did_you_mean
 
-__all__ = ["Dataset", "read_idx", "mnist", "csv", "npz", "arrays", "minibatches",
-           "MNIST_SPLITS"]
+__all__ = ["Dataset", "Target", "read_idx", "mnist", "csv", "npz", "arrays", "conform",
+           "check_arrays", "minibatches", "MNIST_SPLITS"]
 
 MNIST_SPLITS = ("train", "t10k")
 
@@ -41,9 +50,19 @@ class Dataset:
     x: np.ndarray
     t: np.ndarray | None
     name: str
+    source: str | None = None        # the file the records come from (None: `name`)
+    lines: np.ndarray | None = None  # CSV: the file line of each record
+    first: int = 0                   # the source's index of record 0 (slices start later)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def record(self, i: int) -> str:
+        """Where record i is, as messages name it: `file: line 12` or `file: record 7`."""
+        src = self.source or self.name
+        if self.lines is not None:
+            return f"{src}: line {int(self.lines[i])}"
+        return f"{src}: record {self.first + int(i)}"
 
     def slice(self, lo: int | None, hi: int | None) -> "Dataset":
         """Rows lo:hi (Python semantics). Unlike Python, an empty or out-of-range
@@ -58,7 +77,9 @@ class Dataset:
             raise DataError(f"{self.name}: slice [{_s(lo)}:{_s(hi)}] is empty "
                             f"(the dataset has {n} records)")
         t = None if self.t is None else self.t[start:stop]
-        return Dataset(self.x[start:stop], t, f"{self.name}[{_s(lo)}:{_s(hi)}]")
+        lines = None if self.lines is None else self.lines[start:stop]
+        return Dataset(self.x[start:stop], t, f"{self.name}[{_s(lo)}:{_s(hi)}]",
+                       self.source or self.name, lines, self.first + start)
 
 
 def _s(v: int | None) -> str:
@@ -109,7 +130,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(buf, ">u4", ndim, 4))
     dtype = np.dtype(_IDX_DTYPES[code])
     n = dims[0]
-    rec_bytes = dtype.itemsize * int(np.prod(dims[1:], dtype=np.int64))
+    rec_bytes = dtype.itemsize * math.prod(dims[1:])  # Python ints: huge dims cannot wrap
     have = len(buf) - head
     need = n * rec_bytes
     if have < need:
@@ -138,6 +159,8 @@ def _load_mnist(split: str, root: Path | None) -> tuple[np.ndarray, np.ndarray]:
     d = _mnist_root(root)
     ipath, lpath = d / f"{split}-images-idx3-ubyte.gz", d / f"{split}-labels-idx1-ubyte.gz"
     images, labels = read_idx(ipath), read_idx(lpath)
+    if len(images) == 0:
+        raise DataError(f"{ipath}: no images (0 records)")
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{ipath}: expected uint8 images [n, rows, cols], "
                         f"got {images.dtype} {list(images.shape)}")
@@ -192,11 +215,13 @@ def _is_int(cell: str) -> bool:
 def csv(path: str | Path, target: str | int | None = -1, header: bool | None = None) -> Dataset:
     """A numeric CSV. `target` picks the target column (a header name, or an index,
     negative from the end; None: no target). A header is detected when the first
-    row is not all numbers. A target column written as integers becomes int64
-    class labels; anything else becomes float32 targets [n, 1]."""
+    row is not all numbers. A target column written as integers (that fit int64)
+    becomes int64 labels [n]; anything else float64 targets [n, 1], which
+    `conform` turns into classes where the spec declares class(n) and every
+    value is a whole number. A UTF-8 byte-order mark is skipped."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = _csv.reader(f)
             rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
     except FileNotFoundError:
@@ -232,15 +257,29 @@ def csv(path: str | Path, target: str | int | None = -1, header: bool | None = N
                     else "empty cell")
             raise DataError(f"{path}: line {line}: {what} in column {j + 1}") from None
 
-    name = f'csv("{path}")'
+    bad = _first_nonfinite(data)
+    if bad is not None:
+        i, j = bad
+        what = " (the target)" if j == col else ""
+        raise DataError(f"{path}: line {body[i][0]}: {data[i, j]} in column {j + 1}{what}")
+    name, lines = f'csv("{path}")', np.array([line for line, _ in body], np.int64)
+    with np.errstate(over="ignore"):  # refused just below, with the line
+        x = (data if col is None else np.delete(data, col, axis=1)).astype(np.float32)
+    bad = _first_nonfinite(x)
+    if bad is not None:  # finite in float64, too large for float32
+        i, j = bad
+        j += col is not None and j >= col
+        raise DataError(f"{path}: line {body[i][0]}: {body[i][1][j].strip()} in column {j + 1} "
+                        "is too large for float32")
     if col is None:
-        return Dataset(data.astype(np.float32), None, name)
-    x = np.delete(data, col, axis=1).astype(np.float32)
+        return Dataset(x, None, name, str(path), lines)
+    t = data[:, col:col + 1].copy()
     if all(_is_int(row[col]) for _, row in body):
-        t = np.array([int(row[col]) for _, row in body], np.int64)
-    else:
-        t = data[:, col:col + 1].astype(np.float32)
-    return Dataset(x, t, name)
+        try:
+            t = np.array([int(row[col]) for _, row in body], np.int64)
+        except OverflowError:  # kept as numbers: a class(n) target refuses them in conform
+            pass
+    return Dataset(x, t, name, str(path), lines)
 
 
 def _target_column(path: Path, target: str | int | None, names: list[str] | None,
@@ -269,6 +308,17 @@ def npz(path: str | Path, x: str = "x", t: str | None = "t") -> Dataset:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if magic == b"\x93NUMPY":
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays "
+                        "(np.save writes .npy; save x and t with np.savez(path, x=x, t=t))")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path}: not an .npz file (a zip archive of .npy arrays, "
+                        f"as np.savez writes); it starts with {magic!r}")
+    try:
         with np.load(path, allow_pickle=False) as f:
             present = list(f.files)
             for key in (x, t):
@@ -290,22 +340,27 @@ def npz(path: str | Path, x: str = "x", t: str | None = "t") -> Dataset:
 
 
 def arrays(x: np.ndarray, t: np.ndarray | None = None, name: str = "arrays") -> Dataset:
-    """A Dataset from in-memory arrays, with the same conversions as npz()."""
+    """A Dataset from in-memory arrays, with the same conversions and checks as npz()."""
     return _make(np.asarray(x), None if t is None else np.asarray(t), name, name, "x", "t")
 
 
 def _make(x: np.ndarray, t: np.ndarray | None, name: str, where: str,
           xkey: str, tkey: str | None) -> Dataset:
     """Shared conversions: numeric x to [n, -1] (float64 kept, else float32);
-    integer/bool t to int64 labels [n], float t to [n, k]."""
+    integer/bool t to int64 labels [n] (float64 [n, 1] where they overflow
+    int64), float t to [n, k]. Refuses 0 records and NaN/inf, naming the first."""
+    source = None if where == name else where
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: {xkey!r} has non-numeric dtype {x.dtype}")
     if x.ndim == 0:
         raise DataError(f"{where}: {xkey!r} is a scalar; expected one row per record")
+    if len(x) == 0:
+        raise DataError(f"{where}: {xkey!r} has no records (shape {list(x.shape)})")
     xd = np.float64 if x.dtype == np.float64 else np.float32
     xr = x.reshape(len(x), -1).astype(xd, copy=False)
+    _refuse_nonfinite(xr, where, xkey)
     if t is None:
-        return Dataset(xr, None, name)
+        return Dataset(xr, None, name, source)
     if t.dtype.kind not in "biuf":
         raise DataError(f"{where}: {tkey!r} has non-numeric dtype {t.dtype}")
     if t.ndim == 0:
@@ -316,11 +371,110 @@ def _make(x: np.ndarray, t: np.ndarray | None, name: str, where: str,
         if t.ndim > 1 and t[0].size != 1:
             raise DataError(f"{where}: integer targets {tkey!r} must be class labels [n], "
                             f"got shape {list(t.shape)}")
-        tr = t.reshape(len(t)).astype(np.int64, copy=False)
+        if t.dtype == np.uint64 and t.size and t.max() > np.iinfo(np.int64).max:
+            tr = t.reshape(len(t), 1).astype(np.float64)  # a class(n) target refuses them
+        else:
+            tr = t.reshape(len(t)).astype(np.int64, copy=False)
     else:
         tr = t.reshape(len(t), -1).astype(
             np.float64 if t.dtype == np.float64 else np.float32, copy=False)
-    return Dataset(xr, tr, name)
+        _refuse_nonfinite(tr, where, tkey)
+    return Dataset(xr, tr, name, source)
+
+
+def _first_nonfinite(a: np.ndarray) -> tuple[int, ...] | None:
+    """Index of the first NaN or inf in a (row-major order), or None. The sum is
+    the fast path: it is finite only if every element is (it may overflow to
+    inf for finite data, so a non-finite sum is only a reason to look)."""
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(a.sum()):
+            return None
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(np.argmax(bad), a.shape))
+
+
+def _refuse_nonfinite(a: np.ndarray, where: str, key: str) -> None:
+    bad = _first_nonfinite(a)
+    if bad is not None:
+        col = f" in column {bad[1]}" if a.ndim > 1 and a.shape[1] > 1 else ""
+        raise DataError(f"{where}: record {bad[0]}: {a[bad]}{col} of {key!r} "
+                        "(records and columns count from 0)")
+
+
+# ---------------------------------------------------------------------------- targets
+
+@dataclass(frozen=True)
+class Target:
+    """What the spec declares a target to be: class(n) labels, or `width` reals per record."""
+
+    name: str
+    classes: int | None = None
+    width: int | None = None
+
+    @staticmethod
+    def of(node) -> "Target":
+        """From a target node of the graph (its name, shape and `classes` attribute)."""
+        return Target(node.name, node.attr("classes"), math.prod(node.shape[1:]))
+
+
+def conform(ds: Dataset, target) -> Dataset:
+    """`ds` with its targets in the form `target` (a Target or a target node,
+    None: no check) declares, or a DataError naming the first bad record.
+
+    class(n): one number per record, each a whole number in 0..n-1 (1.0 is
+    class 1; 1.5, nan, -1, n are refused); the result is int64 [n].
+    Real: `width` finite numbers per record, as [n, width]."""
+    if target is None:
+        return ds
+    tg = target if isinstance(target, Target) else Target.of(target)
+    if ds.t is None:
+        raise DataError(f"{ds.name}: no targets, but the spec declares target '{tg.name}'")
+    t = ds.t.reshape(len(ds.t), -1)
+    if tg.classes is None:
+        if tg.width is not None and t.shape[1] != tg.width:
+            raise DataError(f"{ds.name}: {t.shape[1]} target values per record, but target "
+                            f"'{tg.name}' has {tg.width}")
+        bad = _first_nonfinite(t)
+        if bad is not None:
+            raise DataError(f"{ds.record(bad[0])}: target value {t[bad]} is not a number")
+        return dataclasses.replace(ds, t=t)
+    n = tg.classes
+    if t.shape[1] != 1:
+        raise DataError(f"{ds.name}: {t.shape[1]} target values per record, but target "
+                        f"'{tg.name}' is class({n}): one label per record")
+    t = t[:, 0]
+    with np.errstate(invalid="ignore"):
+        ok = (t >= 0) & (t < n)
+        if t.dtype.kind in "fc":
+            ok &= t == np.floor(t)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        v = t[i]
+        if t.dtype.kind in "biu" or (np.isfinite(v) and v == np.floor(v)):
+            why = f"is outside class({n}) (0..{n - 1})"
+        else:
+            why = (f"is not a whole number" if np.isfinite(v) else "is not a number") + \
+                  f"; class({n}) labels are 0..{n - 1}"
+        raise DataError(f"{ds.record(i)}: label {_label(v)} {why}")
+    return dataclasses.replace(ds, t=t.astype(np.int64, copy=False))
+
+
+def _label(v) -> str:
+    """A label as the user wrote it: 1 for 1.0, else numpy's shortest form."""
+    if v.dtype.kind == "f" and np.isfinite(v) and v == np.floor(v) and abs(v) < 2 ** 53:
+        return str(int(v))
+    return str(v)
+
+
+def check_arrays(x, t=None, target=None, what: str = "arrays") -> Dataset:
+    """The loaders' checks for arrays handed to the API (`what` names them in
+    messages, e.g. "fit(x, t)"): numeric, at least one record, no NaN/inf, and
+    targets that suit `target` (see conform). Returns the converted Dataset."""
+    return conform(arrays(x, t, what), target)
 
 
 # ---------------------------------------------------------------------------- batching

@@ -1,4 +1,4 @@
-"""Resolve a spec's data block into datasets."""
+"""Resolve a spec's data block into datasets, checked against the spec's target."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +17,9 @@ class Splits:
     test: data.Dataset | None = None
 
 
-def load_source(src: Source, base: Path) -> data.Dataset:
+def load_source(src: Source, base: Path, target=None) -> data.Dataset:
+    """One split; with `target` (a data.Target or the spec's target node) its
+    targets are checked and converted by data.conform before training starts."""
     try:
         match src.kind:
             case "mnist":
@@ -33,6 +35,7 @@ def load_source(src: Source, base: Path) -> data.Dataset:
                 raise SpecError(f"unknown data source {other}", src.loc)
         if src.slice is not None:
             ds = ds.slice(*src.slice)
+        ds = data.conform(ds, target)
     except TypeError as e:
         raise SpecError(f"{src.kind}(...): {e}", src.loc) from None
     except DataError as e:
@@ -42,5 +45,6 @@ def load_source(src: Source, base: Path) -> data.Dataset:
     return ds
 
 
-def load_splits(cfg: DataConfig, base: Path) -> Splits:
-    return Splits(*(None if s is None else load_source(s, base) for s in (cfg.train, cfg.valid, cfg.test)))
+def load_splits(cfg: DataConfig, base: Path, target=None) -> Splits:
+    return Splits(*(None if s is None else load_source(s, base, target)
+                    for s in (cfg.train, cfg.valid, cfg.test)))
