@@ -11,7 +11,9 @@ every node z, elementwise, next to the gradient g = dL/dz:
   right.
 
 Cross terms between units are dropped everywhere (the diagonal
-approximation). The result is a graph: one node per parameter, compiled and
+approximation). Elementwise units are handled here, generically (their
+partials squared); every other op says how h flows through it in its entry's
+`curvature` rule (compiler/ops.py). The result is a graph: one node per parameter, compiled and
 run like any other (stochastic diagonal Levenberg-Marquardt feeds on it).
 """
 from __future__ import annotations
@@ -20,11 +22,6 @@ from .differentiate import grad
 from .errors import SpecError
 from .graph import Graph, Node, depends_on, toposort
 from .ops import OPS
-
-# ops whose Jacobian entries are 0 or 1: the squared rule is the gradient rule itself
-_SELECTING = {"sum", "sum_to", "broadcast", "transpose", "reshape", "slice", "pad", "concat", "take",
-              "scatter_add", "training_only"}
-
 
 def gauss_newton_diag(G: Graph, loss: Node, params: list[Node], output: Node | None = None) -> list[Node]:
     """Per-parameter diagonal curvature of `loss` (Gauss-Newton below `output`)."""
@@ -123,40 +120,12 @@ def _sq(G, x):
 
 
 def _rule(G: Graph, z: Node, hz: Node, gz: Node | None, exact: bool) -> list[Node | None]:
+    """h for z's inputs by its op's `curvature` rule (gz only where the pass is exact)."""
     spec = OPS[z.op]
     if spec.grad is None:
         raise SpecError(f"'{z.op}' has no derivative", z.loc)
-    if z.op in _SELECTING:
-        return list(spec.grad(G, z, hz))
-    if z.op == "mean":
-        dims = tuple(z.inputs[0].shape[i] for i in z.attr("axes"))
-        return list(OPS["sum"].grad(G, z, G("div", hz, _sq(G, G("count", dims=dims, dtype=z.dtype)))))
-    if z.op == "matmul":
-        u, w = z.inputs
-        return [G("matmul", hz, G("transpose", _sq(G, w))), G("matmul", G("transpose", _sq(G, u)), hz)]
-    if z.op in ("log_softmax", "softmax"):
-        return [_normalized_exp(G, z, hz, gz if exact else None)]
+    if spec.curvature is not None:
+        return list(spec.curvature(G, z, hz, gz if exact else None))
     if all(r is None for r in spec.grad(G, z, hz)):
         return [None] * len(z.inputs)  # not differentiable: no curvature flows
     raise SpecError(f"diagonal curvature (bbprop) does not handle '{z.op}' yet", z.loc)
-
-
-def _normalized_exp(G: Graph, z: Node, hz: Node, gz: Node | None) -> Node:
-    ax = z.attr("axes")
-    p = G("exp", z) if z.op == "log_softmax" else z
-
-    def total(x):
-        return G("sum", x, axis=ax, keepdims=True)
-
-    if z.op == "log_softmax":
-        # J_kj = delta_kj - p_j: sum_k J_kj^2 h_k = h_j (1 - 2 p_j) + p_j^2 sum_k h_k
-        hu = G("add", G("mul", hz, G("sub", 1.0, G("mul", 2.0, p))), G("mul", _sq(G, p), total(hz)))
-        if gz is not None:  # d2 z_k / d y_j^2 = -p_j (1 - p_j) for every k
-            hu = G("sub", hu, G("mul", G("mul", p, G("sub", 1.0, p)), total(gz)))
-        return hu
-    # softmax: J_kj = p_k (delta_kj - p_j): p_j^2 [(1 - 2 p_j) h_j + sum_k p_k^2 h_k]
-    hu = G("mul", _sq(G, p), G("add", G("mul", G("sub", 1.0, G("mul", 2.0, p)), hz), total(G("mul", _sq(G, p), hz))))
-    if gz is not None:  # sum_k g_k d2 p_k / d y_j^2 = p_j (1 - 2 p_j) (g_j - sum_k g_k p_k)
-        hu = G("add", hu, G("mul", G("mul", p, G("sub", 1.0, G("mul", 2.0, p))),
-                            G("sub", gz, total(G("mul", gz, p)))))
-    return hu

@@ -15,11 +15,12 @@ def evaluate(outputs: list[Node], feeds: dict[str, np.ndarray], batch: int | Non
         batch = next((v.shape[0] for v in feeds.values() if np.ndim(v) > 0), 1)
     values: dict[int, np.ndarray] = {}
     for n in toposort(outputs):
-        if n.op in ("input", "param", "state", "hyper"):
+        spec = OPS[n.op]
+        if spec.impl is None:  # a fed leaf: input, param, state, hyper
             v = np.asarray(feeds[n.name])
             values[n.id] = v.astype(n.dtype) if v.dtype != np.dtype(n.dtype) else v
         else:
             with np.errstate(all="ignore"):
-                v = OPS[n.op].impl([values[i.id] for i in n.inputs], n.a, batch)
+                v = spec.impl([values[i.id] for i in n.inputs], n.a, batch)
             values[n.id] = np.asarray(v).astype(n.dtype, copy=False)
     return [values[o.id] for o in outputs]

@@ -45,8 +45,9 @@ def _partials(G: Graph, node: Node) -> list[Node | None]:
 def _step(G, node, jac, n, loc):
     spec = OPS[node.op]
     deps = [i for i in node.inputs if i.id in jac]
-    if node.op == "training_only":  # the training value's Jacobian
-        return jac.get(node.inputs[0].id)
+    if spec.alias is not None and node.shape == node.inputs[spec.alias].shape:
+        # the node is that input (training_only's training value)
+        return jac.get(node.inputs[spec.alias].id)
     if spec.kind != "elementwise" and spec.grad is not None:
         ones = G("broadcast", G.const(1.0, node.dtype), shape=node.shape) if node.dtype.startswith("float") else None
         if ones is not None and all(r is None for r in spec.grad(G, node, ones)):
@@ -75,16 +76,8 @@ def _step(G, node, jac, n, loc):
             t = _full(G, t, n) if k == "diag" else t
             total = t if total is None else G("add", total, t)
         return ("full", total)
-    if node.op == "matmul" and [d.id for d in deps] == [node.inputs[0].id]:
-        u, W = node.inputs
-        kind, j = jac[u.id]
-        if kind == "diag":
-            shape = (None, W.shape[1], n)
-            wt = G("broadcast", G("transpose", W), shape=shape)
-            if j is None:
-                return ("full", wt)
-            return ("full", G("mul", wt, G("broadcast", j, shape=shape, axes=(1,))))
-        raise SpecError("jacobian through two matrix products is not supported yet", node.loc or loc)
+    if spec.jacobian is not None and [d.id for d in deps] == [node.inputs[0].id]:
+        return ("full", spec.jacobian(G, node, jac[node.inputs[0].id], n, loc))
     raise SpecError(f"jacobian cannot go through '{node.op}' yet", node.loc or loc)
 
 

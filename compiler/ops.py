@@ -44,6 +44,7 @@ class Op:
     canonical: Callable | None = None  # (inputs, attrs, loc) -> canonical attrs (rule canonical_attrs)
     noop: Callable | None = None  # (inputs, canonical attrs) -> True where the node is its first input
     curvature: Callable | None = None  # (G, node, h, g | None) -> [h per input]  bbprop (curvature.py)
+    jacobian: Callable | None = None  # (G, node, input 0's (kind, J), n, loc) -> J  (jacobian.py)
     expect: Callable | None = None  # (G, node) -> Node  a random op's expected value
     doc: str = ""
     # facts the planner and the fused renderers read (compiler/fuse.py)
@@ -300,6 +301,12 @@ def _linear_jvp(G, n: Node, ts) -> Node | None:
     """For an op linear in its first input (the others not differentiable):
     the same op applied to the tangent."""
     return None if ts[0] is None else G.rebuild(n, [ts[0], *n.inputs[1:]])
+
+
+def _curv_selecting(G, z: Node, h: Node, g: Node | None) -> list:
+    """bbprop through an op whose Jacobian entries are 0 or 1 (sums, broadcasts,
+    layout, gathers): squaring them changes nothing, so h flows like a gradient."""
+    return list(OPS[z.op].grad(G, z, h))
 
 
 def _self_adjoint(grad: Callable) -> Callable:
@@ -640,13 +647,20 @@ def _g_mean(G, n, g):
     return (G("div", b, G("count", dims=dims, dtype=n.dtype)),)
 
 
+def _curv_mean(G, z, h, g):
+    """bbprop: the mean's Jacobian entries are 1/n, squared 1/n^2."""
+    dims = tuple(z.inputs[0].shape[i] for i in z.attr("axes"))
+    n = G("count", dims=dims, dtype=z.dtype)
+    return list(_g_sum(G, z, G("div", h, G("mul", n, n))))
+
+
 _REDUCE_LANG = (("x", "axis", "keepdims"), {"axis": None, "keepdims": False})
 
 _register(Op("sum", "reduce", _axis_shape_infer(_sum_attrs),
              impl=lambda xs, a, B: np.sum(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
              emit=_sum_emit, grad=_g_sum, jvp=_linear_jvp, lang=_REDUCE_LANG, reducer=Reduction(("sum",)),
              canonical=_sum_attrs,
-             doc="sum over `axis` (all axes by default)"))
+             curvature=_curv_selecting, doc="sum over `axis` (all axes by default)"))
 
 
 def _mean_infer(G, ins, a, loc):
@@ -659,7 +673,7 @@ _register(Op("mean", "reduce", _mean_infer,
              emit=_mean_emit, grad=_g_mean, jvp=_linear_jvp, lang=_REDUCE_LANG,
              reducer=Reduction(("sum",), "{0} * (({T})1 / ({T}){n})"),
              canonical=_mean_attrs,
-             doc="mean over `axis` (all axes by default)"))
+             curvature=_curv_mean, doc="mean over `axis` (all axes by default)"))
 
 
 # -- max and min reductions ---------------------------------------------------
@@ -750,7 +764,7 @@ def _sum_to_infer(G, ins, a, loc):
 _register(Op("sum_to", "reduce", _sum_to_infer, impl=_sum_to_impl, emit=_sum_to_emit,
              grad=lambda G, n, g: (G("broadcast", g, shape=n.inputs[0].shape),), jvp=_linear_jvp,
              noop=lambda ins, a: tuple(ins[0].shape) == tuple(a["shape"]), reducer=Reduction(("sum",), space=_sum_to_space),
-             doc="sum a broadcast result back down to an operand's shape (derivative of broadcasting)"))
+             curvature=_curv_selecting, doc="sum a broadcast result back down to an operand's shape (derivative of broadcasting)"))
 
 
 def _bcast_src(x_shape, axes):
@@ -801,7 +815,7 @@ def _g_bcast(G, n, g):
 _register(Op("broadcast", "other", _bcast_infer, impl=_bcast_impl, emit=_bcast_emit, grad=_g_bcast,
              jvp=_linear_jvp, index_map=_bcast_index,
              noop=lambda ins, a: not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]),
-             doc="broadcast to a shape (with reduced `axes` re-inserted first)"))
+             curvature=_curv_selecting, doc="broadcast to a shape (with reduced `axes` re-inserted first)"))
 
 # ---------------------------------------------------------------------------
 # linear algebra
@@ -824,11 +838,29 @@ def _j_matmul(G, n, ts):
                   None if tw is None else G("matmul", x, tw))
 
 
+def _curv_matmul(G, z, h, g):
+    """bbprop: backward sums with squared weights (the product is linear in each input)."""
+    u, w = z.inputs
+    return [G("matmul", h, G("transpose", G("mul", w, w))), G("matmul", G("transpose", G("mul", u, u)), h)]
+
+
+def _jac_matmul(G, z, jac_u, n, loc):
+    """Per-example Jacobian of u @ W through u (jacobian.py): W' broadcast over the
+    batch, times u's diagonal Jacobian."""
+    kind, j = jac_u
+    w = z.inputs[1]
+    if kind != "diag":
+        raise SpecError("jacobian through two matrix products is not supported yet", z.loc or loc)
+    shape = (None, w.shape[1], n)
+    wt = G("broadcast", G("transpose", w), shape=shape)
+    return wt if j is None else G("mul", wt, G("broadcast", j, shape=shape, axes=(1,)))
+
+
 _register(Op("matmul", "matmul", _matmul_infer, impl=lambda xs, a, B: xs[0] @ xs[1],
              emit=lambda e: e(f"np.matmul({e.args[0]}, {e.args[1]}, out={e.out})"),
              grad=lambda G, n, g: (G("matmul", g, G("transpose", n.inputs[1])),
                                    G("matmul", G("transpose", n.inputs[0]), g)),
-             jvp=_j_matmul, lang=(("x", "y"), {}), doc="matrix product (`@`)"))
+             jvp=_j_matmul, lang=(("x", "y"), {}), curvature=_curv_matmul, jacobian=_jac_matmul, doc="matrix product (`@`)"))
 
 
 def _transpose_infer(G, ins, a, loc):
@@ -841,7 +873,7 @@ def _transpose_infer(G, ins, a, loc):
 _register(Op("transpose", "view", _transpose_infer, impl=lambda xs, a, B: xs[0].T,
              emit=lambda e: f"{e.args[0]}.T", grad=lambda G, n, g: (G("transpose", g),),
              jvp=_linear_jvp, index_map=lambda n, idx: [(0, (idx[1], idx[0]))],
-             lang=(("x",), {}), doc="matrix transpose (`W'` or `W.T`)"))
+             lang=(("x",), {}), curvature=_curv_selecting, doc="matrix transpose (`W'` or `W.T`)"))
 
 
 @rule("transpose_twice", ("transpose",), stage="build")
@@ -894,7 +926,7 @@ _register(Op(
     grad=lambda G, n, g: (G("reshape", g, shape=n.inputs[0].shape),), jvp=_linear_jvp,
     lang=(("x", "shape"), {"shape": None}),
     canonical=_reshape_attrs, noop=lambda ins, b: tuple(b["shape"]) == tuple(ins[0].shape),
-    doc="reshape(x, shape): the same entries in a new shape; the batch dimension is kept, so "
+    curvature=_curv_selecting, doc="reshape(x, shape): the same entries in a new shape; the batch dimension is kept, so "
         "`shape` lists the others (one may be -1). A view where the storage allows"))
 
 
@@ -950,7 +982,7 @@ _register(Op(
     emit=lambda e: e.args[0] + _index(e.node.attr("axes")[0], f"{e.node.attr('lo')}:{e.node.attr('hi')}"),
     grad=_g_slice, jvp=_linear_jvp, lang=(("x", "lo", "hi", "axis"), {"lo": None, "hi": None, "axis": -1}),
     canonical=_slice_attrs, noop=lambda ins, b: b["hi"] - b["lo"] == ins[0].shape[b["axes"][0]],
-    doc="slice(x, lo, hi, axis = -1): entries lo <= i < hi along `axis` (negative counts from "
+    curvature=_curv_selecting, doc="slice(x, lo, hi, axis = -1): entries lo <= i < hi along `axis` (negative counts from "
         "the end; not the batch axis). A view"))
 
 
@@ -994,7 +1026,7 @@ _register(Op(
                             hi=n.attr("before") + n.inputs[0].shape[n.attr("axes")[0]]),),
     jvp=_linear_jvp, lang=(("x", "before", "after", "axis"), {"before": 0, "after": 0, "axis": -1}),
     canonical=_pad_attrs, noop=lambda ins, b: not b["before"] and not b["after"],
-    doc="pad(x, before, after, axis = -1): x with `before` zeros in front and `after` zeros "
+    curvature=_curv_selecting, doc="pad(x, before, after, axis = -1): x with `before` zeros in front and `after` zeros "
         "behind along `axis` (not the batch axis)"))
 
 
@@ -1041,7 +1073,7 @@ _register(Op(
                      f"out={e.out})"),
     grad=_g_concat, jvp=_j_concat, lang=(("x", "y", "axis"), {"axis": -1}),
     canonical=_concat_attrs,
-    doc="concat(x, y, axis = -1): x and y joined along `axis` (not the batch axis); the other "
+    curvature=_curv_selecting, doc="concat(x, y, axis = -1): x and y joined along `axis` (not the batch axis); the other "
         "sizes must agree"))
 
 # ---------------------------------------------------------------------------
@@ -1091,13 +1123,13 @@ _register(Op(
     emit=_take_emit,
     grad=lambda G, n, g: (G("scatter_add", g, n.inputs[1], shape=n.inputs[0].shape), None),
     jvp=_linear_jvp, lang=(("table", "idx"), {}),
-    doc="take(table, idx): rows of `table` at the integer indices `idx` (an embedding lookup); "
+    curvature=_curv_selecting, doc="take(table, idx): rows of `table` at the integer indices `idx` (an embedding lookup); "
         "the result has shape idx.shape + table.shape[1:]"))
 _register(Op(
     "scatter_add", "other", _scatter_add_infer, impl=_scatter_add_impl,
     emit=lambda e: e(f"{e.out}[...] = 0; np.add.at({e.out}, {e.args[1]}, {e.args[0]})"),
     grad=lambda G, n, g: (G("take", g, n.inputs[1]), None), jvp=_linear_jvp,
-    doc="rows added into a zero tensor of `shape` at the indices (the derivative of take)"))
+    curvature=_curv_selecting, doc="rows added into a zero tensor of `shape` at the indices (the derivative of take)"))
 
 # ---------------------------------------------------------------------------
 # normalized exponentials: stable by construction
@@ -1143,6 +1175,31 @@ def _g_softmax(G, n, g):
     return (G("mul", n, G("sub", g, G("sum", G("mul", g, n), axis=ax, keepdims=True))),)
 
 
+def _curv_log_softmax(G, z, h, g):
+    """bbprop: J_kj = delta_kj - p_j, so sum_k J_kj^2 h_k = h_j (1 - 2 p_j) + p_j^2 sum_k h_k;
+    exactly (g given), d2 z_k / d y_j^2 = -p_j (1 - p_j) for every k."""
+    ax = z.attr("axes")
+    p = G("exp", z)
+    hu = G("add", G("mul", h, G("sub", 1.0, G("mul", 2.0, p))),
+           G("mul", G("mul", p, p), G("sum", h, axis=ax, keepdims=True)))
+    if g is not None:
+        hu = G("sub", hu, G("mul", G("mul", p, G("sub", 1.0, p)), G("sum", g, axis=ax, keepdims=True)))
+    return [hu]
+
+
+def _curv_softmax(G, z, h, g):
+    """bbprop: J_kj = p_k (delta_kj - p_j), so sum_k J_kj^2 h_k =
+    p_j^2 [(1 - 2 p_j) h_j + sum_k p_k^2 h_k]; exactly (g given), plus
+    sum_k g_k d2 p_k / d y_j^2 = p_j (1 - 2 p_j) (g_j - sum_k g_k p_k)."""
+    ax, p = z.attr("axes"), z
+    hu = G("mul", G("mul", p, p), G("add", G("mul", G("sub", 1.0, G("mul", 2.0, p)), h),
+                                   G("sum", G("mul", G("mul", p, p), h), axis=ax, keepdims=True)))
+    if g is not None:
+        hu = G("add", hu, G("mul", G("mul", p, G("sub", 1.0, G("mul", 2.0, p))),
+                            G("sub", g, G("sum", G("mul", g, p), axis=ax, keepdims=True))))
+    return [hu]
+
+
 _softmax_attrs = _axes_attrs("softmax", -1, single=True, keepdims=False)
 _log_softmax_attrs = _axes_attrs("log_softmax", -1, single=True, keepdims=False)
 
@@ -1159,13 +1216,13 @@ _register(Op("log_softmax", "other", _same_shape_infer(_log_softmax_attrs),
              jvp=_j_log_softmax, scratch=_keep_scratch,
              reducer=Reduction(("max", "sumexp"), row="({x} - {0} - log({1}))"),
              canonical=_log_softmax_attrs,
-             lang=(("x", "axis"), {"axis": -1}), doc="log(softmax(x)), computed stably"))
+             lang=(("x", "axis"), {"axis": -1}), curvature=_curv_log_softmax, doc="log(softmax(x)), computed stably"))
 _register(Op("softmax", "other", _same_shape_infer(_softmax_attrs),
              impl=lambda xs, a, B: np.exp(_log_softmax_ref(xs, a, B)), emit=_softmax_emit,
              grad=_g_softmax, jvp=_self_adjoint(_g_softmax), scratch=_keep_scratch,
              reducer=Reduction(("max", "sumexp"), row="(exp({x} - {0}) / {1})"),
              canonical=_softmax_attrs,
-             lang=(("x", "axis"), {"axis": -1}), doc="normalized exponential along `axis`"))
+             lang=(("x", "axis"), {"axis": -1}), curvature=_curv_softmax, doc="normalized exponential along `axis`"))
 
 
 _logsumexp_attrs = _axes_attrs("logsumexp", -1, single=True)
@@ -1401,7 +1458,7 @@ _register(Op(
     impl=lambda xs, a, B: xs[0], emit=lambda e: e.args[0], alias=0,
     grad=lambda G, n, g: (g, None), jvp=lambda G, n, ts: ts[0],
     expect=lambda G, n: n.inputs[1], lang=(("x", "otherwise"), {}),
-    doc="x while training; `otherwise` when evaluating and predicting (e.g. input corruption)"))
+    curvature=_curv_selecting, doc="x while training; `otherwise` when evaluating and predicting (e.g. input corruption)"))
 
 
 def _training_only_infer(ins, loc):
