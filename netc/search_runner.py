@@ -8,6 +8,14 @@ the search (the client) makes the jobs and keeps the records (search_store.py).
 (Dask, issue 12) implements the same `Runner` interface with `run_trial` as its
 task. The local workers die with the search, even when it is killed with
 SIGKILL: no orphan goes on training.
+
+What a cluster runner adds (issue 12), without changing the search or the
+store: the job must carry what a remote worker cannot read from this machine
+(the `use`d files, which netc.compiler.spec.Spec.used holds, and CSV/NPZ data
+or a shared path), and the trial's run folder is written by the client from the
+returned record's artifacts rather than by the worker into `job.dir`. A task
+that is rescheduled after its worker died simply runs `run_trial` again: the
+record is what counts, and only the client appends it.
 """
 from __future__ import annotations
 
