@@ -25,7 +25,7 @@ Reader = Callable[[Path, str, "Loc | None"], str]
 
 def read_use(path: Path, shown: str, loc: Loc | None = None) -> str:
     """The text of a regular UTF-8 file of at most USE_CAP bytes, else a located SpecError."""
-    data = _read_regular(Path(path), lambda why: SpecError(f"cannot use {_q(shown)}: {why}", loc))
+    data = _read_regular(Path(path), lambda why: SpecError(f"cannot read {_q(shown)}: {why}", loc))
     return decode(data, shown, loc)
 
 
@@ -109,7 +109,7 @@ def embedded(files: Mapping[str, str], file: str) -> Reader:
         except ValueError:  # another drive (Windows)
             key = None
         if key not in files:
-            raise SpecError(f"cannot use {_q(shown)}: a checkpoint's spec can use only the files saved "
+            raise SpecError(f"cannot read {_q(shown)}: a checkpoint's spec can use only the files saved "
                             f"in it, and this one is not (loading a checkpoint reads no other file)", loc)
         return files[key]
     return read

@@ -102,20 +102,23 @@ def _format(v, what, error):
     return v
 
 
-def _spec_file(v, what, error):
-    V.text(v, what, V.PATH_LIMIT, error, line=True)
-    if not v:
-        raise error(f"{what}: empty")
-    return v
+def _name(limit: int):
+    """A non-empty one-line text of at most `limit` characters (a file name, a version)."""
+    def check(v, what, error):
+        V.text(v, what, limit, error, line=True)
+        if not v:
+            raise error(f"{what}: empty")
+        return v
+    return check
 
 
 # Every field a checkpoint's metadata may hold, with its check. Fields not
 # listed are kept but never used (a newer writer's additions).
 FIELDS: dict[str, tuple[Callable, bool]] = {
     "format": _required(_format),
-    "netc": _optional(lambda v, w, e: V.text(v, w, 64, e, line=True)),
+    "netc": _optional(_name(64)),
     "spec": _required(lambda v, w, e: V.text(v, w, USE_CAP, e)),
-    "spec_file": _optional(_spec_file),
+    "spec_file": _optional(_name(V.PATH_LIMIT)),
     "dtype": _required(V.float_dtype),
     "seed": _required(V.seed),
     "params": _required(_params),
