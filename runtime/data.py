@@ -386,7 +386,7 @@ def _first_nonfinite(a: np.ndarray) -> tuple[int, ...] | None:
     """Index of the first NaN or inf in a (row-major order), or None. The sum is
     the fast path: it is finite only if every element is (it may overflow to
     inf for finite data, so a non-finite sum is only a reason to look)."""
-    if a.dtype.kind not in "fc" or a.size == 0:
+    if a.dtype.kind != "f" or a.size == 0:
         return None
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(a.sum()):
@@ -433,6 +433,8 @@ def conform(ds: Dataset, target) -> Dataset:
     tg = target if isinstance(target, Target) else Target.of(target)
     if ds.t is None:
         raise DataError(f"{ds.name}: no targets, but the spec declares target '{tg.name}'")
+    if ds.t.dtype.kind not in "biuf":
+        raise DataError(f"{ds.name}: targets have non-numeric dtype {ds.t.dtype}")
     t = ds.t.reshape(len(ds.t), -1)
     if tg.classes is None:
         if tg.width is not None and t.shape[1] != tg.width:
@@ -440,7 +442,7 @@ def conform(ds: Dataset, target) -> Dataset:
                             f"'{tg.name}' has {tg.width}")
         bad = _first_nonfinite(t)
         if bad is not None:
-            raise DataError(f"{ds.record(bad[0])}: target value {t[bad]} is not a number")
+            raise DataError(f"{ds.record(bad[0])}: target value {t[bad]} is not finite")
         return dataclasses.replace(ds, t=t)
     n = tg.classes
     if t.shape[1] != 1:
@@ -449,7 +451,7 @@ def conform(ds: Dataset, target) -> Dataset:
     t = t[:, 0]
     with np.errstate(invalid="ignore"):
         ok = (t >= 0) & (t < n)
-        if t.dtype.kind in "fc":
+        if t.dtype.kind == "f":
             ok &= t == np.floor(t)
     if not ok.all():
         i = int(np.argmin(ok))
@@ -457,8 +459,9 @@ def conform(ds: Dataset, target) -> Dataset:
         if t.dtype.kind in "biu" or (np.isfinite(v) and v == np.floor(v)):
             why = f"is outside class({n}) (0..{n - 1})"
         else:
-            why = (f"is not a whole number" if np.isfinite(v) else "is not a number") + \
-                  f"; class({n}) labels are 0..{n - 1}"
+            why = ("is not a whole number" if np.isfinite(v) else
+                   "is not a number" if np.isnan(v) else "is infinite") + \
+                f"; class({n}) labels are 0..{n - 1}"
         raise DataError(f"{ds.record(i)}: label {_label(v)} {why}")
     return dataclasses.replace(ds, t=t.astype(np.int64, copy=False))
 

@@ -102,7 +102,11 @@ def test_conform_refuses_nonfinite_labels_of_any_dataset():
     ds = data.Dataset(np.ones((3, 1), np.float32), np.array([0.0, 1.0, np.nan]), "built")
     assert refused(conform, ds, CLASS3) == "built: record 2: label nan is not a number; class(3) labels are 0..2"
     ds = data.Dataset(np.ones((2, 1), np.float32), np.array([[0.5], [np.inf]]), "built")
-    assert refused(conform, ds, REAL1) == "built: record 1: target value inf is not a number"
+    assert refused(conform, ds, REAL1) == "built: record 1: target value inf is not finite"
+    ds = data.Dataset(np.ones((2, 1), np.float32), np.array([-np.inf, 0]), "built")
+    assert refused(conform, ds, CLASS3) == "built: record 0: label -inf is infinite; class(3) labels are 0..2"
+    ds = data.Dataset(np.ones((2, 1), np.float32), np.array(["0", "1"]), "built")
+    assert "non-numeric dtype" in refused(conform, ds, CLASS3)
 
 
 def test_labels_must_be_one_per_record_for_a_class_target():
