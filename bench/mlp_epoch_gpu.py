@@ -25,9 +25,9 @@ import time
 import numpy as np
 
 import netc
-from netc.compiler import fuse
+from netc.compiler.cupy_runtime import require_gpu
 from netc.compiler.errors import NetcError
-from netc.compiler.lower_cuda import lower_function, require_gpu
+from netc.compiler.fuse_stats import format_stats
 from netc.runtime.data import mnist
 
 # the network, its parameters and rates: the CPU benchmark's, so the two compare
@@ -90,8 +90,8 @@ def main():
     args = ap.parse_args()
 
     m_cpu = netc.compile(SPEC)
-    plan = lower_function(m_cpu.program, "train_step").plan
-    print(fuse.format_stats(plan.stats(B), "the fused step (netc compile --stats)").split("\n\n")[0])
+    plan = m_cpu.program.named("train_step", "cuda").plan
+    print(format_stats(plan.stats(B), "the fused step (netc compile --stats)").split("\n\n")[0])
 
     try:
         cp = require_gpu()

@@ -38,12 +38,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from .graph import Node, shape_str, toposort
+from .fuse_stats import format_stats, gemm_flops, kernel_bytes, plan_stats  # noqa: F401 (re-exported)
+from .node import Node, shape_str, toposort
 from .ops import OPS
 
-REDUCERS = ("sum", "mean", "sum_to", "max", "min", "argmax", "logsumexp", "log_softmax", "softmax")
-ROW_REDUCERS = ("log_softmax", "softmax")  # S-shaped results built from row reductions
-INDEX_MAPS = ("broadcast", "one_hot")  # fusible ops that are not in the op table's elementwise kind
 LEAVES = ("input", "param", "state", "hyper")
 HOST_OPS = ("const", "hyper", "count")
 INLINE_BUDGET = 6  # ops a node with several consumers may cost and still be recomputed in each
@@ -62,10 +60,11 @@ class Ex:
     """A value inside a kernel at the current iteration point.
 
     kind: const (value) | scalar (a host scalar argument) | read (a buffer at
-    `idx`) | op (node's elementwise op over args) | onehot (args: label, index)
-    | index (the loop index of iteration dim idx[0]) | red (a reduction's
-    value in this kernel) | rowop (log_softmax/softmax from its row reductions;
-    args: the input) | scaled (args: alpha scalars..., the read of a gemm).
+    `idx`) | op (node's elementwise op or index map over args) | index (the
+    loop index of iteration dim idx[0]) | red (a reduction's value in this
+    kernel) | rowop (a row op's value from its row reductions: the op's
+    `Reduction.row`; args: the input) | scaled (args: alpha scalars..., the
+    read of a gemm).
     `idx` is a tuple over the node's dims of iteration-dim numbers (None for
     a broadcast dim)."""
     kind: str
@@ -115,7 +114,7 @@ class Kernel:
     scalars: dict = field(default_factory=dict)  # node id -> host scalar node
     touched: set = field(default_factory=set)  # ids of all nodes this kernel computes (members + inlined)
     phase: str = ""  # forward | backward | update
-    # reduce kernels: [(kind, reducer, expr)] with kind sum | max | sumexp | argmax, in order
+    # reduce kernels: [(step kind, reducer, expr, j)]: the reducer's j-th `Reduction.steps`, in order
     steps: list = field(default_factory=list)
     s_out: list = field(default_factory=list)  # [(node, expr)] written over the source shape
     o_out: list = field(default_factory=list)  # [(node, expr)] written once per reduced point
@@ -171,29 +170,18 @@ def _root(n: Node) -> Node:
         n = n.inputs[k]
 
 
+storage = _root  # the node whose buffer holds n's value (through free views)
+
+
 def through(n: Node) -> int | None:
-    """For a view that is an index map of one input (a transpose) or that is one
-    of its inputs (`training_only`): that input's position. Else None."""
+    """For a view that is one of its inputs (`alias`) or an index map of its one
+    input (a transpose): that input's position. Else None (reshape, slice: a copy)."""
     spec = OPS[n.op]
     if spec.kind != "view":
         return None
-    if n.op == "transpose":
-        return 0
-    return alias_of(n)
-
-
-def alias_of(n: Node) -> int | None:
-    """The input a view simply is (its NumPy emitter returns that argument), if any."""
-    spec = OPS[n.op]
-    if spec.kind != "view" or spec.emit is None:
-        return None
-    marks = [f"__netc_arg{i}__" for i in range(len(n.inputs))]
-    try:
-        from .ops import Emit
-        out = spec.emit(Emit(list(marks), "", n))
-    except Exception:  # noqa: BLE001 - an emitter that needs real arguments is no alias
-        return None
-    return marks.index(out) if out in marks else None
+    if spec.alias is not None:
+        return spec.alias
+    return 0 if spec.index_map is not None and len(n.inputs) == 1 else None
 
 
 def _loc_key(s: str):
@@ -283,8 +271,8 @@ def plan(outputs: list[Node], updates=(), *, merge: bool = True) -> Plan:
         elif k == "reduce":
             src, axes = n.inputs[0].shape, _reduced_axes(n)
             kern = Kernel("reduce", tuple(src), axes, members=[n])
-            if n.op not in ROW_REDUCERS:
-                kern.omap[n.id] = _reducer_omap(n)
+            if not _row(n):
+                kern.omap[n.id] = OPS[n.op].reducer.axes_map(n)[1]
             kernels.append(kern)
         elif k == "fusible" and n.id not in inline:
             kernels.append(Kernel("elementwise", n.shape, members=[n]))
@@ -310,7 +298,7 @@ def _live(order: list[Node], roots: list[Node]) -> list[Node]:
         if n.id in live:
             continue
         live.add(n.id)
-        k = alias_of(n)
+        k = OPS[n.op].alias
         stack.extend([n.inputs[k]] if k is not None else n.inputs)
     return [n for n in order if n.id in live]
 
@@ -349,13 +337,14 @@ def _gemm_scales(order, users, host, out_ids):
         if m.id in out_ids:
             return False
         for u in users[m.id]:
-            if u.op == "matmul" or OPS[u.op].kind == "view" or u.shape == ():
+            spec = OPS[u.op]
+            if spec.kind in ("matmul", "view") or u.shape == ():
                 return False  # a product, a view, or a scalar reader would need the scaled value
-            if not (OPS[u.op].kind == "elementwise" or u.op in REDUCERS or u.op in INDEX_MAPS):
+            if not (spec.kind == "elementwise" or spec.reducer or spec.index_map):
                 return False
         return True
 
-    hoistable = {m.id for m in order if m.op == "matmul" and expression_readers_only(m)}
+    hoistable = {m.id for m in order if OPS[m.op].kind == "matmul" and expression_readers_only(m)}
 
     def split(n: Node):
         """(scalar, operand) if n scales an operand of hoistable products only."""
@@ -393,11 +382,11 @@ def _kind(n: Node, host_ids: set, absorbed: set) -> str:
     spec = OPS[n.op]
     if spec.kind == "view":
         return "view" if through(n) is not None else "library"  # reshape, slice: a copy
-    if n.op == "matmul":
+    if spec.kind == "matmul":
         return "gemm"
-    if n.op in REDUCERS:
+    if spec.reducer is not None:
         return "reduce"
-    if n.op in INDEX_MAPS or (spec.kind == "elementwise" and cuda_template(n.op) is not None):
+    if spec.index_map is not None or (spec.kind == "elementwise" and cuda_template(n.op) is not None):
         return "fusible"
     return "library"
 
@@ -408,23 +397,13 @@ def cuda_template(op: str) -> str | None:
 
 
 def _reduced_axes(n: Node) -> tuple:
-    if n.op == "sum_to":
-        from .ops import _sum_to_axes
-        lead, kept = _sum_to_axes(n.inputs[0].shape, n.attr("shape"))
-        return tuple(sorted(lead + kept))
-    return tuple(n.attr("axes"))
+    return OPS[n.op].reducer.axes_map(n)[0]
 
 
-def _reducer_omap(n: Node) -> tuple:
-    """For each dim of a reduction's result, the source dim it indexes (None: size 1)."""
-    src, axes = n.inputs[0].shape, _reduced_axes(n)
-    if n.op == "sum_to":
-        dst = n.attr("shape")
-        lead = len(src) - len(dst)
-        return tuple(None if (d + lead) in axes or src[d + lead] == 1 else d + lead for d in range(len(dst)))
-    if n.attr("keepdims"):
-        return tuple(None if d in axes or src[d] == 1 else d for d in range(len(src)))
-    return tuple(None if src[d] == 1 else d for d in range(len(src)) if d not in axes)
+def _row(n: Node) -> bool:
+    """A row op: a result over the source shape, built from row reductions (softmax)."""
+    r = OPS[n.op].reducer
+    return r is not None and r.row is not None
 
 
 def _index(P: Plan) -> None:
@@ -476,13 +455,14 @@ class _Walker:
         self._need(idx)
         if n.id in self.ids:
             self.touched[n.id] = n
-            if n.op in ROW_REDUCERS:
-                if idx != ident(K.space) or (n.id, 1) not in self.done_red:
+            red = OPS[n.op].reducer
+            if red is not None and red.row is not None:
+                if idx != ident(K.space) or (n.id, len(red.steps) - 1) not in self.done_red:
                     raise Unfusable("a row op's value is only known at its own point, after its reductions")
                 return Ex("rowop", n, idx, (self.value(n.inputs[0], idx),), n.dtype)
-            if n.op in REDUCERS:
+            if red is not None:
                 want = tuple(d for d in K.omap[n.id])
-                if idx != want or (n.id, 0) not in self.done_red:
+                if idx != want or (n.id, len(red.steps) - 1) not in self.done_red:
                     raise Unfusable("a reduction read away from its own output point")
                 return Ex("red", n, idx, (), n.dtype)
             return self._compute(n, idx)
@@ -502,26 +482,15 @@ class _Walker:
         return ex
 
     def _compute(self, n: Node, idx: tuple) -> Ex:
-        op = n.op
-        if op == "transpose":
-            return self.value(n.inputs[0], (idx[1], idx[0]))
-        if OPS[op].kind == "view":
-            k = alias_of(n)
-            if k is None:
-                raise Unfusable(f"view {op} has no index map")
-            return self.value(n.inputs[k], idx)
-        if op == "broadcast":
-            x = n.inputs[0]
-            axes = n.attr("axes") or ()
-            from .ops import _bcast_src
-            src = _bcast_src(x.shape, axes)
-            sidx = project(idx, n.shape, src)
-            return self.value(x, tuple(s for d, s in enumerate(sidx) if d not in axes))
-        if op == "one_hot":
-            t = self.value(n.inputs[0], idx[:-1])
-            return Ex("onehot", n, idx, (t, Ex("index", None, (idx[-1],), (), "int64")), n.dtype)
-        if OPS[op].kind != "elementwise":
-            raise Unfusable(f"{op} is not elementwise")
+        spec = OPS[n.op]
+        if spec.alias is not None:
+            return self.value(n.inputs[spec.alias], idx)
+        if spec.index_map is not None:
+            args = tuple(self.value(n.inputs[k], at) if k is not None else Ex("index", None, (at,), (), "int64")
+                         for k, at in spec.index_map(n, idx))
+            return Ex("op", n, idx, args, n.dtype) if spec.cuda is not None else args[0]
+        if spec.kind != "elementwise":
+            raise Unfusable(f"{n.op} is not elementwise")
         args = tuple(self.value(i, project(idx, n.shape, i.shape)) for i in n.inputs)
         return Ex("op", n, idx, args, n.dtype)
 
@@ -537,8 +506,8 @@ def _walk(P: Plan, K: Kernel) -> None:
         n = K.members[0]
         K.reads, K.read_idx, K.scalars = {}, {}, {}
         ins = K.operands if K.kind == "gemm" else n.inputs
-        if K.kind == "library" and alias_of(n) is not None:
-            ins = [n.inputs[alias_of(n)]]
+        if K.kind == "library" and OPS[n.op].alias is not None:
+            ins = [n.inputs[OPS[n.op].alias]]
         for i in ins:
             root = _root(i)
             if root.op == "const":
@@ -560,26 +529,23 @@ def _walk(P: Plan, K: Kernel) -> None:
             K.e_out.append((m, w.value(m, ident(m.shape))))
     else:
         S, axes = K.space, K.axes
-        reducers = [m for m in K.members if m.op in REDUCERS]
+        reducers = [m for m in K.members if OPS[m.op].reducer is not None]
         for m in K.members:
-            if m.op in REDUCERS and (tuple(m.inputs[0].shape) != tuple(S) or _reduced_axes(m) != axes):
-                raise Unfusable("reductions over different spaces")
-            if m.op not in REDUCERS and m.id not in K.omap and m.shape != S:
+            if OPS[m.op].reducer is not None:
+                if tuple(m.inputs[0].shape) != tuple(S) or _reduced_axes(m) != axes:
+                    raise Unfusable("reductions over different spaces")
+            elif m.id not in K.omap and m.shape != S:
                 raise Unfusable("an output of another shape")
         full = ident(S)
         for r in reducers:
             w.memo.clear()
             x = w.value(r.inputs[0], full)
-            if r.op in ROW_REDUCERS or r.op == "logsumexp":
-                K.steps.append(("max", r, x))
-                K.steps.append(("sumexp", r, x))
-                w.done_red.update(((r.id, 0), (r.id, 1)))
-            else:
-                K.steps.append((r.op if r.op in ("argmax", "max", "min") else "sum", r, x))
-                w.done_red.add((r.id, 0))
+            for j, kind in enumerate(OPS[r.op].reducer.steps):
+                K.steps.append((kind, r, x, j))
+                w.done_red.add((r.id, j))
         w.memo.clear()
         for m in K.members:
-            if m.op in ROW_REDUCERS or (m.op not in REDUCERS and m.id not in K.omap):
+            if _row(m) or (OPS[m.op].reducer is None and m.id not in K.omap):
                 K.s_out.append((m, w.value(m, full)))
         w.memo.clear()
         w.avail = {d for d in range(len(S)) if d not in axes}
@@ -764,6 +730,30 @@ def _try_merge(P: Plan, k1: Kernel, k2: Kernel) -> Kernel | None:
 # finishing: order, materialization, in-place updates, phases
 
 
+def overwritable(k: Kernel, updates) -> set:
+    """Ids of k's stored update values that k may write over their leaf: it reads
+    the old value only at the point it overwrites (products and library calls
+    write their own buffer; their update is copied after). The planner
+    (compiler/plan.py) decides, knowing the other readers; it fills `in_place`."""
+    if k.kind not in ("elementwise", "reduce"):
+        return set()
+    leaf_of = {u.id: leaf for leaf, u in updates}
+    ok = set()
+    for m in k.writes:
+        leaf = leaf_of.get(m.id)
+        if leaf is not None:
+            own = _o_idx(k, m) if m.id in k.omap else ident(m.shape)
+            if all(ix == own for ix in k.read_idx.get(leaf.id, ())):
+                ok.add(m.id)
+    return ok
+
+
+def temporaries(k: Kernel) -> list:
+    """(shape, dtype) scratch a library call's NumPy emitter needs."""
+    spec = OPS[k.members[0].op]
+    return spec.scratch(k.members[0]) if k.kind == "library" and spec.kind != "view" and spec.scratch else []
+
+
 def _finish(P: Plan) -> None:
     _index(P)
     for k in P.kernels:
@@ -800,28 +790,8 @@ def _finish(P: Plan) -> None:
         mat.update(r for r in k.reads)
     P.materialized = {i for i in mat if i in P.producer}
     update_of = {u.id: leaf for leaf, u in P.updates}
-    leaf_readers: dict[int, list[int]] = {}  # node id -> ids of the kernels reading it
-    for k in P.kernels:
-        for r in k.reads:
-            leaf_readers.setdefault(r, []).append(k.id)
-    out_only = {o.id for o in P.outputs}
     for k in P.kernels:
         k.writes = [m for m in k.members if m.id in P.materialized]
-        k.in_place = {}
-        if k.kind not in ("elementwise", "reduce"):
-            continue  # products and library calls write their own buffer; the update is copied after
-        for m in k.writes:
-            leaf = update_of.get(m.id)
-            if leaf is None or m.id in out_only or tuple(leaf.shape) != tuple(m.shape):
-                continue
-            # every other kernel reading the old value has run already
-            if any(j > k.id for j in leaf_readers.get(leaf.id, [])):
-                continue
-            # and here the old value is read only at the point being overwritten
-            own = _o_idx(k, m) if m.id in k.omap else ident(m.shape)
-            if any(ix != own for ix in k.read_idx.get(leaf.id, ())):
-                continue
-            k.in_place[m.id] = leaf
     fwd = P.forward
     for k in P.kernels:
         if any(m.id in update_of for m in k.members):
@@ -830,98 +800,3 @@ def _finish(P: Plan) -> None:
             k.phase = "forward"
         else:
             k.phase = "backward"
-
-
-# ---------------------------------------------------------------------------
-# statistics
-
-
-def _size(shape, batch: int) -> int:
-    n = 1
-    for d in shape:
-        n *= batch if d is None else d
-    return n
-
-
-def _itemsize(dtype: str) -> int:
-    return {"float32": 4, "float64": 8, "int64": 8, "float16": 2, "int32": 4}.get(dtype, 8)
-
-
-def _bytes(n: Node, batch: int) -> int:
-    return _size(n.shape, batch) * _itemsize(n.dtype)
-
-
-def kernel_bytes(k: Kernel, batch: int) -> tuple[int, int]:
-    """(bytes read, bytes written) by one launch, each buffer counted once."""
-    read = sum(_bytes(n, batch) for n in k.reads.values())
-    written = sum(_bytes(m, batch) for m in k.writes) if k.kind not in ("gemm", "library") else \
-        _bytes(k.members[0], batch)
-    return read, written
-
-
-def gemm_flops(k: Kernel, batch: int) -> int:
-    m = k.members[0]
-    a = k.operands[0] if k.operands else m.inputs[0]
-    rows, cols = (_size((d,), batch) for d in m.shape)
-    inner = _size((a.shape[1],), batch)
-    return 2 * rows * cols * inner
-
-
-def plan_stats(P: Plan, batch: int = 128) -> dict:
-    by_kind: dict[str, int] = {}
-    by_phase: dict[str, dict[str, int]] = {}
-    rows = []
-    total_r = total_w = flops = 0
-    for k in P.kernels:
-        by_kind[k.kind] = by_kind.get(k.kind, 0) + 1
-        ph = by_phase.setdefault(k.phase, {})
-        ph[k.kind] = ph.get(k.kind, 0) + 1
-        r, w = kernel_bytes(k, batch)
-        f = gemm_flops(k, batch) if k.kind == "gemm" else 0
-        total_r += r
-        total_w += w
-        flops += f
-        rows.append({"kernel": f"k{k.id}", "kind": k.kind, "phase": k.phase, "read": r, "written": w,
-                     "flops": f, "members": len(k.members), "lines": k.lines(),
-                     "params": k.params()})
-    # the same program without fusion: one kernel per op, every value through memory
-    unfused_k = unfused_b = 0
-    for n in P.order:
-        kind = OPS[n.op].kind
-        if n.op in LEAVES or n.op == "const" or kind == "view" or n.shape == () and n.op in HOST_OPS:
-            continue
-        unfused_k += 1
-        unfused_b += _bytes(n, batch) + sum(_bytes(i, batch) for i in dict.fromkeys(n.inputs)
-                                             if i.op != "const")
-    return {"batch": batch, "kernels": len(P.kernels), "by_kind": by_kind, "by_phase": by_phase,
-            "bytes_read": total_r, "bytes_written": total_w, "bytes": total_r + total_w,
-            "gemm_flops": flops, "unfused_kernels": unfused_k, "unfused_bytes": unfused_b,
-            "rows": rows}
-
-
-def format_stats(st: dict, title: str = "") -> str:
-    mb = 1 / 1e6
-    lines = []
-    if title:
-        lines.append(title)
-    kinds = ", ".join(f"{v} {k}" for k, v in sorted(st["by_kind"].items()))
-    lines.append(f"kernels per step:      {st['kernels']} ({kinds})")
-    for ph in ("forward", "backward", "update"):
-        if ph in st["by_phase"]:
-            d = st["by_phase"][ph]
-            lines.append(f"  {ph:<9} {sum(d.values()):>3}: " + ", ".join(f"{v} {k}" for k, v in sorted(d.items())))
-    lines.append(f"bytes moved per step:  {st['bytes'] * mb:.3f} MB (read {st['bytes_read'] * mb:.3f} MB, "
-                 f"written {st['bytes_written'] * mb:.3f} MB) at batch {st['batch']}")
-    lines.append(f"GEMM FLOPs per step:   {st['gemm_flops'] / 1e6:.1f} MFLOP")
-    lines.append(f"unfused (one kernel per op): {st['unfused_kernels']} kernels, "
-                 f"{st['unfused_bytes'] * mb:.3f} MB")
-    lines.append("")
-    lines.append(f"{'kernel':<7}{'kind':<12}{'phase':<9}{'read KB':>10}{'written KB':>11}{'MFLOP':>9}"
-                 f"  .net lines; parameters")
-    for r in st["rows"]:
-        where = ", ".join(r["lines"]) or "-"
-        if r["params"]:
-            where += "; " + ", ".join(r["params"])
-        lines.append(f"{r['kernel']:<7}{r['kind']:<12}{r['phase']:<9}{r['read'] / 1e3:>10.1f}"
-                     f"{r['written'] / 1e3:>11.1f}{r['flops'] / 1e6:>9.1f}  {where}")
-    return "\n".join(lines) + "\n"

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import evaluate
-from .lower_cuda import CudaFunction, KernelSource
+from netc.compiler.cuda_c import GPU_PRELUDE, KernelSource
+from netc.compiler.evaluate import evaluate
+from netc.compiler.lower_cuda import CudaFunction
 
 CPU_PRELUDE = r"""
 #include <math.h>
@@ -269,7 +270,6 @@ def nvcc_ptx(kernels: list[KernelSource], arch: str, workdir: Path | None = None
     """Compile every kernel (one .cu: the GPU prelude and the bodies, as CuPy
     gets them) to PTX for `arch` (e.g. "sm_90"); returns the PTX. Raises
     RuntimeError with nvcc's diagnostics."""
-    from .lower_cuda import GPU_PRELUDE
     exe = nvcc()
     if exe is None:
         raise RuntimeError("nvcc not found")

@@ -2,7 +2,7 @@
 
 1. nvcc compiles every generated kernel of every shipped spec to PTX for
    sm_80 and sm_90 (skipped, with the reason, where nvcc is absent);
-2. gcc compiles the same kernel text as C (compiler/cuda_harness.py), and each
+2. gcc compiles the same kernel text as C (tests/cuda_harness.py), and each
    kernel's outputs match compiler/evaluate.py; whole generated steps match
    the NumPy lowering; every elementwise op's C expression matches its impl;
 3. `gpu`-marked tests run CuPy end to end where CuPy and a device exist.
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cuda_harness
 import netc
-from netc.compiler import cuda_harness, fuse, lower_cuda
+from netc.compiler import cuda_c, cupy_runtime, fuse, lower_cuda
 from netc.compiler.errors import NetcError
 from netc.compiler.graph import Graph
 from netc.compiler.ops import OPS
@@ -43,7 +44,7 @@ def model(path, dtype="float32"):
 def functions(m):
     out = {}
     for which in FUNCTIONS:
-        fn = lower_cuda.lower_function(m.program, which)
+        fn = m.program.named(which, "cuda")
         if fn is not None:
             out[which] = fn
     return out
@@ -289,7 +290,7 @@ def test_op_without_a_cuda_expression_runs_as_a_library_call(monkeypatch):
     real = fuse.cuda_template
     monkeypatch.setattr(fuse, "cuda_template", lambda op: None if op == "maximum" else real(op))
     m = netc.compile(next(p for p in SPECS if p.name == "mnist_mlp.net"))
-    fn = lower_cuda.lower_function(m.program, "train_step")
+    fn = m.program.named("train_step", "cuda")
     assert sum(1 for k in fn.plan.kernels if k.kind == "library") == 2
     _steps_agree(m, fn, 2, 8, np.random.default_rng(8), 2e-5, resync=True)
 
@@ -303,7 +304,7 @@ def _gpu_text(path) -> str:
 def _harnessed(text, **kw):
     """A model whose every compiled function is the generated CUDA one, run by the CPU harness."""
     m = netc.compile(text, **kw)
-    lower_cuda.lower_program(m.program)
+    m.program.use_backend("cuda")
     for f in ("step", "evaluate", "predict", "curvature"):
         fn = getattr(m.program, f, None)
         if fn is not None:
@@ -391,15 +392,15 @@ def test_kernels_are_compiled_once_per_process():
 
     m = model(next(p for p in SPECS if p.name == "mnist_lecun98.net"))
     fn = functions(m)["train_step"]
-    lower_cuda._KERNEL_CACHE.clear()
+    cupy_runtime._KERNEL_CACHE.clear()
     for _ in range(2):
-        rt = lower_cuda.CupyRuntime(FakeCupy)
+        rt = cupy_runtime.CupyRuntime(FakeCupy)
         for ks in fn.kernels:
             rt.kernel(ks.source, ks.name, ks.dtypes)
     assert sorted(built) == sorted(ks.name for ks in fn.kernels)
-    lower_cuda._KERNEL_CACHE.clear()
+    cupy_runtime._KERNEL_CACHE.clear()
     for ks in fn.kernels:  # what CuPy compiles: the GPU prelude, then the kernel
-        assert ks.source.startswith(lower_cuda.GPU_PRELUDE) and "// covers: " in ks.source
+        assert ks.source.startswith(cuda_c.GPU_PRELUDE) and "// covers: " in ks.source
 
 
 def test_emit_cuda_and_stats_on_the_command_line(capsys):
@@ -423,7 +424,7 @@ def test_emit_cuda_and_stats_on_the_command_line(capsys):
 def _has_gpu() -> str | None:
     """None if CuPy and a device are there, else why not."""
     try:
-        lower_cuda.require_gpu()
+        cupy_runtime.require_gpu()
     except NetcError as e:
         return e.message
     return None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import netc
-from netc.compiler import fuse, lower_cuda
+from netc.compiler import fuse, fuse_stats, plan
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
 MLP = next(p for p in SPECS if p.name == "mnist_mlp.net")
@@ -18,7 +18,7 @@ MLP = next(p for p in SPECS if p.name == "mnist_mlp.net")
 def mlp():
     m = netc.compile(MLP)
     p = m.program
-    return m, fuse.plan([p.loss], p.updates)
+    return m, plan.fused([p.loss], p.updates).fused  # the fusion plan, in-place updates decided
 
 
 def _layers(program) -> int:
@@ -111,7 +111,7 @@ def test_gemm_flops_and_bytes(mlp):
     params = 4 * (784 * 800 + 800 * 800 + 800 * 10 + 1610)
     assert st["bytes"] > 4 * params
     assert st["bytes_read"] + st["bytes_written"] == st["bytes"]
-    text = fuse.format_stats(st)
+    text = fuse_stats.format_stats(st)
     assert "kernels per step" in text and "GEMM FLOPs per step" in text and "bytes moved per step" in text
 
 
@@ -119,7 +119,7 @@ def test_gemm_flops_and_bytes(mlp):
 def test_every_shipped_function_fuses(path):
     m = netc.compile(path)
     for which in ("train_step", "evaluate", "predict"):
-        fn = lower_cuda.lower_function(m.program, which)
+        fn = m.program.named(which, "cuda")
         if fn is None:
             continue
         P = fn.plan
@@ -164,5 +164,5 @@ def test_compile_time_is_small():
     m = netc.compile(MLP)
     t0 = time.perf_counter()
     for which in ("train_step", "evaluate", "predict"):
-        lower_cuda.lower_function(m.program, which)
+        m.program.named(which, "cuda")
     assert time.perf_counter() - t0 < 2.0
