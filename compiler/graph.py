@@ -18,7 +18,7 @@ from .rewrite import by_op
 
 __all__ = ["BATCH", "Graph", "Node", "depends_on", "shape_str", "toposort"]
 
-_CANONICAL = by_op("build")  # root op -> its canonical-form rules
+_CANONICAL = by_op("build")  # root op -> its canonical-form rules (filled as the table registers them)
 
 
 def _freeze(v):
@@ -52,8 +52,8 @@ class Graph:
         node = self._table.get(key)
         if node is not None:
             return node
-        for rule in _CANONICAL.get(op, ()):
-            canonical = rule.fn(self, op, ins, dict(frozen), loc)
+        for case in _CANONICAL.get(op, ()):
+            canonical = case.fn(self, op, ins, dict(frozen), loc)
             if canonical is not None:
                 return canonical
         shape, dtype = spec.infer(self, ins, dict(frozen), loc)

@@ -1,7 +1,7 @@
 """The rewrite rules: one table of named rules, indexed by the root op they match.
 
-A rule has a name (what `rules_fired` and `netc compile --emit graph` report),
-the ops it can fire on, and a stage:
+A rule has a name (what `rules_fired` and `netc compile` report), a stage, and
+one case per root op it fires on (a case may serve several ops):
 
 - "build": a canonical form, applied by the graph factory before a node is
   interned, `(G, op, inputs, attrs, loc) -> Node | None`. Hash-consing needs
@@ -11,66 +11,73 @@ the ops it can fire on, and a stage:
 - "simplify": a local rewrite `(G, node) -> Node | None`, applied by
   `simplify.simplify` bottom-up to a fixed point.
 
-Rules are registered where they are defined (the op table registers its
-canonical forms, `simplify.py` its rewrites), like ops in `OPS`; a node's
-candidates are the rules listing its op, in registration order, and the first
+Rules are registered where they are defined (the op table's families register
+their canonical forms, `simplify.py` its rewrites), like ops in `OPS`. A
+node's candidates are the cases for its op in registration order; the first
 that returns a new node wins.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 STAGES = ("build", "simplify")
+
+
+class Case(NamedTuple):
+    """One rule's rewrite for one root op."""
+    name: str  # the rule's name
+    fn: Callable
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str
-    ops: tuple[str, ...]  # the root ops it can fire on
-    fn: Callable
-    stage: str = "simplify"
+    stage: str
+    cases: tuple[tuple[str, Callable], ...]  # (root op, rewrite), in registration order
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return tuple(op for op, _ in self.cases)
 
     @property
     def doc(self) -> str:
-        return (self.fn.__doc__ or "").strip().split("\n")[0]
+        firsts = ((fn.__doc__ or "").strip().split("\n")[0].rstrip(".") for _, fn in self.cases)
+        return "; ".join(dict.fromkeys(firsts))
 
 
 RULES: dict[str, Rule] = {}
-_BY_OP: dict[str, dict[str, tuple[Rule, ...]]] = {stage: {} for stage in STAGES}
+_BY_OP: dict[str, dict[str, tuple[Case, ...]]] = {stage: {} for stage in STAGES}
 
 
-def rule(name: str, ops: Iterable[str], stage: str = "simplify") -> Callable:
-    """Register the decorated function as the rule `name` for the root `ops`."""
+def rule(name: str, ops: Iterable[str] | str, stage: str = "simplify") -> Callable:
+    """Register the decorated function as rule `name`'s case for the root `ops`
+    (a rule may be given several cases, one decorated function per op or per
+    group of ops)."""
     if stage not in STAGES:
         raise ValueError(f"unknown rewrite stage {stage!r}")
+    ops = (ops,) if isinstance(ops, str) else tuple(ops)
 
     def register(fn: Callable) -> Callable:
-        if name in RULES:
-            raise ValueError(f"rewrite rule {name!r} is defined twice")
-        r = Rule(name, tuple(ops), fn, stage)
-        RULES[name] = r
-        for op in r.ops:
-            _BY_OP[stage][op] = _BY_OP[stage].get(op, ()) + (r,)
+        old = RULES.get(name)
+        if old is not None and old.stage != stage:
+            raise ValueError(f"rewrite rule {name!r} is registered in two stages")
+        if old is not None and set(ops) & set(old.ops):
+            raise ValueError(f"rewrite rule {name!r} has two cases for one op")
+        RULES[name] = Rule(name, stage, (old.cases if old else ()) + tuple((op, fn) for op in ops))
+        for op in ops:
+            _BY_OP[stage][op] = _BY_OP[stage].get(op, ()) + (Case(name, fn),)
         return fn
     return register
 
 
-def rules_for(op: str, stage: str) -> tuple[Rule, ...]:
-    """The registered rules of `stage` whose root is `op`, in registration order."""
-    return _BY_OP[stage].get(op, ())
-
-
-def index(rules: Iterable[Rule], stage: str = "simplify") -> dict[str, tuple[Rule, ...]]:
-    """A root-op index over a chosen subset of rules (keeps their order)."""
-    out: dict[str, tuple[Rule, ...]] = {}
-    for r in rules:
-        if r.stage == stage:
-            for op in r.ops:
-                out[op] = out.get(op, ()) + (r,)
-    return out
-
-
-def by_op(stage: str) -> dict[str, tuple[Rule, ...]]:
-    """The index of all registered rules of `stage` (read-only use)."""
+def by_op(stage: str) -> dict[str, tuple[Case, ...]]:
+    """Root op -> the registered cases of `stage`, in registration order (read-only)."""
     return _BY_OP[stage]
+
+
+def index(rules: Iterable[Rule], stage: str = "simplify") -> dict[str, tuple[Case, ...]]:
+    """The root-op index restricted to some registered rules (same order)."""
+    names = {r.name for r in rules if r.stage == stage}
+    return {op: kept for op, cases in _BY_OP[stage].items()
+            if (kept := tuple(c for c in cases if c.name in names))}

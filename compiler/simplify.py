@@ -49,57 +49,92 @@ def _one(n: Node) -> bool:
     return _const(n, 1.0) or (n.op == "broadcast" and _const(n.inputs[0], 1.0))
 
 
-@rule("identities", ("add", "sub", "mul", "div", "pow", "neg", "broadcast"))
-def identities(G: Graph, n: Node) -> Node | None:
-    """x+0, 0+x, x-0, 0-x, x*0, x*1, 1*x, x/1, x^1, --x, a broadcast of a broadcast scalar."""
+@rule("identities", "add")
+def _plus_zero(G: Graph, n: Node) -> Node | None:
+    """x+0, 0+x -> x."""
     ins = n.inputs
-    match n.op:
-        case "add":
-            for x, c in ((ins[0], ins[1]), (ins[1], ins[0])):
-                if _zero(c) and _same_shape(n, x):
-                    return x
-        case "sub":
-            if _zero(ins[1]) and _same_shape(n, ins[0]):
-                return ins[0]
-            if _zero(ins[0]) and _same_shape(n, ins[1]):
-                return G("neg", ins[1], loc=n.loc)
-        case "mul":
-            for x, c in ((ins[0], ins[1]), (ins[1], ins[0])):
-                if _zero(c) and n.shape != () and not _zero(x):
-                    return G("broadcast", G.const(0.0, n.dtype), shape=n.shape, loc=n.loc)
-                if _one(c) and _same_shape(n, x):
-                    return x
-                if _const(c, -1.0) and _same_shape(n, x):
-                    return G("neg", x, loc=n.loc)
-        case "div":
-            if _const(ins[1], 1.0) and _same_shape(n, ins[0]):
-                return ins[0]
-        case "pow":
-            if _const(ins[1], 1.0) and _same_shape(n, ins[0]):
-                return ins[0]
-        case "neg":
-            if ins[0].op == "neg" and _same_shape(n, ins[0].inputs[0]):
-                return ins[0].inputs[0]
-        case "broadcast":
-            if ins[0].op == "broadcast" and ins[0].inputs[0].shape == ():  # of a scalar
-                return G("broadcast", ins[0].inputs[0], shape=n.attr("shape"), loc=n.loc)
+    for x, c in ((ins[0], ins[1]), (ins[1], ins[0])):
+        if _zero(c) and _same_shape(n, x):
+            return x
     return None
 
 
-@rule("negations", ("mul", "div", "sub", "add"))
-def negations(G: Graph, n: Node) -> Node | None:
-    """Move negations outward so they cancel: (-a)*b -> -(a*b), a - (-b) -> a + b, a + (-b) -> a - b."""
-    if n.op in ("mul", "div"):
-        a, b = n.inputs
-        if a.op == "neg":
-            return G("neg", G(n.op, a.inputs[0], b, loc=n.loc), loc=n.loc)
-        if b.op == "neg":
-            return G("neg", G(n.op, a, b.inputs[0], loc=n.loc), loc=n.loc)
-    if n.op == "sub" and n.inputs[1].op == "neg":
+@rule("identities", "sub")
+def _minus_zero(G: Graph, n: Node) -> Node | None:
+    """x-0 -> x, 0-x -> -x."""
+    ins = n.inputs
+    if _zero(ins[1]) and _same_shape(n, ins[0]):
+        return ins[0]
+    if _zero(ins[0]) and _same_shape(n, ins[1]):
+        return G("neg", ins[1], loc=n.loc)
+    return None
+
+
+@rule("identities", "mul")
+def _times_constant(G: Graph, n: Node) -> Node | None:
+    """x*0 -> 0, x*1 and 1*x -> x, x*-1 -> -x."""
+    ins = n.inputs
+    for x, c in ((ins[0], ins[1]), (ins[1], ins[0])):
+        if _zero(c) and n.shape != () and not _zero(x):
+            return G("broadcast", G.const(0.0, n.dtype), shape=n.shape, loc=n.loc)
+        if _one(c) and _same_shape(n, x):
+            return x
+        if _const(c, -1.0) and _same_shape(n, x):
+            return G("neg", x, loc=n.loc)
+    return None
+
+
+@rule("identities", ("div", "pow"))
+def _by_one(G: Graph, n: Node) -> Node | None:
+    """x/1, x^1 -> x."""
+    if _const(n.inputs[1], 1.0) and _same_shape(n, n.inputs[0]):
+        return n.inputs[0]
+    return None
+
+
+@rule("identities", "neg")
+def _double_negation(G: Graph, n: Node) -> Node | None:
+    """--x -> x."""
+    x = n.inputs[0]
+    if x.op == "neg" and _same_shape(n, x.inputs[0]):
+        return x.inputs[0]
+    return None
+
+
+@rule("identities", "broadcast")
+def _broadcast_of_broadcast_scalar(G: Graph, n: Node) -> Node | None:
+    """A broadcast of a broadcast scalar is one broadcast of the scalar."""
+    x = n.inputs[0]
+    if x.op == "broadcast" and x.inputs[0].shape == ():
+        return G("broadcast", x.inputs[0], shape=n.attr("shape"), loc=n.loc)
+    return None
+
+
+@rule("negations", ("mul", "div"))
+def _negated_factor(G: Graph, n: Node) -> Node | None:
+    """Negations move outward so they cancel: (-a)*b, a*(-b) -> -(a*b) (and for /)."""
+    a, b = n.inputs
+    if a.op == "neg":
+        return G("neg", G(n.op, a.inputs[0], b, loc=n.loc), loc=n.loc)
+    if b.op == "neg":
+        return G("neg", G(n.op, a, b.inputs[0], loc=n.loc), loc=n.loc)
+    return None
+
+
+@rule("negations", "sub")
+def _minus_negated(G: Graph, n: Node) -> Node | None:
+    """a - (-b) -> a + b."""
+    if n.inputs[1].op == "neg":
         return G("add", n.inputs[0], n.inputs[1].inputs[0], loc=n.loc)
-    if n.op == "add" and n.inputs[1].op == "neg":
+    return None
+
+
+@rule("negations", "add")
+def _plus_negated(G: Graph, n: Node) -> Node | None:
+    """a + (-b) -> a - b;  (-a) + b -> b - a."""
+    if n.inputs[1].op == "neg":
         return G("sub", n.inputs[0], n.inputs[1].inputs[0], loc=n.loc)
-    if n.op == "add" and n.inputs[0].op == "neg":
+    if n.inputs[0].op == "neg":
         return G("sub", n.inputs[1], n.inputs[0].inputs[0], loc=n.loc)
     return None
 
@@ -124,13 +159,17 @@ def log_of_sigmoid(G: Graph, n: Node) -> Node | None:
     return None
 
 
-@rule("softplus_forms", ("log1p", "log"))
-def softplus_forms(G: Graph, n: Node) -> Node | None:
-    """log(1 + exp(a)) and log1p(exp(a)) -> softplus(a); log(exp(a)) -> a."""
-    if n.op == "log1p" and n.inputs[0].op == "exp":
+@rule("softplus_forms", "log1p")
+def _log1p_of_exp(G: Graph, n: Node) -> Node | None:
+    """log1p(exp(a)) -> softplus(a)."""
+    if n.inputs[0].op == "exp":
         return G("softplus", n.inputs[0].inputs[0], loc=n.loc)
-    if n.op != "log":
-        return None
+    return None
+
+
+@rule("softplus_forms", "log")
+def _log_of_exp(G: Graph, n: Node) -> Node | None:
+    """log(1 + exp(a)) -> softplus(a); log(exp(a)) -> a."""
     x = n.inputs[0]
     if x.op == "exp":
         return x.inputs[0]
@@ -255,11 +294,11 @@ def simplify(G: Graph, roots: list[Node], rules: dict[str, Rule] | None = None,
         for n in toposort([root], known=done):  # only what is not simplified yet
             m = G.rebuild(n, [done[i.id] for i in n.inputs])
             for _ in range(100):
-                for r in table.get(m.op, ()):
-                    new = r.fn(G, m)
+                for case in table.get(m.op, ()):
+                    new = case.fn(G, m)
                     if new is not None and new is not m:
                         if fired is not None:
-                            fired[r.name] = fired.get(r.name, 0) + 1
+                            fired[case.name] = fired.get(case.name, 0) + 1
                         m = settle(new)
                         break
                 else:
