@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from . import syntax as S
+from . import sources, syntax as S
 from .blocks import BlockEntry, block_entry, select_params
 from .builtins import builtins_env
 from .errors import ErrorList, Loc, NetcError, SpecError, did_you_mean
@@ -41,20 +41,24 @@ def prelude_module() -> S.Module:
 
 
 def elaborate(module: S.Module, float_dtype: str = "float32",
-              check_block: Callable[[str, list[BlockEntry], Loc], None] | None = None) -> Spec:
+              check_block: Callable[[str, list[BlockEntry], Loc], None] | None = None,
+              read_use: sources.Reader = sources.read_use) -> Spec:
     """Syntax tree -> Spec. Raises SpecError, or ErrorList for several independent errors.
 
     `check_block(name, entries, loc)` validates a data/train/search block (the
     runtime owns their schemas); its errors are reported with the others.
+    `read_use(path, shown, loc)` reads a `use`d file (a checkpoint's spec reads
+    only the files embedded in it); every file read is kept in `Spec.used`.
     """
-    ctx = _Context(Graph(float_dtype), module, check_block)
+    ctx = _Context(Graph(float_dtype), module, check_block, read_use)
     return ctx.run()
 
 
 class _Context:
-    def __init__(self, G: Graph, module: S.Module, check_block=None):
+    def __init__(self, G: Graph, module: S.Module, check_block=None, read_use: sources.Reader = sources.read_use):
         self.G = G
         self.check_block = check_block
+        self.read_use = read_use
         self.module = module
         self.spec = Spec(G, module.file, module.source)
         self.errors: list[NetcError] = []
@@ -122,11 +126,9 @@ class _Context:
         if str(path) in seen:
             chain = " -> ".join(Path(p).name for p in seen + [str(path)])
             raise SpecError(f"circular use: {chain}", st.loc)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise SpecError(f"cannot read {st.path!r}: {e.strerror or e}", st.loc) from None
+        text = self.read_use(path, st.path, st.loc)
         self.sources[str(path)] = text
+        self.spec.used[str(path)] = text
         used = parse(text, str(path))
         self._hoist(used, seen + [str(path)])
 

@@ -28,6 +28,7 @@ class Spec:
     blocks: dict[str, list[BlockEntry]] = field(default_factory=dict)
     block_locs: dict[str, Loc] = field(default_factory=dict)
     functions: dict[str, Any] = field(default_factory=dict)  # the spec's own `def`s (elaborate.UserFn)
+    used: dict[str, str] = field(default_factory=dict)  # every `use`d file: resolved path -> text
 
     @property
     def feeds(self) -> list[Node]:
