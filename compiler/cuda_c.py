@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dtypes import c_type, comment
-from .fuse import Ex, Kernel, Plan, ident
+from .kernel_ir import Ex, Kernel, Plan, ident
 from .node import Node
 from .ops import OPS, cuda_expr
 

@@ -23,7 +23,7 @@ from . import plan
 from .cuda_c import BLOCK, GPU_PRELUDE, KernelSource, kernel_sources  # noqa: F401 (GPU_PRELUDE re-exported)
 from .cupy_runtime import CupyRuntime, require_gpu, to_device, to_host  # noqa: F401 (re-exported)
 from .dtypes import comment
-from .fuse import Kernel, Plan, through
+from .kernel_ir import Kernel, Plan, through
 from .fuse_stats import plan_stats
 from .node import Node, shape_str
 from .lower_numpy import Function, _literal

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import fuse
+from .kernel_ir import storage
 from .dtypes import DTYPES, check_dtypes, comment  # noqa: F401 (re-exported for renderers)
 from .node import Node, toposort
 from .ops import OPS
@@ -30,7 +31,7 @@ STATE_OPS = ("param", "state")  # leaves bound once from the state dict
 @dataclass(eq=False)
 class Step:
     """One unit of execution: an op (`what` a Node) or a fused kernel (a
-    fuse.Kernel). `reads`: ids of the buffers it reads (views resolved to the
+    kernel_ir.Kernel). `reads`: ids of the buffers it reads (views resolved to the
     node owning the storage), in the order they are freed; `overwrite`: ids of
     written update values this step may store over their leaf (it reads the old
     value only where it writes the new one)."""
@@ -61,7 +62,7 @@ class Lowering:
     steps: list[Step]
     buffers: Buffers
     storage: Callable  # node -> the node whose buffer holds its value
-    fused: object = None  # the fuse.Plan the steps come from (None: one op per step)
+    fused: object = None  # the kernel_ir.Plan the steps come from (None: one op per step)
 
 
 def leaves(order: list[Node], updates, feeds: list[Node] | None = None) -> tuple[list[Node], list[Node]]:
@@ -185,7 +186,7 @@ def fused(outputs: list[Node], updates=(), feeds: list[Node] | None = None) -> L
     for o in {o.id: o for o in outputs}.values():
         if o.op == "const" or o.id in host:
             steps.append(Step(o, [o], []))
-    bufs = allocate(steps, outputs, updates, fuse.storage, feeds, state)
+    bufs = allocate(steps, outputs, updates, storage, feeds, state)
     for k in P.kernels:
         k.in_place = {m.id: bufs.in_place[m.id] for m in k.writes if m.id in bufs.in_place}
-    return Lowering(P.order, outputs, updates, feeds, state, steps, bufs, fuse.storage, P)
+    return Lowering(P.order, outputs, updates, feeds, state, steps, bufs, storage, P)
