@@ -242,3 +242,52 @@ def test_compiled_function_does_not_reuse_binding_of_dead_state_dict():
         pytest.skip("CPython did not reuse the dict's address")
     (y,) = fn(new, x)
     np.testing.assert_array_equal(y, np.zeros_like(y))  # all-zero parameters: all-zero scores
+
+
+# -- what reaches generated source (issue 10): dtypes from a closed set, names as literals
+
+HOSTILE_DTYPE = "float32); __import__('os').system('echo pwned'); (float32"
+
+
+@pytest.mark.parametrize("renderer", ["numpy", "cuda"])
+@pytest.mark.parametrize("where", ["leaf", "attribute"])
+def test_a_hostile_dtype_is_refused_before_any_source_is_run(renderer, where, monkeypatch):
+    import builtins
+
+    from netc.compiler import lower_cuda, lower_numpy
+    from netc.compiler.errors import NetcError
+    from netc.compiler.graph import Graph
+    G = Graph("float32")
+    if where == "leaf":  # e.g. a dtype read from a checkpoint's metadata
+        x = G("input", name="x", shape=(None, 3), dtype=HOSTILE_DTYPE)
+        out = G("tanh", x)
+    else:
+        x = G("input", name="x", shape=(None, 3), dtype="float32")
+        out = G("add", x, G("normal_noise", x, seed=1, dtype=HOSTILE_DTYPE))
+
+    def no_exec(*a, **k):
+        raise AssertionError("generated source was run")
+    monkeypatch.setattr(builtins, "exec", no_exec)
+    lower = lower_numpy.lower if renderer == "numpy" else lower_cuda.lower
+    with pytest.raises(NetcError, match="unsupported dtype"):
+        lower([out], (), "f", feeds=[x])
+
+
+@pytest.mark.parametrize("renderer", ["numpy", "cuda"])
+def test_names_reach_generated_source_only_as_literals_or_one_line_comments(renderer):
+    from netc.compiler import lower_cuda, lower_numpy
+    from netc.compiler.graph import Graph
+    G = Graph("float32")
+    evil = "w'] \nimport os\nos.system('echo pwned')  # "
+    x = G("input", name=f"x{evil}", shape=(None, 3), dtype="float32")
+    w = G("param", name=evil, shape=(3,), dtype="float32")
+    lower = lower_numpy.lower if renderer == "numpy" else lower_cuda.lower
+    fn = lower([G("mul", x, w)], (), "f", feeds=[x])
+    assert not any(line.lstrip().startswith(("import", "os.")) for line in fn.source.splitlines())
+    assert fn.state == [evil]
+    with pytest.raises(ValueError, match="identifier"):
+        lower([G("mul", x, w)], (), "f(): pass\nimport os\ndef g", feeds=[x])
+    if renderer == "numpy":
+        xs, ws = np.ones((2, 3), np.float32), np.arange(3, dtype=np.float32)
+        (y,) = fn({evil: ws}, xs)
+        assert np.array_equal(y, xs * ws)
