@@ -123,3 +123,65 @@ def test_deeper_nets_compile_and_are_nonnegative():
     curv = gauss_newton_diag(s.graph, loss, list(s.params.values()), y)
     for c in evaluate(curv, values(s, np.random.default_rng(2))):
         assert np.all(c >= -1e-12)
+
+
+# ---------------------------------------------------------------------------
+# every op's own `curvature` rule (the entry field), against finite differences
+
+from test_ops import B as OPS_B, DIFF_CASES, make_case  # noqa: E402
+
+from netc.compiler.ops import OPS  # noqa: E402
+
+CURV_CASES = [(op, r) for op, r in DIFF_CASES if OPS[op].curvature is not None]
+
+
+def _fd_first_and_second(z, values, name, eps=1e-4):
+    """J[k, j] = d z_k / d u_j and D2[k, j] = d2 z_k / d u_j^2 by centered differences."""
+    u = values[name]
+    z0 = np.array(evaluate([z], values, batch=OPS_B)[0])  # copies: a view's value aliases u
+    J, D2 = np.zeros((z0.size, u.size)), np.zeros((z0.size, u.size))
+    for j, idx in enumerate(np.ndindex(u.shape)):
+        orig = u[idx]
+        u[idx] = orig + eps
+        zp = np.array(evaluate([z], values, batch=OPS_B)[0])
+        u[idx] = orig - eps
+        zm = np.array(evaluate([z], values, batch=OPS_B)[0])
+        u[idx] = orig
+        J[:, j] = ((zp - zm) / (2 * eps)).ravel()
+        D2[:, j] = ((zp - 2 * z0 + zm) / eps ** 2).ravel()
+    return J, D2
+
+
+def test_ops_with_a_curvature_rule_have_cases():
+    assert {op for op, _ in CURV_CASES} == {n for n, op in OPS.items() if op.curvature is not None}
+
+
+@pytest.mark.parametrize("op,recipe", CURV_CASES, ids=[f"{op}-{r.id}" for op, r in CURV_CASES])
+def test_each_curvature_rule_squares_its_jacobian(op, recipe):
+    """h_u = sum_k J_ku^2 h_k (Gauss-Newton, g = None), plus sum_k g_k d2 z_k / d u^2
+    when the pass is exact (g given); inputs stand in as fed leaves."""
+    case = make_case(op, recipe)
+    G, values = case.G, case.values
+    stand = []
+    for k, u in enumerate(case.node.inputs):
+        (values[f"u{k}"],) = evaluate([u], values, batch=OPS_B)
+        stand.append(G("input", name=f"u{k}", shape=u.shape, dtype=u.dtype))
+    z = G.rebuild(case.node, stand)
+    assert z.op == op
+    h, g = case.feed("__h", z.shape), case.feed("__g", z.shape)
+    gauss_newton, exact = OPS[op].curvature(G, z, h, None), OPS[op].curvature(G, z, h, g)
+    assert len(gauss_newton) == len(exact) == len(z.inputs)
+    for k, leaf in enumerate(stand):
+        if leaf.dtype != "float64":
+            assert gauss_newton[k] is None and exact[k] is None
+            continue
+        J, D2 = _fd_first_and_second(z, values, leaf.name)
+        hv, gv = values["__h"].reshape(-1, 1), values["__g"].reshape(-1, 1)
+        noise = 1e-7 * float(np.max(np.abs(evaluate([z], values, batch=OPS_B)[0]), initial=0.0))  # fd round-off
+        shape = values[leaf.name].shape
+        want_gn = np.sum(J ** 2 * hv, axis=0).reshape(shape)
+        want_exact = want_gn + np.sum(D2 * gv, axis=0).reshape(shape)
+        for part, want, what in ((gauss_newton[k], want_gn, "Gauss-Newton"), (exact[k], want_exact, "exact")):
+            got = np.zeros(shape) if part is None else evaluate([part], values, batch=OPS_B)[0]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 + noise,
+                                       err_msg=f"{what} curvature of {z!r} for input {k}")

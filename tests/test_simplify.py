@@ -153,6 +153,13 @@ def test_every_rule_has_cases():
     assert set(BUILD_CASES) == {name for name, r in RULES.items() if r.stage == "build"}
 
 
+def test_rules_are_indexed_by_ops_of_the_table():
+    from netc.compiler.ops import OPS
+    for name, r in RULES.items():
+        assert r.ops and set(r.ops) <= set(OPS), f"{name}: {r.ops}"
+        assert len(set(r.ops)) == len(r.ops), f"{name} has two cases for one op"
+
+
 @pytest.mark.parametrize("rule,case", BUILD_IDS, ids=[f"{r}-{c}" for r, c in BUILD_IDS])
 def test_build_rules_give_one_node_per_expression(rule, case):
     G = Graph("float64")
