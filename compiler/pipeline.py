@@ -1,32 +1,51 @@
 """The pipeline, one direction, each stage a function of the last:
 
     text --parse--> syntax --elaborate--> graph --simplify--> graph
-         --differentiate + update--> graph --simplify--> graph --lower--> NumPy
+         --differentiate + update--> graph --simplify--> graph --lower--> NumPy | CUDA
 
 `compile_program` runs it and keeps every stage's roots so that
 `netc compile --emit graph --after STAGE` can show them.
+
+`Program.function` is the one way the runtime, the API and the diagnostics get
+compiled code: memoized on the Program by what the function computes, so no
+caller lowers a graph or keeps a cache of its own. This module is also the
+only one outside the compiler's back end that calls a lowerer or the fuser.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+from . import lower_numpy
+from .curvature import gauss_newton_diag
 from .differentiate import grad
-from .elaborate import Spec, elaborate
+from .elaborate import elaborate
+from .errors import NetcError, SpecError
 from .graph import Node, shape_str, toposort
-from .lower_numpy import Function, lower
-from .errors import SpecError
+from .lower_numpy import Function
 from .ops import expected
 from .parse import parse
 from .simplify import simplify
-from .curvature import gauss_newton_diag
-from .update import Optimizer, build_updates
+from .spec import Spec
+from .update import Optimizer, build_updates, regularized_objective
+
+__all__ = ["STAGES", "BACKENDS", "Function", "Program", "compile_program", "parse_and_elaborate",
+           "hessian_vector_function", "emit", "fused_stats", "require_backend", "to_backend", "to_host",
+           "dump", "dot"]
 
 STAGES = ("elaborate", "simplify", "differentiate", "simplify_grads")
+BACKENDS = ("numpy", "cuda")
+HYPER_ORDER = ("lr", "momentum", "step")
+NAMED = ("train_step", "evaluate", "predict", "curvature", "value_and_grad")
 
 
-@dataclass
+@dataclass(eq=False)
 class Program:
+    """The compiled spec: the graph's roots after every stage, and its functions.
+
+    `backend` is where `step`, `evaluate`, `predict` and `curvature` run
+    ("numpy", or "cuda" for device="gpu"); other functions name their backend.
+    """
     spec: Spec
     loss: Node | None
     output: Node | None
@@ -34,12 +53,75 @@ class Program:
     grads: dict[str, Node]
     updates: list[tuple[Node, Node]]
     stages: dict[str, list[Node]]
-    step: Function | None = None
-    evaluate: Function | None = None
-    predict: Function | None = None
-    curvature: Function | None = None  # per-parameter bbprop diagonal (for sdlm)
+    optimizer: Optimizer | None = None
+    step_outputs: list[Node] = field(default_factory=list)  # the loss (+ which examples it got wrong)
+    curvature_outputs: list[Node] | None = None  # per-parameter bbprop diagonal (for sdlm)
+    backend: str = "numpy"
+    debug: bool = False
     seconds: float = 0.0
     rules_fired: dict[str, int] = field(default_factory=dict)
+    _functions: dict = field(default_factory=dict, repr=False)  # key -> Function
+    _named: dict = field(default_factory=dict, repr=False)  # (name, backend) -> Function | None
+
+    # -- the one entry point ----------------------------------------------------------
+    def function(self, outputs: list[Node], feeds: list[Node] | None = None, *,
+                 updates: list[tuple[Node, Node]] = (), backend: str = "numpy", name: str = "function",
+                 noise: bool = False) -> Function:
+        """The compiled `fn(state, *feeds) -> outputs` (applying `updates` in place).
+
+        Without `noise`, random ops take their expected value (evaluation,
+        prediction, statistics); the train step draws them. `feeds` fixes the
+        argument order (default: the spec's inputs and targets the outputs read,
+        then the step's hyper-parameters). Memoized by outputs, updates, feeds and
+        backend: asking twice costs a dictionary lookup.
+        """
+        if backend not in BACKENDS:
+            raise NetcError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        G = self.spec.graph
+        outputs = list(outputs) if noise else expected(G, list(outputs))
+        updates = list(updates)
+        if feeds is None:
+            feeds = _used(self.spec.feeds, outputs + [u for _, u in updates]) + _hypers(updates, outputs)
+        key = (tuple(o.id for o in outputs), tuple((leaf.id, u.id) for leaf, u in updates),
+               tuple(f.id for f in feeds), backend)
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self._functions[key] = _lower(outputs, updates, name, feeds, backend, self.debug)
+        return fn
+
+    def named(self, which: str, backend: str | None = None) -> Function | None:
+        """One of the program's own functions (NAMED), None where the spec has none."""
+        backend = backend or self.backend
+        key = (which, backend)
+        if key not in self._named:
+            if which not in NAMED:
+                raise NetcError(f"unknown function {which!r}; choose one of {', '.join(NAMED)}")
+            self._named[key] = _NAMED_BUILDERS[which](self, backend)
+        return self._named[key]
+
+    @property
+    def step(self) -> Function | None:
+        return self.named("train_step")
+
+    @property
+    def evaluate(self) -> Function | None:
+        return self.named("evaluate")
+
+    @property
+    def predict(self) -> Function | None:
+        return self.named("predict")
+
+    @property
+    def curvature(self) -> Function | None:
+        return self.named("curvature")
+
+    def use_backend(self, backend: str) -> None:
+        """Run step/evaluate/predict/curvature on `backend` from now on (compiled now)."""
+        if backend not in BACKENDS:
+            raise NetcError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        for which in ("curvature", "train_step", "evaluate", "predict"):
+            self.named(which)
 
     @property
     def state_leaves(self) -> list[Node]:
@@ -54,16 +136,79 @@ class Program:
         return out
 
 
-def parse_and_elaborate(text: str, file: str, dtype: str = "float32", check_block=None) -> Spec:
-    return elaborate(parse(text, file), dtype, check_block)
+def _lower(outputs, updates, name, feeds, backend, debug) -> Function:
+    if backend == "cuda":
+        from . import lower_cuda
+        return lower_cuda.lower(outputs, updates, name, feeds=feeds)
+    return lower_numpy.lower(outputs, updates, name, feeds=feeds, debug=debug)
+
+
+# -- the program's own functions ----------------------------------------------------------
+
+
+def _train_step(prog: Program, backend: str) -> Function | None:
+    if prog.loss is None or not prog.updates:
+        return None
+    feeds = prog.spec.feeds + _hypers(prog.updates, prog.step_outputs)
+    return prog.function(prog.step_outputs, feeds, updates=prog.updates, backend=backend,
+                         name="train_step", noise=True)
+
+
+def _evaluate(prog: Program, backend: str) -> Function | None:
+    if prog.loss is None:
+        return None
+    outs = expected(prog.spec.graph, [prog.loss] + ([prog.errors] if prog.errors is not None else []))
+    return prog.function(outs, _used(prog.spec.feeds, outs), backend=backend, name="evaluate", noise=True)
+
+
+def _predict(prog: Program, backend: str) -> Function | None:
+    if prog.output is None:
+        return None
+    (out,) = expected(prog.spec.graph, [prog.output])
+    return prog.function([out], _used(list(prog.spec.inputs.values()), [out]), backend=backend,
+                         name="predict", noise=True)
+
+
+def _curvature(prog: Program, backend: str) -> Function | None:
+    if prog.curvature_outputs is None:
+        return None
+    outs = prog.curvature_outputs
+    return prog.function(outs, _used(prog.spec.feeds, outs), backend=backend, name="curvature", noise=True)
+
+
+def _value_and_grad(prog: Program, backend: str) -> Function | None:
+    """The whole training criterion and its gradient, weight decay included (the
+    graph's own decay terms; `inv_examples` is fed by name): what L-BFGS and CG drive."""
+    if prog.loss is None or not prog.grads:
+        return None
+    G, params = prog.spec.graph, list(prog.spec.params.values())
+    outs = regularized_objective(G, prog.optimizer or Optimizer(), params, prog.loss,
+                                 [prog.grads[p.name] for p in params])
+    return prog.function(outs, prog.spec.feeds + _hypers((), outs), backend=backend, name="value_and_grad")
+
+
+_NAMED_BUILDERS = {"train_step": _train_step, "evaluate": _evaluate, "predict": _predict,
+                   "curvature": _curvature, "value_and_grad": _value_and_grad}
+
+
+# -- the stages ------------------------------------------------------------------------------
+
+
+def parse_and_elaborate(text: str, file: str, dtype: str = "float32", check_block=None,
+                        read_use=None) -> Spec:
+    """`read_use(path, shown, loc) -> text` reads a `use`d file (default: the elaborator's)."""
+    kw = {} if read_use is None else {"read_use": read_use}
+    return elaborate(parse(text, file), dtype, check_block, **kw)
 
 
 def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
                     optimizer: Optimizer | None = None, debug: bool = False, functions: bool = True,
-                    step_misses: bool = False) -> Program:
-    """`step_misses`: the train step also returns which examples of the batch it
-    misclassified (for the emphasizing scheme)."""
-    """Simplify, differentiate, build the update, simplify again, lower."""
+                    step_misses: bool = False, backend: str = "numpy") -> Program:
+    """Simplify, differentiate, build the update, simplify again, lower.
+
+    `step_misses`: the train step also returns which examples of the batch it
+    misclassified (for the emphasizing scheme). `functions`: compile the step,
+    evaluate, predict (and curvature) functions now, on `backend`."""
     t0 = time.perf_counter()
     G = spec.graph
     fired: dict[str, int] = {}
@@ -94,30 +239,18 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
         news = simplify(G, [u for _, u in updates], fired=fired)
         updates = [(leaf, u) for (leaf, _), u in zip(updates, news)]
         stages["simplify_grads"] = [loss] + [u for _, u in updates]
-    prog = Program(spec, loss, output, errors, grads, updates, stages, rules_fired=fired)
+    step_outputs = [] if loss is None else \
+        [loss] + ([errors.inputs[0]] if step_misses and errors is not None else [])
+    prog = Program(spec, loss, output, errors, grads, updates, stages, optimizer=optimizer,
+                   step_outputs=step_outputs, backend=backend, debug=debug, rules_fired=fired)
     if functions and optimizer is not None and optimizer.needs_curvature_state and loss is not None:
         params = list(spec.params.values())
         curv = simplify(G, gauss_newton_diag(G, loss, params, output), fired=fired)
-        curv = expected(G, curv)
-        prog.curvature = lower(curv, (), "curvature", feeds=_used(spec.feeds, curv), debug=debug)
+        prog.curvature_outputs = expected(G, curv)
     if functions:
-        feeds = spec.feeds
-        if loss is not None:
-            outs = [loss] + ([errors.inputs[0]] if step_misses and errors is not None else [])
-            hypers = _hypers(updates, outs)
-            if updates:
-                prog.step = lower(outs, updates, "train_step", feeds=feeds + hypers, debug=debug)
-            outs = expected(G, [loss] + ([errors] if errors is not None else []))  # no noise when evaluating
-            prog.evaluate = lower(outs, (), "evaluate", feeds=_used(feeds, outs), debug=debug)
-        if output is not None:
-            (out,) = expected(G, [output])
-            prog.predict = lower([out], (), "predict", feeds=_used(list(spec.inputs.values()), [out]),
-                                 debug=debug)
+        prog.use_backend(backend)
     prog.seconds = time.perf_counter() - t0
     return prog
-
-
-HYPER_ORDER = ("lr", "momentum", "step")
 
 
 def _hypers(updates, outputs=()) -> list[Node]:
@@ -145,6 +278,80 @@ def _error_count(spec: Spec, output: Node | None) -> Node | None:
     return None
 
 
+def hessian_vector_function(prog: Program) -> Function:
+    """hv(x, t, v_1..v_k) = H v for the loss's Hessian w.r.t. all parameters, by
+    differentiating <grad L, v> again (never forming H)."""
+    spec, G = prog.spec, prog.spec.graph
+    params = list(spec.params.values())
+    vs = [G("input", name=f"__v.{p.name}", shape=p.shape, dtype=p.dtype) for p in params]
+    gs = [prog.grads[p.name] for p in params]
+    dot_gv = None
+    for g, v in zip(gs, vs):
+        term = G("sum", G("mul", g, v))
+        dot_gv = term if dot_gv is None else G("add", dot_gv, term)
+    hv = expected(G, simplify(G, grad(G, dot_gv, params)))
+    return prog.function(hv, _used(spec.feeds, hv) + vs, name="hessian_vector", noise=True)
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+
+def require_backend(backend: str):
+    """The array module a backend's state lives in (numpy, or cupy with a device);
+    a NetcError saying what is missing otherwise. Call it before compiling."""
+    if backend == "cuda":
+        from . import lower_cuda
+        return lower_cuda.require_gpu()
+    import numpy
+    return numpy
+
+
+def to_backend(state: dict, backend: str) -> dict:
+    """State arrays where `backend`'s functions read them."""
+    if backend == "cuda":
+        from . import lower_cuda
+        return lower_cuda.to_device(state, require_backend(backend))
+    return state
+
+
+def to_host(a):
+    """A NumPy array from a NumPy or CuPy array (or scalar)."""
+    get = getattr(a, "get", None)
+    import numpy
+    return get() if callable(get) and not isinstance(a, numpy.ndarray) else a
+
+
+# -- looking at a program ------------------------------------------------------------------------
+
+
+def emit(prog: Program, kind: str, which: str = "train_step", after: str = "simplify_grads") -> str:
+    """What `netc compile --emit KIND` prints: graph (after a stage), dot, numpy (the
+    generated source) or cuda (the fused kernels, each with the .net lines it covers)."""
+    if kind in ("graph", "dot"):
+        roots = prog.stages.get(after)
+        if roots is None:
+            raise NetcError(f"stage '{after}' did not run for this spec (no loss or no parameters?)")
+        if kind == "dot":
+            return dot(roots)
+        text = dump(roots)
+        if prog.rules_fired:
+            text += "# rewrites fired: " + ", ".join(f"{k} x{v}" for k, v in sorted(prog.rules_fired.items())) + "\n"
+        return text
+    fn = prog.named(which, "cuda" if kind == "cuda" else "numpy")
+    if fn is None:
+        raise NetcError(f"this spec has no {which} function")
+    return fn.emit() if kind == "cuda" else fn.source
+
+
+def fused_stats(prog: Program, which: str, batch: int, title: str) -> str:
+    """Fused kernels per step, bytes moved and GEMM FLOPs at batch size `batch`."""
+    from . import fuse
+    fn = prog.named(which, "cuda")
+    if fn is None:
+        raise NetcError(f"this spec has no {which} function")
+    return fuse.format_stats(fn.plan.stats(batch), title)
+
+
 def dump(roots: list[Node]) -> str:
     """The graph under `roots` as text, one node a line, inputs first."""
     lines = []
@@ -156,8 +363,6 @@ def dump(roots: list[Node]) -> str:
         lines.append(f"%{n.id} = {n.op}({inner}) : {shape_str(n.shape)} {n.dtype}{loc}")
     marks = ", ".join(f"%{r.id}" for r in roots)
     return "\n".join(lines) + f"\nroots: {marks}\n"
-
-
 
 
 def dot(roots: list[Node]) -> str:
@@ -176,18 +381,3 @@ def dot(roots: list[Node]) -> str:
             lines.append(f"  n{i.id} -> n{n.id};")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def hessian_vector_function(prog: Program) -> Function:
-    """hv(x, t, v_1..v_k) = H v for the loss's Hessian w.r.t. all parameters, by
-    differentiating <grad L, v> again (never forming H)."""
-    spec, G = prog.spec, prog.spec.graph
-    params = list(spec.params.values())
-    vs = [G("input", name=f"__v.{p.name}", shape=p.shape, dtype=p.dtype) for p in params]
-    gs = [prog.grads[p.name] for p in params]
-    dot_gv = None
-    for g, v in zip(gs, vs):
-        term = G("sum", G("mul", g, v))
-        dot_gv = term if dot_gv is None else G("add", dot_gv, term)
-    hv = expected(G, simplify(G, grad(G, dot_gv, params)))
-    return lower(hv, (), "hessian_vector", feeds=_used(spec.feeds, hv) + vs)

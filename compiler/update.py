@@ -5,10 +5,16 @@ Scalars that change between steps (the learning rate, momentum, 1/T for
 weight decay) enter as `hyper` leaves: schedules change them without
 recompiling. Per-parameter optimizer memory (velocities, accumulated squares,
 curvature averages) is `state`, updated in place.
+
+Each optimizer is one `UpdateRule` in `RULES`: what it builds once for all
+parameters (`shared`) and what it builds per parameter (`per_param`). The
+train-block side of the same optimizer (its schema, its step inputs, a batch
+method's driver) is runtime/optimizers.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .curvature import gauss_newton_diag
 from .graph import Graph, Node
@@ -19,7 +25,7 @@ ZERO = {"dist": "constant", "value": 0.0}
 @dataclass(frozen=True)
 class Optimizer:
     """What the update graph needs to know of the train block's `method`."""
-    kind: str = "sgd"  # sgd | adagrad | sdlm | vsgd | adaptive
+    kind: str = "sgd"  # a key of RULES
     momentum: bool = False  # a momentum hyper is fed (sgd)
     nesterov: bool = False
     eps: float = 1e-8  # adagrad's guard
@@ -34,46 +40,72 @@ class Optimizer:
 
     @property
     def needs_curvature_state(self) -> bool:
-        return self.kind == "sdlm"
+        """A `{param}.curvature` state the trainer re-estimates before each epoch (bbprop)."""
+        return _rule(self.kind).curvature_state
+
+
+@dataclass
+class Shared:
+    """What an optimizer builds once for all parameters: updates of global state,
+    the rate the per-parameter steps use, the curvature diagonal they read."""
+    lr: Node
+    updates: list[tuple[Node, Node]] = field(default_factory=list)
+    curvature: list[Node] | None = None
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    per_param: Callable  # (G, opt, p, g, eps_p, scale, i, shared) -> [(leaf, new value)]
+    shared: Callable | None = None  # (G, opt, params, grads, loss, output, shared) -> None
+    curvature_state: bool = False
 
 
 def build_updates(G: Graph, opt: Optimizer, params: list[Node], grads: list[Node],
                   scales: dict[str, float], loss: Node | None = None,
                   output: Node | None = None) -> list[tuple[Node, Node]]:
     """(leaf, new value) pairs applied in place at the end of the step."""
-    f = G.float_dtype
-    lr = G("hyper", name="lr", shape=(), dtype=f)
-    grads = _with_decay(G, opt, params, grads)
-    curv = None
-    if opt.kind == "vsgd":
-        curv = gauss_newton_diag(G, loss, params, output)
-    updates: list[tuple[Node, Node]] = []
-    if opt.kind == "adaptive":
-        updates += _adaptive_rate(G, opt, params, grads)
-        lr = updates[-1][1]  # the new global rate
+    rule = _rule(opt.kind)
+    shared = Shared(G("hyper", name="lr", shape=(), dtype=G.float_dtype))
+    grads = with_decay(G, opt, params, grads)
+    if rule.shared is not None:
+        rule.shared(G, opt, params, grads, loss, output, shared)
+    updates = list(shared.updates)
     for i, (p, g) in enumerate(zip(params, grads)):
         scale = scales.get(p.name, 1.0)
         if scale == 0:
             continue  # frozen
-        eps_p = G("mul", lr, scale) if scale != 1 else lr
+        eps_p = G("mul", shared.lr, scale) if scale != 1 else shared.lr
         mark = len(G)
-        match opt.kind:
-            case "sgd" | "adaptive":
-                updates += _sgd(G, opt, p, g, eps_p)
-            case "adagrad":
-                acc = _state(G, p, "sum_sq")
-                acc_new = G("add", acc, G("mul", g, g))
-                step = G("div", G("mul", eps_p, g), G("add", G("sqrt", acc_new), opt.eps))
-                updates += [(acc, acc_new), (p, G("sub", p, step))]
-            case "sdlm":
-                h = _state(G, p, "curvature")  # a running Gauss-Newton diagonal, kept by the trainer
-                updates.append((p, G("sub", p, G("mul", G("div", eps_p, G("add", h, opt.mu)), g))))
-            case "vsgd":
-                updates += _vsgd(G, opt, p, g, curv[i], scale)
-            case other:
-                raise ValueError(f"unknown optimizer {other!r}")
+        updates += rule.per_param(G, opt, p, g, eps_p, scale, i, shared)
         G.locate_new(mark, p.loc)  # the update points at the parameter's line
     return updates
+
+
+def regularized_objective(G: Graph, opt: Optimizer, params: list[Node], loss: Node,
+                          grads: list[Node]) -> list[Node]:
+    """[loss + R / T, gradients + dR/dw / T]: the whole training criterion the batch
+    methods minimize, with the same decay terms (and the same `inv_examples` feed)
+    as the step's gradients."""
+    grads = with_decay(G, opt, params, grads)
+    if not opt.l2 and not opt.l1:
+        return [loss] + grads
+    inv_t = G("hyper", name="inv_examples", shape=(), dtype=G.float_dtype)
+    penalty = None
+    for p in params:
+        lam2, lam1 = opt.l2.get(p.name, 0.0), opt.l1.get(p.name, 0.0)
+        for lam, r in ((lam2, lambda: G("sum", G("mul", p, p))), (lam1, lambda: G("sum", G("abs", p)))):
+            if lam:
+                term = G("mul", float(lam), r())
+                penalty = term if penalty is None else G("add", penalty, term)
+    objective = loss if penalty is None else G("add", loss, G("mul", inv_t, penalty))
+    return [objective] + grads
+
+
+def _rule(kind: str) -> UpdateRule:
+    rule = RULES.get(kind)
+    if rule is None:
+        raise ValueError(f"unknown optimizer {kind!r}")
+    return rule
 
 
 def _state(G: Graph, p: Node, what: str, init=ZERO, shape=None) -> Node:
@@ -81,12 +113,12 @@ def _state(G: Graph, p: Node, what: str, init=ZERO, shape=None) -> Node:
              dtype=p.dtype, init=init)
 
 
-def _with_decay(G: Graph, opt: Optimizer, params, grads) -> list[Node]:
+def with_decay(G: Graph, opt: Optimizer, params, grads) -> list[Node]:
     """g + (2 lambda / T) w for L2 and + (lambda / T) sign(w) for L1: the train block's
     decay is on the whole training criterion sum_t L_t + lambda R, so a minibatch of
     the mean loss carries lambda R / T [PR 3.2]; `inv_examples` = 1/T is fed."""
     if not opt.l2 and not opt.l1:
-        return grads
+        return list(grads)
     inv_t = G("hyper", name="inv_examples", shape=(), dtype=G.float_dtype)
     out = []
     for p, g in zip(params, grads):
@@ -99,7 +131,10 @@ def _with_decay(G: Graph, opt: Optimizer, params, grads) -> list[Node]:
     return out
 
 
-def _sgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node) -> list[tuple[Node, Node]]:
+# ---------------------------------------------------------------------------- the rules
+
+
+def _sgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
     """w <- w - eps g; with momentum v <- mu v - eps g, w <- w + v
     (Nesterov: w <- w + mu v - eps g) [EB 4.7, PR 3.1]."""
     step = G("mul", eps_p, g)
@@ -112,29 +147,49 @@ def _sgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node) -> list[tuple[
     return [(v, v_new), (p, p_new)]
 
 
-def _adaptive_rate(G: Graph, opt: Optimizer, params, grads) -> list[tuple[Node, Node]]:
+def _adagrad(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
+    """Each weight's rate divided by the root of its summed squared gradients [PR 6.2]."""
+    acc = _state(G, p, "sum_sq")
+    acc_new = G("add", acc, G("mul", g, g))
+    step = G("div", G("mul", eps_p, g), G("add", G("sqrt", acc_new), opt.eps))
+    return [(acc, acc_new), (p, G("sub", p, step))]
+
+
+def _sdlm(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
+    """eta_k = eps / (h_k + mu) with h a running Gauss-Newton diagonal kept by the trainer [EB 9.1]."""
+    h = _state(G, p, "curvature")
+    return [(p, G("sub", p, G("mul", G("div", eps_p, G("add", h, opt.mu)), g)))]
+
+
+def _adaptive_rate(G: Graph, opt: Optimizer, params, grads, loss, output, shared: Shared) -> None:
     """Murata/Mueller's adaptive global rate [EB 4.7]: r <- (1 - delta) r + delta g,
     eta <- eta + alpha eta (beta |r| - eta), with the step using the new eta."""
-    out = []
     norm_sq = None
     for p, g in zip(params, grads):
         r = _state(G, p, "flow")
         r_new = G("add", G("mul", 1.0 - opt.delta, r), G("mul", opt.delta, g))
-        out.append((r, r_new))
+        shared.updates.append((r, r_new))
         s = G("sum", G("mul", r_new, r_new))
         norm_sq = s if norm_sq is None else G("add", norm_sq, s)
     lr0 = G("hyper", name="lr", shape=(), dtype=G.float_dtype)
     eta = G("state", name="adaptive.eta", shape=(), dtype=G.float_dtype, init={"dist": "constant", "value": opt.lr0})
     eta_new = G("add", eta, G("mul", G("mul", opt.alpha, eta), G("sub", G("mul", opt.beta, G("sqrt", norm_sq)), eta)))
     eta_new = G("minimum", G("maximum", eta_new, G("mul", lr0, 1e-3)), G("mul", lr0, 1e3))  # keep it sane
-    return out + [(eta, eta_new)]
+    shared.updates.append((eta, eta_new))
+    shared.lr = eta_new  # the new global rate
 
 
-def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, h_now: Node, scale: float) -> list[tuple[Node, Node]]:
+def _vsgd_curvature(G: Graph, opt: Optimizer, params, grads, loss, output, shared: Shared) -> None:
+    shared.curvature = gauss_newton_diag(G, loss, params, output)
+
+
+def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float, i: int,
+          shared: Shared) -> list[tuple[Node, Node]]:
     """vSGD, "no more pesky learning rates" (Schaul, Zhang & LeCun 2013), with the
     bbprop diagonal as the curvature estimate:
     g_ <- (1-1/tau) g_ + g/tau, v_ <- (1-1/tau) v_ + g^2/tau, h_ <- (1-1/tau) h_ + h/tau,
     eta = g_^2 / (h_ v_), tau <- (1 - g_^2/v_) tau + 1."""
+    h_now = shared.curvature[i]
     tau = _state(G, p, "tau", init={"dist": "constant", "value": opt.tau0})
     gb, vb, hb = _state(G, p, "g_avg"), _state(G, p, "v_avg"), _state(G, p, "h_avg")
     inv = G("div", 1.0, tau)
@@ -148,3 +203,12 @@ def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, h_now: Node, scale: float)
     tau_new = G("add", G("mul", G("sub", 1.0, ratio), tau), 1.0)
     step = G("mul", G("mul", eta, scale) if scale != 1 else eta, g)
     return [(gb, gb_new), (vb, vb_new), (hb, hb_new), (tau, tau_new), (p, G("sub", p, step))]
+
+
+RULES: dict[str, UpdateRule] = {
+    "sgd": UpdateRule(_sgd),
+    "adagrad": UpdateRule(_adagrad),
+    "sdlm": UpdateRule(_sdlm, curvature_state=True),
+    "vsgd": UpdateRule(_vsgd, shared=_vsgd_curvature),
+    "adaptive": UpdateRule(_sgd, shared=_adaptive_rate),
+}

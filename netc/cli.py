@@ -182,34 +182,14 @@ def _shape(n) -> str:
 
 
 def cmd_compile(args) -> int:
-    from netc.compiler.pipeline import dot, dump
+    from netc.compiler.pipeline import emit, fused_stats
     m = _model(args.spec, device=args.device)
-    prog = m.program
-    emit = args.emit or (None if args.stats else "graph")
-    if emit == "cuda" or args.stats:
-        from netc.compiler import fuse, lower_cuda
-        fn = lower_cuda.lower_function(prog, args.function)
-        if fn is None:
-            raise NetcError(f"this spec has no {args.function} function")
-        if emit == "cuda":
-            print(fn.emit(), end="")
-        if args.stats:
-            print(fuse.format_stats(fn.plan.stats(m.train_cfg.batch),
-                                    f"{args.spec}: {args.function}, fused for the GPU"), end="")
-    elif emit in ("graph", "dot"):
-        roots = prog.stages.get(args.after)
-        if roots is None:
-            raise NetcError(f"stage '{args.after}' did not run for this spec (no loss or no parameters?)")
-        print((dump if emit == "graph" else dot)(roots), end="")
-        if emit == "dot":
-            return 0
-        if prog.rules_fired:
-            print("# rewrites fired: " + ", ".join(f"{k} x{v}" for k, v in sorted(prog.rules_fired.items())))
-    elif emit == "numpy":
-        fn = getattr(prog, {"train_step": "step"}.get(args.function, args.function))
-        if fn is None:
-            raise NetcError(f"this spec has no {args.function} function")
-        print(fn.source, end="")
+    kind = args.emit or (None if args.stats else "graph")
+    if kind == "cuda" or (kind is not None and not args.stats):  # --stats shows the fused plan only
+        print(emit(m.program, kind, which=args.function, after=args.after), end="")
+    if args.stats:
+        print(fused_stats(m.program, args.function, m.train_cfg.batch,
+                          f"{args.spec}: {args.function}, fused for the GPU"), end="")
     return 0
 
 
@@ -275,7 +255,7 @@ def cmd_lr_probe(args) -> int:
         raise NetcError("lr-probe needs a method with a learning rate")
     ds = _train_set(_model(args.spec), args.examples)
     print(f"probing {args.spec} on {len(ds)} examples, {args.epochs} epoch(s) a trial:")
-    lr = lr_probe(lambda: _model(args.spec), ds.x, ds.t, start=args.start, epochs=args.epochs)
+    lr = lr_probe(lambda **kw: _model(args.spec, **kw), ds.x, ds.t, start=args.start, epochs=args.epochs)
     if lr is None:
         print("no rate tried trains without diverging: check the spec (netc gradcheck, netc overfit)")
         return EXIT_INTERNAL

@@ -7,7 +7,7 @@ import math
 
 from netc.compiler.errors import SpecError
 from netc.runtime.splits import load_source
-from netc.runtime.trainer import Diverged
+from netc.runtime.divergence import Diverged
 
 from .model import Model
 
@@ -22,13 +22,11 @@ def _train_set(model: Model, examples: int):
 
 def lr_probe(model_factory, x, t, start: float = 10.0, tries: int = 12, epochs: int = 1, log=print) -> float | None:
     """Start large and divide by 3 until training no longer diverges [PR 2.1]:
-    returns the largest rate tried that trains without diverging (or None)."""
+    returns the largest rate tried that trains without diverging (or None).
+    `model_factory(train=...)` compiles the spec with those train-block keys set."""
     lr = start
     for _ in range(tries):
-        m: Model = model_factory()
-        m.train_cfg.recover = False
-        m.train_cfg.method.lr = lr
-        m.train_cfg.stats = False
+        m: Model = model_factory(train={"lr": lr, "recover": False, "stats": False})
         initial = float(m.function("loss")(*_feeds(m, x, t))[0])
         try:
             m.fit(x, t, epochs=epochs)

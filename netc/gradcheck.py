@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from netc.compiler.lower_numpy import lower
-from netc.compiler.ops import expected
 from netc.runtime.splits import load_source
 
 
@@ -39,10 +37,10 @@ def gradcheck(model, examples: int = 4, entries: int = 20, seed: int = 0, eps: f
     rng = np.random.default_rng(seed)
     feeds = sample_batch(model, examples, rng)
     names = list(spec.params)
-    fn = lower(expected(spec.graph, [prog.loss] + [prog.grads[n] for n in names]), (), "loss_and_grads", feeds=spec.feeds)
+    fn = prog.function([prog.loss] + [prog.grads[n] for n in names], spec.feeds, name="loss_and_grads")
     state = {k: v.copy() for k, v in model.state.items()}
     analytic = [g.copy() for g in fn(state, *feeds)[1:]]
-    loss = lower(expected(spec.graph, [prog.loss]), (), "loss", feeds=spec.feeds)
+    loss = prog.function([prog.loss], spec.feeds, name="loss")
 
     def f() -> float:
         return float(loss(state, *feeds)[0])

@@ -7,20 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from netc.compiler.blocks import Formula, select_params
-from netc.compiler.spec import Spec
 from netc.compiler.errors import DataError, NetcError, SpecError
-from netc.compiler import lower_cuda
-from netc.compiler.lower_numpy import lower
-from netc.compiler.ops import expected
-from netc.compiler.pipeline import compile_program, parse_and_elaborate
-from netc.compiler.update import Optimizer
+from netc.compiler.pipeline import compile_program, parse_and_elaborate, require_backend, to_backend, to_host
 from netc.runtime import checkpoint, data, normalize
-from netc.runtime.config import DataConfig, TrainConfig, from_block
-from netc.search_space import SearchConfig, Space, search_block
+from netc.runtime.config import BATCH_METHODS, DataConfig, TrainConfig, from_block
+from netc.runtime.evaluation import evaluate, predict
+from netc.runtime.optimizers import lr_scales, optimizer_for
 from netc.runtime.splits import load_splits
 from netc.runtime.state import assign, init_state
-from netc.runtime.trainer import Run, evaluate, predict
+from netc.runtime.trainer import Run
+from netc.search_space import SearchConfig, Space, search_block
 
 VERSION = "0.1.0"
 
@@ -37,80 +33,8 @@ def read_spec(path_or_text: str | Path) -> tuple[str, str]:
     return str(path_or_text), "<spec>"
 
 
-def lr_scales(spec: Spec, cfg: TrainConfig) -> dict[str, float]:
-    """Per-parameter learning-rate factors from `lr_scale` (a number, or a formula
-    of fan_in, fan_out and size), then the `lr_scale SELECTOR = ...` groups in order."""
-    params = spec.params
-    out: dict[str, float] = {}
-    for name, p in params.items():
-        out[name] = _scale_value(cfg.lr_scale, _fan_names(params, name))
-    for key, selector, value, loc in cfg.groups:
-        if key == "lr_scale":
-            for p in select_params(params, selector, loc):
-                out[p.name] = _scale_value(value, _fan_names(params, p.name))
-        elif key == "freeze":
-            if not isinstance(value, bool):
-                raise SpecError(f"freeze {selector} takes true or false, got {value!r}", loc)
-            for p in select_params(params, selector, loc):
-                if value:
-                    out[p.name] = 0.0
-    return out
-
-
-def optimizer_for(spec: Spec, cfg: TrainConfig) -> Optimizer:
-    """The update-graph description of the train block's method and decay keys."""
-    m = cfg.method
-    l2, l1 = _group_values(spec, cfg, "decay"), _group_values(spec, cfg, "l1")
-    if m.kind in ("lbfgs", "cg"):  # batch methods drive the compiled loss-and-gradient themselves
-        return Optimizer(kind="sgd", l2=l2, l1=l1)
-    extra = {k: getattr(m, k) for k in ("eps", "mu", "tau0", "alpha", "beta", "delta") if hasattr(m, k)}
-    return Optimizer(kind=m.kind, momentum=getattr(m, "momentum", 0) > 0, nesterov=getattr(m, "nesterov", False),
-                     l2=l2, l1=l1, lr0=m.lr if isinstance(m.lr, (int, float)) else 0.01, **extra)
-
-
-def _weight_decay(spec: Spec, cfg: TrainConfig):
-    return _group_values(spec, cfg, "decay"), _group_values(spec, cfg, "l1")
-
-
-def _group_values(spec: Spec, cfg: TrainConfig, key: str) -> dict[str, float]:
-    """Per-parameter values of `key`: its plain value on the weights (biases excluded,
-    [PR 3.2]), then `key SELECTOR = value` entries in order."""
-    base = float(getattr(cfg, key))
-    out = {name: base for name, p in spec.params.items() if p.ndim >= 2 and base}
-    for k, selector, value, loc in cfg.groups:
-        if k != key:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise SpecError(f"{key} {selector} must be a number >= 0, got {value!r}", loc)
-        for p in select_params(spec.params, selector, loc):
-            out[p.name] = float(value)
-    return {k: v for k, v in out.items() if v}
-
-
-def _fan_names(params: dict, name: str) -> dict[str, float]:
-    p = params[name]
-    if p.ndim >= 2:
-        return {"fan_in": float(p.shape[0]), "fan_out": float(p.shape[-1]), "size": float(np.prod(p.shape))}
-    # a bias: the fan-in of the weight feeding the same units in the same layer
-    prefix = name.rsplit(".", 1)[0] if "." in name else ""
-    for other in params.values():
-        if other.ndim == 2 and other.shape[-1] == p.shape[-1] and other.name.rsplit(".", 1)[0] == prefix:
-            return {"fan_in": float(other.shape[0]), "fan_out": float(p.shape[-1]), "size": float(p.shape[0])}
-    return {"fan_in": 1.0, "fan_out": float(p.shape[-1] if p.shape else 1), "size": float(np.prod(p.shape))}
-
-
-def _scale_value(value, names) -> float:
-    """The train block validated the value (runtime/config._scale); formulas are
-    checked for a finite real result as they are evaluated."""
-    v = float(value.evaluate(names)) if isinstance(value, Formula) else float(value)
-    if v < 0:
-        raise SpecError(f"lr_scale came out negative ({v:g})", value.expr.loc if isinstance(value, Formula) else None)
-    return v
-
-
 def _check_gpu_settings(cfg: TrainConfig) -> None:
     """Settings whose work runs on the host over NumPy state: not with device="gpu" yet."""
-    from netc.runtime.config import BATCH_METHODS
     why = []
     if getattr(cfg.method, "kind", None) in BATCH_METHODS:
         why.append(f"method = {cfg.method.kind}(...) (batch methods run on the host)")
@@ -131,12 +55,15 @@ class Model:
     """
 
     def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
-                 dtype: str | None = None, debug: bool = False, device: str = "cpu"):
+                 dtype: str | None = None, debug: bool = False, device: str = "cpu",
+                 train: dict | None = None):
+        """`train`: train-block keys set over the spec's before compiling (e.g. lr-probe's rate)."""
         self.text, self.file = text, file
         if device not in ("cpu", "gpu"):
             raise NetcError(f"unknown device {device!r}; choose 'cpu' or 'gpu'")
         self.device = device
-        cupy = lower_cuda.require_gpu() if device == "gpu" else None  # fail before compiling
+        backend = "cuda" if device == "gpu" else "numpy"
+        require_backend(backend)  # fail before compiling
         configs = {"train": TrainConfig(), "data": DataConfig()}
         space = Space(text)  # distributions in the data/train blocks (netc/search.py)
         self.search_cfg: SearchConfig | None = None
@@ -158,19 +85,20 @@ class Model:
             self.train_cfg.seed = seed
         if dtype is not None:
             self.train_cfg.dtype = dtype
+        if train:
+            self.train_cfg = _overridden(self.train_cfg, train)
+        if backend != "numpy":
+            _check_gpu_settings(self.train_cfg)
         if self.train_cfg.dtype != spec.graph.float_dtype:
             spec = parse_and_elaborate(text, file, self.train_cfg.dtype)
         self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
                                        optimizer=optimizer_for(spec, self.train_cfg), debug=debug,
-                                       step_misses=self.train_cfg.emphasize.kind == "errors")
+                                       step_misses=self.train_cfg.emphasize.kind == "errors", backend=backend)
         if self.train_cfg.emphasize.kind == "errors" and self.program.errors is None:
             raise SpecError("emphasize = errors(...) needs a class(n) target and an [B, n] output",
                             spec.block_locs.get("train"), text)
-        self.state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
-        if cupy is not None:  # parameters and optimizer state live on the device
-            _check_gpu_settings(self.train_cfg)
-            lower_cuda.lower_program(self.program)
-            self.state = lower_cuda.to_device(self.state, cupy)
+        state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
+        self.state = to_backend(state, backend)  # device="gpu": parameters and optimizer state on the device
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
         self.summary: dict | None = None
 
@@ -208,8 +136,7 @@ class Model:
         dtype = self.program.spec.graph.float_dtype
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
         run = Run(self.program, self.train_cfg, self.state, Path(out) if out else None, progress,
-                  log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays,
-                  decay=_weight_decay(self.program.spec, self.train_cfg))
+                  log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays)
         self.summary = run.fit(*prepared, epochs=epochs)
         if self.sampled:
             self.summary["sampled"] = {k: (str(v) if isinstance(v, str) else v) for k, v in self.sampled.items()}
@@ -279,7 +206,7 @@ class Model:
             outs = [prog.output]
         else:
             raise NetcError(f"unknown function {name!r}; choose 'loss' or 'output'")
-        fn = lower(expected(prog.spec.graph, outs), (), name, feeds=prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()))
+        fn = prog.function(outs, prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()), name=name)
         return lambda *feeds: tuple(o.copy() for o in fn(self.state, *feeds))
 
     # -- persistence -------------------------------------------------------------------
@@ -292,10 +219,18 @@ class Model:
         return self.normalizer.to_arrays()
 
     def save(self, path: str | Path) -> Path:
-        arrays = {f"state/{k}": lower_cuda.to_host(v) for k, v in self.state.items()}
+        arrays = {f"state/{k}": to_host(v) for k, v in self.state.items()}
         arrays.update(self._extra_arrays())
         meta = {**self._meta(), "summary": self.summary}
         return checkpoint.save(Path(path), arrays, json.loads(json.dumps(meta, default=str)))
+
+
+def _overridden(cfg: TrainConfig, keys: dict) -> TrainConfig:
+    """`cfg` with `keys` set, validated like the train block's own values."""
+    try:
+        return TrainConfig.model_validate({**dict(cfg), **keys})
+    except Exception as e:  # pydantic's ValidationError, named for the caller
+        raise NetcError(f"train settings {sorted(keys)}: {e}") from None
 
 
 def compile(path_or_text: str | Path, **kw) -> Model:  # noqa: A001 - the public name

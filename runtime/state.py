@@ -39,3 +39,11 @@ def assign(state: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> None:
     """Write values into the existing arrays: compiled steps hold references to them."""
     for k, v in values.items():
         np.copyto(state[k], v)
+
+
+def hosted(state: dict | None) -> dict | None:
+    """Host copies of device (CuPy) state, for the NumPy-only statistics; the dict
+    itself when it is on the host already (compiled functions bind to it once)."""
+    if state is None or all(isinstance(v, np.ndarray) for v in state.values()):
+        return state
+    return {k: v if isinstance(v, np.ndarray) else v.get() for k, v in state.items()}

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from netc.compiler.lower_numpy import Function, lower
-from netc.compiler.ops import expected
-from netc.compiler.pipeline import Program
+from netc.compiler.pipeline import Function, Program
 
 
-def _functions(program: Program) -> tuple[Function, Function, list[str]]:
-    cached = getattr(program, "_stats_functions", None)
-    if cached is None:
-        spec = program.spec
-        layers = [k for k, n in spec.named.items() if n.ndim >= 2 and n.shape[0] is None and k != "loss"]
-        acts = lower(expected(spec.graph, [spec.named[k] for k in layers]), (), "activations", feeds=list(spec.inputs.values())) if layers else None
-        names = list(spec.params)
-        grads = lower(expected(spec.graph, [program.grads[k] for k in names]), (), "gradients", feeds=spec.feeds) if names else None
-        cached = (acts, grads, layers)
-        program._stats_functions = cached
-    return cached
+def _functions(program: Program) -> tuple[Function | None, Function | None, list[str]]:
+    """The named layers' activations and the parameters' gradients (memoized by the Program)."""
+    spec = program.spec
+    layers = [k for k, n in spec.named.items() if n.ndim >= 2 and n.shape[0] is None and k != "loss"]
+    acts = program.function([spec.named[k] for k in layers], list(spec.inputs.values()),
+                            name="activations") if layers else None
+    names = list(spec.params)
+    grads = program.function([program.grads[k] for k in names], spec.feeds, name="gradients") if names else None
+    return acts, grads, layers
 
 
 def layer_stats(program: Program, state: dict, x: np.ndarray, t: np.ndarray | None,

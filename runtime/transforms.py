@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netc.compiler.graph import Node, toposort
-from netc.compiler.lower_numpy import lower
-from netc.compiler.ops import expected
 from netc.compiler.pipeline import Program
 
 
@@ -101,9 +99,8 @@ class Refresher:
         self.layers = find_layers(program)
         self.log = log
         self.warned: set[str] = set()
-        G = program.spec.graph
         inputs = list(program.spec.inputs.values())
-        self.fns = [lower(expected(G, [layer.pre]), (), "pre_activation", feeds=inputs) for layer in self.layers]
+        self.fns = [program.function([layer.pre], inputs, name="pre_activation") for layer in self.layers]
 
     def refresh(self, state: dict, x: np.ndarray) -> None:
         for layer, fn in zip(self.layers, self.fns):

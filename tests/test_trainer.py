@@ -293,7 +293,7 @@ def test_checkpoint_written_every_epoch(tmp_path, monkeypatch):
         seen.append((meta["epoch"], meta["final"], arrays["state/h.W"].copy()))
         return real(path, arrays, meta)
 
-    monkeypatch.setattr(trainer_mod.checkpoint, "save", spy)
+    monkeypatch.setattr(checkpoint, "save", spy)
     rec = EpochRecorder(m)
     m.fit(x, t, out=tmp_path / "run", log=rec)
     assert [(e, f) for e, f, _ in seen] == [(1, False), (2, False), (3, False), (3, True)]

@@ -1,0 +1,46 @@
+"""Polyak averaging of the parameters [PR 3.1]: after a first epoch of burn-in,
+avg <- avg + (w - avg) / k after every update, without temporaries; validation,
+prediction and the final parameters use the average. Its memory is
+`AverageState`, part of the training state."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .state import assign, copy_state
+
+
+@dataclass
+class AverageState:
+    arrays: dict[str, np.ndarray]  # the averaged parameters
+    count: int = 0  # updates averaged so far
+    scratch: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # w - avg, preallocated
+
+
+class PolyakAverage:
+    def __init__(self, params: list[str]):
+        self.params = params
+
+    def start(self, arrays: dict) -> AverageState:
+        return AverageState(copy_state(arrays, self.params), 0, copy_state(arrays, self.params))
+
+    def after_step(self, av: AverageState, arrays: dict, epoch: int) -> None:
+        if epoch <= 1:  # the first epoch is burn-in
+            return
+        av.count += 1
+        for name in self.params:  # avg += (w - avg) / k, without temporaries
+            a, d = av.arrays[name], av.scratch[name]
+            np.subtract(arrays[name], a, out=d)
+            d *= 1.0 / av.count
+            a += d
+
+    def end_epoch(self, av: AverageState, arrays: dict, epoch: int) -> None:
+        if epoch == 1:  # burn-in over: the average starts from here
+            assign(av.arrays, {k: arrays[k] for k in self.params})
+
+    @staticmethod
+    def evaluated(av: AverageState | None, arrays: dict) -> dict:
+        """The state validation and prediction use: the averaged parameters over the rest.
+        Build it once per run: compiled functions bind to the dict."""
+        return arrays if av is None else {**arrays, **av.arrays}

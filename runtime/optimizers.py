@@ -1,0 +1,143 @@
+"""Each training method as one object: its train-block schema (runtime/config.py),
+the update graph it compiles to (compiler/update.py's rule of the same kind),
+the scalars its step is fed, and, for a batch method, the driver that runs it
+on the compiled objective.
+
+Also what the train block asks of the update graph per parameter: the rate
+factors (`lr_scale`, `freeze`) and the weight decay (`decay`, `l1`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from netc.compiler.blocks import Formula, select_params
+from netc.compiler.errors import SpecError
+from netc.compiler.spec import Spec
+from netc.compiler.update import Optimizer
+
+from . import config
+from .batch_methods import conjugate_gradient, lbfgs
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str
+    schema: type  # the train block's `method = kind(...)` model
+    update: Callable[[object, float, dict, dict], Optimizer]  # (method cfg, base rate, l2, l1) -> update graph
+    hypers: Callable[[object], dict] = lambda m: {}  # scalars the step is fed besides lr and step
+    batch: Callable | None = None  # (fg, w, method cfg) -> (w, f, evaluations): drives the objective itself
+
+    @property
+    def is_batch(self) -> bool:
+        return self.batch is not None
+
+
+def _extra(m) -> dict:
+    return {k: getattr(m, k) for k in ("eps", "mu", "tau0", "alpha", "beta", "delta") if hasattr(m, k)}
+
+
+def _stochastic(kind: str) -> Callable:
+    def update(m, lr: float, l2: dict, l1: dict) -> Optimizer:
+        return Optimizer(kind=kind, momentum=getattr(m, "momentum", 0) > 0, nesterov=getattr(m, "nesterov", False),
+                         l2=l2, l1=l1, lr0=lr, **_extra(m))
+    return update
+
+
+def _decay_only(m, lr: float, l2: dict, l1: dict) -> Optimizer:
+    """Batch methods drive the compiled objective themselves; the step only carries the decay."""
+    return Optimizer(kind="sgd", l2=l2, l1=l1)
+
+
+METHODS: dict[str, Method] = {
+    "sgd": Method("sgd", config.SGD, _stochastic("sgd"), hypers=lambda m: {"momentum": m.momentum}),
+    "adagrad": Method("adagrad", config.AdaGrad, _stochastic("adagrad")),
+    "sdlm": Method("sdlm", config.SDLM, _stochastic("sdlm")),
+    "vsgd": Method("vsgd", config.VSGD, _stochastic("vsgd")),
+    "adaptive": Method("adaptive", config.Adaptive, _stochastic("adaptive")),
+    "lbfgs": Method("lbfgs", config.LBFGS, _decay_only,
+                    batch=lambda fg, w, m: lbfgs(fg, w, m.iterations, memory=m.memory)),
+    "cg": Method("cg", config.CG, _decay_only, batch=lambda fg, w, m: conjugate_gradient(fg, w, m.iterations)),
+}
+assert set(METHODS) == set(config.METHODS), "every method in the train block's schema has its object here"
+
+
+def method_of(cfg: config.TrainConfig) -> Method:
+    return METHODS[cfg.method.kind]
+
+
+def base_rate(cfg: config.TrainConfig):
+    """The rate the train block asks for: `lr` (a number or auto(eigen)) over the method's own."""
+    return cfg.lr if cfg.lr is not None else getattr(cfg.method, "lr", None)
+
+
+def optimizer_for(spec: Spec, cfg: config.TrainConfig) -> Optimizer:
+    """The update-graph description of the train block's method and decay keys."""
+    l2, l1 = weight_decay(spec, cfg)
+    m = cfg.method
+    lr = cfg.lr if isinstance(cfg.lr, (int, float)) else getattr(m, "lr", None)
+    lr = lr if isinstance(lr, (int, float)) else 0.01  # adaptive's starting rate
+    return method_of(cfg).update(m, lr, l2, l1)
+
+
+def weight_decay(spec: Spec, cfg: config.TrainConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """(L2, L1) lambda per parameter."""
+    return _group_values(spec, cfg, "decay"), _group_values(spec, cfg, "l1")
+
+
+def lr_scales(spec: Spec, cfg: config.TrainConfig) -> dict[str, float]:
+    """Per-parameter learning-rate factors from `lr_scale` (a number, or a formula
+    of fan_in, fan_out and size), then the `lr_scale SELECTOR = ...` groups in order."""
+    params = spec.params
+    out: dict[str, float] = {}
+    for name, p in params.items():
+        out[name] = _scale_value(cfg.lr_scale, _fan_names(params, name))
+    for key, selector, value, loc in cfg.groups:
+        if key == "lr_scale":
+            for p in select_params(params, selector, loc):
+                out[p.name] = _scale_value(value, _fan_names(params, p.name))
+        elif key == "freeze":
+            if not isinstance(value, bool):
+                raise SpecError(f"freeze {selector} takes true or false, got {value!r}", loc)
+            for p in select_params(params, selector, loc):
+                if value:
+                    out[p.name] = 0.0
+    return out
+
+
+def _group_values(spec: Spec, cfg: config.TrainConfig, key: str) -> dict[str, float]:
+    """Per-parameter values of `key`: its plain value on the weights (biases excluded,
+    [PR 3.2]), then `key SELECTOR = value` entries in order."""
+    base = float(getattr(cfg, key))
+    out = {name: base for name, p in spec.params.items() if p.ndim >= 2 and base}
+    for k, selector, value, loc in cfg.groups:
+        if k != key:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise SpecError(f"{key} {selector} must be a number >= 0, got {value!r}", loc)
+        for p in select_params(spec.params, selector, loc):
+            out[p.name] = float(value)
+    return {k: v for k, v in out.items() if v}
+
+
+def _fan_names(params: dict, name: str) -> dict[str, float]:
+    p = params[name]
+    if p.ndim >= 2:
+        return {"fan_in": float(p.shape[0]), "fan_out": float(p.shape[-1]), "size": float(np.prod(p.shape))}
+    # a bias: the fan-in of the weight feeding the same units in the same layer
+    prefix = name.rsplit(".", 1)[0] if "." in name else ""
+    for other in params.values():
+        if other.ndim == 2 and other.shape[-1] == p.shape[-1] and other.name.rsplit(".", 1)[0] == prefix:
+            return {"fan_in": float(other.shape[0]), "fan_out": float(p.shape[-1]), "size": float(p.shape[0])}
+    return {"fan_in": 1.0, "fan_out": float(p.shape[-1] if p.shape else 1), "size": float(np.prod(p.shape))}
+
+
+def _scale_value(value, names) -> float:
+    """The train block validated the value (runtime/config._scale); formulas are
+    checked for a finite real result as they are evaluated."""
+    v = float(value.evaluate(names)) if isinstance(value, Formula) else float(value)
+    if v < 0:
+        raise SpecError(f"lr_scale came out negative ({v:g})", value.expr.loc if isinstance(value, Formula) else None)
+    return v
