@@ -67,3 +67,19 @@ def test_recover_off_stops_at_the_first_divergence():
     m = netc.compile(NET + "train {\n    method = sgd(lr = 1e6)\n    recover = false\n}\n")
     with pytest.raises(Diverged, match="diverged"):
         m.fit(x * 100, t, epochs=2)
+
+
+def test_the_probe_rate_is_set_before_compiling_and_overrides_auto(tmp_path):
+    """lr-probe compiles each trial with its rate (Model(train={"lr": ...})): the rate
+    policy then uses it, even where the spec says lr = auto(eigen)."""
+    from netc.diagnostics import lr_probe
+    x, t = problem()
+    text = NET + "train {\n    method = sgd(lr = 0.1)\n    lr = auto(eigen)\n    batch = 10\n}\n"
+    lines = []
+    found = lr_probe(lambda **kw: netc.compile(text, **kw), x, t, start=1e4, log=lines.append)
+    assert "diverges" in lines[0] and found is not None and found < 1e4
+    m = netc.compile(text, train={"lr": 0.05})
+    s = m.fit(x, t, epochs=1, out=tmp_path)
+    assert s["lr"] == 0.05 and [json.loads(l)["lr"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0.05]
+    with pytest.raises(netc.NetcError, match="train settings"):
+        netc.compile(text, train={"lr": "fast"})

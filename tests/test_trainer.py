@@ -388,3 +388,50 @@ def test_divergence_names_the_first_layer_with_non_finite_values():
         m.fit(x * 30, t, epochs=1)
     assert "the first non-finite values are in layer 'h'" in str(e.value)
     assert ":3:" in str(e.value)  # the spec line of `h = dense(...)`
+
+
+def test_training_state_round_trips_through_plain_arrays():
+    """Everything a run changes (TrainState) saves as numeric arrays and comes back
+    equal, with the generator at the same position and the live arrays kept."""
+    from netc.runtime.averaging import AverageState
+    from netc.runtime.train_state import EpochCursor, TrainState
+    rng = np.random.default_rng(5)
+    arrays = {"h.W": rng.normal(size=(4, 3)).astype(np.float32), "h.b": np.zeros(3, np.float32)}
+    ts = TrainState.fresh(arrays, seed=7)
+    ts.rng.permutation(10)  # move the generator
+    ts.step, ts.age, ts.epoch, ts.next_check = 12, 240, 1, 300
+    ts.rate.base = 0.05
+    ts.watch.initial, ts.watch.ema, ts.watch.n, ts.watch.recoveries = 1.1, 0.9, 12, 1
+    ts.watch.best_epoch_loss, ts.watch.healthy, ts.watch.healthy_age = 0.95, {k: v + 1 for k, v in arrays.items()}, 200
+    ts.best.score, ts.best.epoch, ts.best.patience = 0.25, 1, 480
+    ts.best.arrays = {k: v * 2 for k, v in arrays.items()}
+    ts.average = AverageState({k: v - 1 for k, v in arrays.items()}, 3, {})
+    ts.missed = rng.random(20) < 0.5
+    ts.cursor = EpochCursor([np.arange(5), np.arange(5, 10), np.arange(10, 12)], 2, 3.5, 10)
+    saved = ts.to_arrays()
+    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in saved.values())
+    live = {k: np.zeros_like(v) for k, v in arrays.items()}
+    back = TrainState.from_arrays(saved, live)
+    assert back.arrays is live and all(np.array_equal(live[k], arrays[k]) for k in arrays)
+    again = back.to_arrays()
+    assert saved.keys() == again.keys() and all(np.array_equal(saved[k], again[k]) for k in saved)
+    assert np.array_equal(back.rng.integers(0, 1 << 30, 8), ts.rng.integers(0, 1 << 30, 8))
+    assert back.rate.base == 0.05 and back.watch.ema == 0.9 and back.watch.initial == 1.1
+    assert back.best.patience == 480 and back.average.count == 3 and back.cursor.index == 2
+    assert [list(b) for b in back.cursor.order] == [list(b) for b in ts.cursor.order]
+    # a state before any step: no optional parts
+    fresh = TrainState.fresh({k: v.copy() for k, v in arrays.items()}, seed=7)
+    back = TrainState.from_arrays(fresh.to_arrays(), {k: np.zeros_like(v) for k, v in arrays.items()})
+    assert back.average is None and back.missed is None and back.cursor is None and back.rate.base is None
+
+
+def test_compiled_functions_are_memoized_on_the_program():
+    """Program.function is the one way to compiled code: the same request is the same function."""
+    m = netc.compile(spec(MLP, "method = sgd(lr = 0.1)"))
+    prog = m.program
+    a = prog.function([prog.loss], prog.spec.feeds)
+    assert prog.function([prog.loss], prog.spec.feeds) is a
+    assert prog.named("evaluate") is prog.evaluate and prog.step is prog.named("train_step")
+    x, t = make_problem(n=20)
+    m.fit(x, t, epochs=1, out=None)
+    assert prog.function([prog.loss], prog.spec.feeds) is a  # statistics, evaluation: no recompiling
