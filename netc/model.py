@@ -3,11 +3,13 @@ save and load."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from netc.compiler.errors import DataError, NetcError, SpecError
+from netc.compiler import sources, validate
 from netc.compiler.pipeline import compile_program, parse_and_elaborate, require_backend, to_backend, to_host
 from netc.runtime import checkpoint, data, normalize
 from netc.runtime.config import BATCH_METHODS, DataConfig, TrainConfig, from_block
@@ -22,15 +24,16 @@ VERSION = "0.1.0"
 
 
 def read_spec(path_or_text: str | Path) -> tuple[str, str]:
-    """(text, file name) from a path to a .net file, or from spec text itself."""
-    if isinstance(path_or_text, Path) or (isinstance(path_or_text, str) and "\n" not in path_or_text
-                                          and (path_or_text.endswith(".net") or Path(path_or_text).is_file())):
-        p = Path(path_or_text)
-        try:
-            return p.read_text(), str(p)
-        except OSError as e:
-            raise NetcError(f"cannot read spec {p}: {e.strerror or e}") from None
-    return str(path_or_text), "<spec>"
+    """(text, file name) from a path to a .net file, or from spec text itself.
+    A file is read only if regular, at most 1 MiB and UTF-8 (compiler/sources.py)."""
+    if not isinstance(path_or_text, (str, os.PathLike)):
+        raise NetcError(f"netc.compile: expected a path or spec text, got {type(path_or_text).__name__} "
+                        f"{validate.shown(path_or_text)}")
+    if not isinstance(path_or_text, str) or ("\n" not in path_or_text and (
+            path_or_text.endswith(".net") or sources.is_file(path_or_text))):
+        p = validate.path(path_or_text, "netc.compile(path)")
+        return sources.read_spec_file(p), str(p)
+    return path_or_text, "<spec>"
 
 
 def _check_gpu_settings(cfg: TrainConfig) -> None:
@@ -56,12 +59,16 @@ class Model:
 
     def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
                  dtype: str | None = None, debug: bool = False, device: str = "cpu",
-                 train: dict | None = None):
-        """`train`: train-block keys set over the spec's before compiling (e.g. lr-probe's rate)."""
-        self.text, self.file = text, file
-        if device not in ("cpu", "gpu"):
-            raise NetcError(f"unknown device {device!r}; choose 'cpu' or 'gpu'")
-        self.device = device
+                 train: dict | None = None, embedded: dict[str, str] | None = None):
+        """`train`: train-block keys set over the spec's before compiling (e.g. lr-probe's rate).
+        `embedded`: the used files saved in a checkpoint; the spec reads those and never the disk."""
+        self.text = validate.text(text, "spec text", sources.USE_CAP)  # every argument checked where it enters
+        self.file = validate.text(file, "spec file name", validate.PATH_LIMIT, line=True)
+        seed = None if seed is None else validate.seed(seed, "seed")
+        dtype = None if dtype is None else validate.float_dtype(dtype, "dtype")
+        debug = validate.flag(debug, "debug")
+        self.device = device = validate.choice(device, validate.DEVICES, "device")
+        read_use = sources.read_use if embedded is None else sources.embedded(embedded, file)
         backend = "cuda" if device == "gpu" else "numpy"
         require_backend(backend)  # fail before compiling
         configs = {"train": TrainConfig(), "data": DataConfig()}
@@ -74,7 +81,7 @@ class Model:
             elif name in configs and not space.add(name, entries, type(configs[name]), loc):
                 configs[name] = from_block(type(configs[name]), entries, text, loc)
 
-        spec = parse_and_elaborate(text, file, check_block=check_block)
+        spec = parse_and_elaborate(text, file, check_block=check_block, read_use=read_use)
         # a search space: train the point drawn from the seed (the trial seed = the train seed)
         self.space, self.sampled = space.dists, {}
         if space:
@@ -90,7 +97,7 @@ class Model:
         if backend != "numpy":
             _check_gpu_settings(self.train_cfg)
         if self.train_cfg.dtype != spec.graph.float_dtype:
-            spec = parse_and_elaborate(text, file, self.train_cfg.dtype)
+            spec = parse_and_elaborate(text, file, self.train_cfg.dtype, read_use=read_use)
         self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
                                        optimizer=optimizer_for(spec, self.train_cfg), debug=debug,
                                        step_misses=self.train_cfg.emphasize.kind == "errors", backend=backend)
@@ -213,7 +220,8 @@ class Model:
     def _meta(self) -> dict:
         return {"netc": VERSION, "spec_file": self.file, "spec": self.text,
                 "dtype": self.program.spec.graph.float_dtype, "seed": self.train_cfg.seed,
-                "params": {k: list(v.shape) for k, v in self.params.items()}}
+                "params": {k: list(v.shape) for k, v in self.params.items()},
+                "sources": sources.embed(self.program.spec.used, self.file)}  # self-contained: loading reads no other file
 
     def _extra_arrays(self) -> dict:
         return self.normalizer.to_arrays()
@@ -239,18 +247,19 @@ def compile(path_or_text: str | Path, **kw) -> Model:  # noqa: A001 - the public
 
 
 def load(path: str | Path) -> Model:
-    arrays, meta = checkpoint.load(Path(path))
-    m = Model(meta["spec"], meta.get("spec_file", "<spec>"), seed=meta.get("seed"), dtype=meta.get("dtype"))
-    state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-    missing = set(m.state) - set(state)
-    if missing:
-        raise DataError(f"{path}: checkpoint lacks {sorted(missing)[:3]}")
-    for k, v in state.items():
-        if k in m.state and m.state[k].shape != v.shape:
-            raise DataError(f"{path}: '{k}' has shape {v.shape} in the checkpoint but {m.state[k].shape} in the spec")
-    assign(m.state, {k: v for k, v in state.items() if k in m.state})
-    norm = {k: v for k, v in arrays.items() if k.startswith("norm.")}
-    if norm:
-        m.normalizer = normalize.Normalizer.from_arrays(norm)
-    m.summary = meta.get("summary")
+    """A saved model. The checkpoint is read as hostile (runtime/checkpoint.py):
+    it loads, or is refused with a DataError naming the file and the field."""
+    with checkpoint.open_checkpoint(path) as ck:
+        meta = ck.meta
+        try:
+            m = Model(meta["spec"], meta.get("spec_file", "<spec>"), seed=meta["seed"], dtype=meta["dtype"],
+                      embedded=meta.get("sources", {}))
+        except NetcError as e:
+            raise checkpoint.spec_error(ck, e) from None
+        assign(m.state, checkpoint.read_state(ck, m.state, {k: v.shape for k, v in m.params.items()}))
+        xs = list(m.program.spec.inputs.values())[:1]
+        norm = checkpoint.read_normalizer(ck, xs[0].shape[1] if xs and len(xs[0].shape) == 2 else None)
+        if norm is not None:
+            m.normalizer = norm
+        m.summary = meta.get("summary")
     return m

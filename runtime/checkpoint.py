@@ -28,8 +28,9 @@ import numpy as np
 
 from netc.compiler import validate as V
 from netc.compiler.atomic import atomic_write
-from netc.compiler.errors import DataError
+from netc.compiler.errors import DataError, NetcError
 from netc.compiler.sources import EMBED_LIMIT, USE_CAP
+from netc.runtime.normalize import Normalizer
 
 FORMAT = "netc-checkpoint-1"
 FILE = "params.npz"
@@ -124,8 +125,8 @@ FIELDS: dict[str, tuple[Callable, bool]] = {
     "params": _required(_params),
     "sources": _optional(_sources),
     "summary": _optional(_summary),
-    "epoch": _optional(lambda v, w, e: V.integer(v, w, 0, None, e)),
-    "age": _optional(lambda v, w, e: V.integer(v, w, 0, None, e)),
+    "epoch": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
+    "age": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
     "final": _optional(lambda v, w, e: V.flag(v, w, e)),
 }
 
@@ -300,6 +301,48 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def _why(e: BaseException) -> str:
     return V.shown(f"{type(e).__name__}: {e}", 120).strip("'\"")
+
+
+# ---------------------------------------------------------------------------- restoring a model
+
+def spec_error(ck: Checkpoint, e: NetcError) -> DataError:
+    """The checkpoint's spec does not compile: a DataError for field 'spec' (the
+    spec's own message and place, cut short)."""
+    msg = e.render()
+    if len(msg) > 2000:
+        msg = msg[:2000] + " ..."
+    return ck.error("spec", f"the spec saved in the checkpoint does not compile: {msg}")
+
+
+def read_state(ck: Checkpoint, state: dict[str, np.ndarray], params: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """The saved value of every array in `state` (a freshly compiled model's),
+    each checked for that array's shape and type before its data is read; the
+    metadata's parameter table must match the spec's parameters."""
+    saved = {k: tuple(v) for k, v in ck.meta["params"].items()}
+    spec = {k: tuple(v) for k, v in params.items()}
+    if saved != spec:
+        diff = sorted(set(saved) ^ set(spec)) or sorted(k for k in spec if saved[k] != spec[k])
+        raise ck.error("params", f"the parameters {diff[:3]} differ from the spec's")
+    return {k: ck.read(f"state/{k}", v.shape, v.dtype) for k, v in state.items()}
+
+
+def read_normalizer(ck: Checkpoint, width: int | None) -> Normalizer | None:
+    """The saved input normalization (None if there is none), checked to turn
+    inputs into `width` features (the spec's input width, None: not checked)."""
+    names = [k for k in ck.entries if k.startswith("norm.")]
+    if not names:
+        return None
+    arrays = {k: ck.read(k) for k in names}
+    try:
+        norm = Normalizer.from_arrays(arrays)
+        if width is not None:
+            n_in = norm.in_width if norm.in_width is not None else width
+            out = norm.apply(np.zeros((1, n_in)))
+            if out.shape != (1, width):
+                raise ValueError(f"it makes {out.shape[1:]} features of {n_in}, the spec's input takes {width}")
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as e:
+        raise ck.error("norm.*", f"not a usable input normalization ({_why(e)})") from None
+    return norm
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
