@@ -87,27 +87,36 @@ class _Minibatches:
         self.run, self.prog, self.cfg, self.log = run, run.program, run.cfg, run.log
         self.train, self.valid, self.test = train, valid, test
         cfg, prog = self.cfg, self.prog
-        self.ts = ts = TrainState.fresh(run.state, cfg.seed)
+        # the policies: configuration and logic, no memory of their own
         self.batches = Batches(train.x, train.t if prog.spec.targets else None)
         self.params = list(prog.spec.params)
         self.refresher, self.refresh_every = self._refresher()
         self.rate = LearningRate(cfg, self.log)
-        self.rate.start(ts.rate, self._eigen_rate)
         self.average = PolyakAverage(self.params) if cfg.average.kind == "polyak" else None
-        ts.average = self.average.start(ts.arrays) if self.average else None
-        self.evaluated = PolyakAverage.evaluated(ts.average, ts.arrays)  # what validation sees
         self.early = EarlyStopping(cfg, self.params)
-        ts.best = self.early.start()
-        self.folder = RunFolder(run.out_dir, run.meta, run.extra_arrays)
-        self.every = self._valid_every()
-        ts.next_check = self.every
-        self.hyper = {**method_of(cfg).hypers(cfg.method), "inv_examples": 1.0 / len(train)}  # step inputs by name
-        ts.missed = emphasis.start(cfg, len(train))
         self.watch = DivergenceWatch(prog, cfg.recover, self.log)
-        ts.watch = self.watch.start(ts.arrays)
+        self.every = _valid_every(cfg, valid)
+        self.hyper = {**method_of(cfg).hypers(cfg.method), "inv_examples": 1.0 / len(train)}  # step inputs by name
+        # what they act on (a resumed run would restore it instead: TrainState.from_arrays)
+        self.ts = self._fresh_state()
+        self.evaluated = PolyakAverage.evaluated(self.ts.average, self.ts.arrays)  # what validation sees
+        self.folder = RunFolder(run.out_dir, run.meta, run.extra_arrays)
+        if self.every is not None and self.every != cfg.valid_every:
+            self.log(f"valid_every raised to {self.every}, the validation set's size")
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self.before_last = None  # the parameters before an epoch's last step (update ratios)
+
+    def _fresh_state(self) -> TrainState:
+        """The training state before the first step (auto(eigen) estimates the rate here)."""
+        ts = TrainState.fresh(self.run.state, self.cfg.seed)
+        self.rate.start(ts.rate, lambda examples: self._eigen_rate(ts, examples))
+        ts.average = self.average.start(ts.arrays) if self.average else None
+        ts.best = self.early.start()
+        ts.next_check = self.every
+        ts.missed = emphasis.start(self.cfg, len(self.train))
+        ts.watch = self.watch.start(ts.arrays)
+        return ts
 
     def _refresher(self):
         if self.cfg.transforms.kind != "every":
@@ -117,15 +126,6 @@ class _Minibatches:
         if not refresher.layers:
             raise NetcError("transforms = every(...) needs `transformed` layers in the spec")
         return refresher, int(self.cfg.transforms.args[0])
-
-    def _valid_every(self) -> int | None:
-        cfg, valid = self.cfg, self.valid
-        if cfg.valid_every is None or valid is None:
-            return None
-        every = max(cfg.valid_every, len(valid))  # PR 3.1: at least the validation set's size
-        if every != cfg.valid_every:
-            self.log(f"valid_every raised to {every}, the validation set's size")
-        return every
 
     # -- the run ---------------------------------------------------------------------------
     def run_epochs(self, epochs: int) -> dict:
@@ -278,9 +278,9 @@ class _Minibatches:
         return summary
 
     # -- before and between epochs ----------------------------------------------------------
-    def _eigen_rate(self, examples: int) -> float:
+    def _eigen_rate(self, ts: TrainState, examples: int) -> float:
         from .eigen import largest_eigenvalue
-        train, ts = self.train, self.ts
+        train = self.train
         idx = np.sort(ts.rng.choice(len(train), size=min(examples, len(train)), replace=False))
         t = None if train.t is None else train.t[idx]
         lam = largest_eigenvalue(self.prog, ts.arrays, train.x[idx], t, seed=self.cfg.seed)
@@ -305,3 +305,10 @@ class _Minibatches:
                     h = ts.arrays[f"{name}.curvature"]
                     h *= 1 - m.gamma
                     h += m.gamma * c
+
+
+def _valid_every(cfg: TrainConfig, valid: Dataset | None) -> int | None:
+    """Examples between extra validations: at least the validation set's size [PR 3.1]."""
+    if cfg.valid_every is None or valid is None:
+        return None
+    return max(cfg.valid_every, len(valid))
