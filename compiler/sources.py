@@ -18,7 +18,7 @@ from .errors import Loc, NetcError, SpecError
 from .validate import PATH_LIMIT, shown as _q
 
 USE_CAP = 1 << 20  # bytes in one spec or used file
-EMBED_LIMIT = 64  # used files one checkpoint may embed
+EMBED_LIMIT = 256  # used files one checkpoint may embed
 
 Reader = Callable[[Path, str, "Loc | None"], str]
 

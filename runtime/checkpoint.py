@@ -167,13 +167,13 @@ class Checkpoint:
         self.file, self._zf, self.meta, self.entries = file, zf, meta, entries
 
     def error(self, field: str, message: str) -> DataError:
-        return DataError(f"{self.file}: field '{field}': {message}")
+        return DataError(f"{self.file}: field {_field(field)}: {message}")
 
     def read(self, name: str, shape: tuple[int, ...] | None = None, dtype=None) -> np.ndarray:
         """The array `name`; with `shape`/`dtype`, refused unless it has exactly those."""
         e = self.entries.get(name)
         if e is None:
-            raise DataError(f"{self.file}: field '{name}' is missing")
+            raise DataError(f"{self.file}: field {_field(name)} is missing")
         if shape is not None and e.shape != tuple(shape):
             raise self.error(name, f"shape {_short(e.shape)} in the checkpoint, but {tuple(shape)} in the spec")
         if dtype is not None and e.dtype != np.dtype(dtype):
@@ -229,7 +229,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
         for info in members:
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             if name in entries:
-                raise DataError(f"{file}: field '{name}' appears twice")
+                raise DataError(f"{file}: field {_field(name)} appears twice")
             entries[name] = _header(file, zf, info, name)
         meta_entry = entries.pop(META, None)
         if meta_entry is None:
@@ -257,7 +257,7 @@ def _meta(ck: Checkpoint, e: Entry):
 def _header(file: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> Entry:
     """Read and check one member's .npy header: a plain numeric (or short text)
     type, and a declared size that the stored bytes really hold."""
-    where = f"{file}: field '{name}'"
+    where = f"{file}: field {_field(name)}"
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > DEFLATE_RATIO * max(info.compress_size, 1):
         raise DataError(f"{where}: declares {info.file_size} bytes from {info.compress_size} compressed "
                         f"(not a plausible array; refused before reading)")
@@ -288,6 +288,11 @@ def _header(file: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -
         raise DataError(f"{where}: the header declares shape {_short(shape)} of {dtype} ({nbytes} bytes), "
                         f"but {stored} bytes are stored (refused before reading)")
     return Entry(info, tuple(shape), dtype, fortran)
+
+
+def _field(name: str) -> str:
+    """A field name from the file, quoted and escaped for a message."""
+    return V.shown(name, 100) if not name.isprintable() or "'" in name else f"'{name[:100]}'"
 
 
 def _short(shape) -> str:
