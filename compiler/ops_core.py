@@ -18,6 +18,8 @@ from .node import Node, shape_str
 
 @dataclass(frozen=True)
 class Op:
+    """One primitive op: everything the compiler knows about it (ops.py says how
+    the fields are used)."""
     name: str
     kind: str  # leaf | elementwise | reduce | matmul | view | other
     infer: Callable  # (G, inputs, attrs, loc) -> (shape, dtype)
@@ -253,7 +255,8 @@ def index_expr(ndim_before: int, part: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# forward-mode helpers: tangents are nodes, None means zero
+# derivative helpers: forward-mode tangents (nodes; None means zero), adjoints
+# summed or broadcast back to an operand's shape, bbprop through 0/1 Jacobians
 
 
 def zeros_like(G, n: Node) -> Node:

@@ -167,8 +167,8 @@ binary("div", np.divide, _g_div,
                                G("neg", G("div", G("mul", ts[1], n), n.inputs[1]))),
        "({0}/{1})", ufunc="divide")
 register(Op("pow", "elementwise", _ew_infer, impl=lambda xs, a, B: np.power(xs[0], xs[1]),
-                emit=_pow_emit, grad=_g_pow, jvp=_j_pow, lang=(("x", "y"), {}),
-                cuda="pow({0},{1})"))
+            emit=_pow_emit, grad=_g_pow, jvp=_j_pow, lang=(("x", "y"), {}),
+            cuda="pow({0},{1})"))
 binary("maximum", np.maximum, _g_max, _j_extremum("ge", "lt"), "fmax({0},{1})",
        doc="elementwise maximum; the derivative goes to the first argument on ties")
 binary("minimum", np.minimum, _g_min, _j_extremum("le", "gt"), "fmin({0},{1})")

@@ -286,12 +286,16 @@ def _one_hot_emit(e: Emit):
 
 
 register(Op("one_hot", "other", _one_hot_infer,
-             impl=lambda xs, a, B: (xs[0][..., None] == np.arange(a["n"])).astype(np.float64),
-             emit=_one_hot_emit, grad=lambda G, n, g: (None,), jvp=no_jvp,
-             index_map=lambda n, idx: [(0, idx[:-1]), (None, idx[-1])],
-             cuda="(({0}) == ({1}) ? ({T})1 : ({T})0)",
-             lang=(("t", "n"), {"n": None}),
-             doc="class labels to one-hot rows (n defaults to the target's class count)"))
+            impl=lambda xs, a, B: (xs[0][..., None] == np.arange(a["n"])).astype(np.float64),
+            emit=_one_hot_emit, grad=lambda G, n, g: (None,), jvp=no_jvp,
+            index_map=lambda n, idx: [(0, idx[:-1]), (None, idx[-1])],
+            cuda="(({0}) == ({1}) ? ({T})1 : ({T})0)",
+            lang=(("t", "n"), {"n": None}),
+            doc="class labels to one-hot rows (n defaults to the target's class count)"))
+
+
+# ---------------------------------------------------------------------------
+# training-time values
 
 
 register(Op(

@@ -43,11 +43,11 @@ def _jac_matmul(G, z, jac_u, n, loc):
 
 
 register(Op("matmul", "matmul", _matmul_infer, impl=lambda xs, a, B: xs[0] @ xs[1],
-             emit=lambda e: e(f"np.matmul({e.args[0]}, {e.args[1]}, out={e.out})"),
-             grad=lambda G, n, g: (G("matmul", g, G("transpose", n.inputs[1])),
-                                   G("matmul", G("transpose", n.inputs[0]), g)),
-             jvp=_j_matmul, lang=(("x", "y"), {}), curvature=_curv_matmul, jacobian=_jac_matmul,
-             doc="matrix product (`@`)"))
+            emit=lambda e: e(f"np.matmul({e.args[0]}, {e.args[1]}, out={e.out})"),
+            grad=lambda G, n, g: (G("matmul", g, G("transpose", n.inputs[1])),
+                                  G("matmul", G("transpose", n.inputs[0]), g)),
+            jvp=_j_matmul, lang=(("x", "y"), {}), curvature=_curv_matmul, jacobian=_jac_matmul,
+            doc="matrix product (`@`)"))
 
 
 def _transpose_infer(G, ins, a, loc):
@@ -58,9 +58,9 @@ def _transpose_infer(G, ins, a, loc):
 
 
 register(Op("transpose", "view", _transpose_infer, impl=lambda xs, a, B: xs[0].T,
-             emit=lambda e: f"{e.args[0]}.T", grad=lambda G, n, g: (G("transpose", g),),
-             jvp=linear_jvp, index_map=lambda n, idx: [(0, (idx[1], idx[0]))],
-             lang=(("x",), {}), curvature=curv_selecting, doc="matrix transpose (`W'` or `W.T`)"))
+            emit=lambda e: f"{e.args[0]}.T", grad=lambda G, n, g: (G("transpose", g),),
+            jvp=linear_jvp, index_map=lambda n, idx: [(0, (idx[1], idx[0]))],
+            lang=(("x",), {}), curvature=curv_selecting, doc="matrix transpose (`W'` or `W.T`)"))
 
 
 @rule("transpose_twice", ("transpose",), stage="build")

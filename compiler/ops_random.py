@@ -75,9 +75,9 @@ def _random_op(name: str, params: dict, check: Callable, fill: Callable, ref: Ca
         return G("broadcast", G.const(mean(n.a), n.dtype), shape=n.shape)
 
     return register(Op(name, "other", infer, impl=impl, emit=emit,
-                        grad=lambda G, n, g: (None, None), jvp=no_jvp, lang=lang,
-                        canonical=lambda ins, a, loc: {**a, **numbers(a, loc)},
-                        expect=expect, doc=doc))
+                       grad=lambda G, n, g: (None, None), jvp=no_jvp, lang=lang,
+                       canonical=lambda ins, a, loc: {**a, **numbers(a, loc)},
+                       expect=expect, doc=doc))
 
 
 _RANDOM_OPS = ("uniform_noise", "normal_noise", "bernoulli_mask")

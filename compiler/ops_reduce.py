@@ -48,10 +48,10 @@ def _curv_mean(G, z, h, g):
 _REDUCE_LANG = (("x", "axis", "keepdims"), {"axis": None, "keepdims": False})
 
 register(Op("sum", "reduce", axis_shape_infer(_sum_attrs),
-             impl=lambda xs, a, B: np.sum(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
-             emit=_sum_emit, grad=_g_sum, jvp=linear_jvp, lang=_REDUCE_LANG, reducer=Reduction(("sum",)),
-             canonical=_sum_attrs,
-             curvature=curv_selecting, doc="sum over `axis` (all axes by default)"))
+            impl=lambda xs, a, B: np.sum(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
+            emit=_sum_emit, grad=_g_sum, jvp=linear_jvp, lang=_REDUCE_LANG, reducer=Reduction(("sum",)),
+            canonical=_sum_attrs,
+            curvature=curv_selecting, doc="sum over `axis` (all axes by default)"))
 
 
 def _mean_infer(G, ins, a, loc):
@@ -60,11 +60,11 @@ def _mean_infer(G, ins, a, loc):
 
 
 register(Op("mean", "reduce", _mean_infer,
-             impl=lambda xs, a, B: np.mean(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
-             emit=_mean_emit, grad=_g_mean, jvp=linear_jvp, lang=_REDUCE_LANG,
-             reducer=Reduction(("sum",), "{0} * (({T})1 / ({T}){n})"),
-             canonical=_mean_attrs,
-             curvature=_curv_mean, doc="mean over `axis` (all axes by default)"))
+            impl=lambda xs, a, B: np.mean(xs[0], axis=a["axes"], keepdims=bool(a.get("keepdims"))),
+            emit=_mean_emit, grad=_g_mean, jvp=linear_jvp, lang=_REDUCE_LANG,
+            reducer=Reduction(("sum",), "{0} * (({T})1 / ({T}){n})"),
+            canonical=_mean_attrs,
+            curvature=_curv_mean, doc="mean over `axis` (all axes by default)"))
 
 
 # -- max and min reductions ---------------------------------------------------
@@ -105,11 +105,11 @@ for _name, _fn in (("max", "max"), ("min", "min")):
 _argmax_attrs = axes_attrs("argmax", -1, single=True, keepdims=False)
 
 register(Op("argmax", "reduce", axis_shape_infer(_argmax_attrs, dtype="int64"),
-             impl=lambda xs, a, B: np.argmax(xs[0], axis=a["axes"][0]),
-             emit=lambda e: e(f"np.argmax({e.args[0]}, axis={e.node.attr('axes')[0]}, out={e.out})"),
-             grad=lambda G, n, g: (None,), jvp=no_jvp, lang=(("x", "axis"), {"axis": -1}),
-             canonical=_argmax_attrs, reducer=Reduction(("argmax",)),
-             doc="index of the largest entry along `axis`"))
+            impl=lambda xs, a, B: np.argmax(xs[0], axis=a["axes"][0]),
+            emit=lambda e: e(f"np.argmax({e.args[0]}, axis={e.node.attr('axes')[0]}, out={e.out})"),
+            grad=lambda G, n, g: (None,), jvp=no_jvp, lang=(("x", "axis"), {"axis": -1}),
+            canonical=_argmax_attrs, reducer=Reduction(("argmax",)),
+            doc="index of the largest entry along `axis`"))
 
 
 def _sum_to_axes(src, dst):
@@ -153,11 +153,11 @@ def _sum_to_infer(G, ins, a, loc):
 
 
 register(Op("sum_to", "reduce", _sum_to_infer, impl=_sum_to_impl, emit=_sum_to_emit,
-             grad=lambda G, n, g: (G("broadcast", g, shape=n.inputs[0].shape),), jvp=linear_jvp,
-             noop=lambda ins, a: tuple(ins[0].shape) == tuple(a["shape"]),
-             reducer=Reduction(("sum",), space=_sum_to_space),
-             curvature=curv_selecting,
-             doc="sum a broadcast result back down to an operand's shape (derivative of broadcasting)"))
+            grad=lambda G, n, g: (G("broadcast", g, shape=n.inputs[0].shape),), jvp=linear_jvp,
+            noop=lambda ins, a: tuple(ins[0].shape) == tuple(a["shape"]),
+            reducer=Reduction(("sum",), space=_sum_to_space),
+            curvature=curv_selecting,
+            doc="sum a broadcast result back down to an operand's shape (derivative of broadcasting)"))
 
 
 def _bcast_src(x_shape, axes):
@@ -206,6 +206,6 @@ def _g_bcast(G, n, g):
 
 
 register(Op("broadcast", "other", _bcast_infer, impl=_bcast_impl, emit=_bcast_emit, grad=_g_bcast,
-             jvp=linear_jvp, index_map=_bcast_index,
-             noop=lambda ins, a: not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]),
-             curvature=curv_selecting, doc="broadcast to a shape (with reduced `axes` re-inserted first)"))
+            jvp=linear_jvp, index_map=_bcast_index,
+            noop=lambda ins, a: not a.get("axes") and tuple(ins[0].shape) == tuple(a["shape"]),
+            curvature=curv_selecting, doc="broadcast to a shape (with reduced `axes` re-inserted first)"))

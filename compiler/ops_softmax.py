@@ -86,19 +86,19 @@ def _same_shape_infer(normalize):
 
 
 register(Op("log_softmax", "other", _same_shape_infer(_log_softmax_attrs),
-             impl=_log_softmax_ref, emit=_log_softmax_emit, grad=_g_log_softmax,
-             jvp=_j_log_softmax, scratch=_keep_scratch,
-             reducer=Reduction(("max", "sumexp"), row="({x} - {0} - log({1}))"),
-             canonical=_log_softmax_attrs,
-             lang=(("x", "axis"), {"axis": -1}), curvature=_curv_log_softmax,
-             doc="log(softmax(x)), computed stably"))
+            impl=_log_softmax_ref, emit=_log_softmax_emit, grad=_g_log_softmax,
+            jvp=_j_log_softmax, scratch=_keep_scratch,
+            reducer=Reduction(("max", "sumexp"), row="({x} - {0} - log({1}))"),
+            canonical=_log_softmax_attrs,
+            lang=(("x", "axis"), {"axis": -1}), curvature=_curv_log_softmax,
+            doc="log(softmax(x)), computed stably"))
 register(Op("softmax", "other", _same_shape_infer(_softmax_attrs),
-             impl=lambda xs, a, B: np.exp(_log_softmax_ref(xs, a, B)), emit=_softmax_emit,
-             grad=_g_softmax, jvp=self_adjoint(_g_softmax), scratch=_keep_scratch,
-             reducer=Reduction(("max", "sumexp"), row="(exp({x} - {0}) / {1})"),
-             canonical=_softmax_attrs,
-             lang=(("x", "axis"), {"axis": -1}), curvature=_curv_softmax,
-             doc="normalized exponential along `axis`"))
+            impl=lambda xs, a, B: np.exp(_log_softmax_ref(xs, a, B)), emit=_softmax_emit,
+            grad=_g_softmax, jvp=self_adjoint(_g_softmax), scratch=_keep_scratch,
+            reducer=Reduction(("max", "sumexp"), row="(exp({x} - {0}) / {1})"),
+            canonical=_softmax_attrs,
+            lang=(("x", "axis"), {"axis": -1}), curvature=_curv_softmax,
+            doc="normalized exponential along `axis`"))
 
 
 _logsumexp_attrs = axes_attrs("logsumexp", -1, single=True)
@@ -133,9 +133,9 @@ def _j_logsumexp(G, n, ts):
 
 
 register(Op("logsumexp", "other", axis_shape_infer(_logsumexp_attrs),
-             impl=_logsumexp_ref, emit=_logsumexp_emit, grad=_g_logsumexp, jvp=_j_logsumexp,
-             scratch=_keep_scratch, canonical=_logsumexp_attrs,
-             reducer=Reduction(("max", "sumexp"), "{0} + log({1})"),
-             lang=(("x", "axis", "keepdims"), {"axis": -1, "keepdims": False}),
-             doc="logsumexp(x, axis = -1, keepdims = false): log(sum(exp(x))) along `axis`, "
-                 "computed stably; its derivative is softmax(x)"))
+            impl=_logsumexp_ref, emit=_logsumexp_emit, grad=_g_logsumexp, jvp=_j_logsumexp,
+            scratch=_keep_scratch, canonical=_logsumexp_attrs,
+            reducer=Reduction(("max", "sumexp"), "{0} + log({1})"),
+            lang=(("x", "axis", "keepdims"), {"axis": -1, "keepdims": False}),
+            doc="logsumexp(x, axis = -1, keepdims = false): log(sum(exp(x))) along `axis`, "
+                "computed stably; its derivative is softmax(x)"))
