@@ -47,9 +47,10 @@ def is_file(text: str) -> bool:
 
 
 def decode(data: bytes, shown: str, loc: Loc | None = None, file: str | None = None) -> str:
-    """UTF-8 text; a bad byte is a SpecError at `loc`, or with `file` at the byte itself."""
+    """UTF-8 text with universal newlines; a bad byte is a SpecError at `loc`,
+    or with `file` at the byte itself."""
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
@@ -57,6 +58,7 @@ def decode(data: bytes, shown: str, loc: Loc | None = None, file: str | None = N
         if file is not None:
             loc, where = Loc(file, line, col), "here"
         raise SpecError(f"{_q(shown)} is not UTF-8 text (byte 0x{data[e.start]:02x} {where})", loc) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() reads text
 
 
 def _read_regular(path: Path, fail: Callable[[str], Exception]) -> bytes:

@@ -482,3 +482,7 @@ def test_use_refuses_special_and_big_files(tmp_path, no_reads):
             netc.compile(tmp_path / "main.net")
         assert why in str(e.value), (target, str(e.value))
         assert e.value.loc is not None and e.value.loc.line == 1
+    # what is allowed still reads as before: CRLF line ends, in the spec and in a used file
+    (tmp_path / "lib.net").write_bytes(LIB.replace("\n", "\r\n").encode())
+    (tmp_path / "main.net").write_bytes(MAIN.replace("\n", "\r\n").encode())
+    assert netc.compile(tmp_path / "main.net").program.spec.used[str(tmp_path / "lib.net")] == LIB
