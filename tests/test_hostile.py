@@ -486,3 +486,26 @@ def test_use_refuses_special_and_big_files(tmp_path, no_reads):
     (tmp_path / "lib.net").write_bytes(LIB.replace("\n", "\r\n").encode())
     (tmp_path / "main.net").write_bytes(MAIN.replace("\n", "\r\n").encode())
     assert netc.compile(tmp_path / "main.net").program.spec.used[str(tmp_path / "lib.net")] == LIB
+
+
+def test_random_corruption_loads_or_is_refused(good, tmp_path):
+    """Random byte changes and cuts: a DataError, or (a change in bytes nothing
+    reads, such as a timestamp) a checkpoint that loads; never another exception."""
+    ms, _ = good
+    data = write_zip(tmp_path / "ok.npz", ms).read_bytes()
+    rng = np.random.default_rng(0)
+    outcome = {"refused": 0, "loaded": 0}
+    for _ in range(300):
+        b = bytearray(data)
+        for _ in range(rng.integers(1, 4)):
+            b[rng.integers(0, len(b))] = rng.integers(0, 256)
+        if rng.random() < 0.2:
+            b = b[:rng.integers(0, len(b))]
+        (tmp_path / "f.npz").write_bytes(bytes(b))
+        try:
+            netc.load(tmp_path / "f.npz")
+            outcome["loaded"] += 1
+        except DataError:
+            outcome["refused"] += 1
+    assert outcome["refused"] > 250
+    print(f"random corruptions: 300 tried, {outcome}")
