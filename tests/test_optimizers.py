@@ -105,3 +105,29 @@ def test_l1_and_per_group_decay():
     _, bias_too = _one_step(f"    decay biases = {lam}", 8)
     np.testing.assert_array_equal(bias_too["y.W"], plain["y.W"])  # the group replaces the default
     np.testing.assert_allclose(bias_too["y.b"] - plain["y.b"], -0.1 * 2 * lam / 8 * w0["y.b"], rtol=1e-10)
+
+
+def test_every_method_is_one_object_from_schema_to_update():
+    """Each train-block method has one object (runtime/optimizers.py): its schema is the
+    config's, its stochastic update is a compiler rule, a batch method has a driver."""
+    from netc.compiler.update import RULES
+    from netc.runtime import config
+    from netc.runtime.optimizers import METHODS
+    assert set(METHODS) == set(config.METHODS)
+    for kind, method in METHODS.items():
+        assert method.schema is config.METHODS[kind]
+        opt = method.update(method.schema(), 0.01, {}, {})
+        assert opt.kind in RULES
+        assert method.is_batch == (kind in config.BATCH_METHODS)
+        assert method.is_batch or opt.kind == kind
+
+
+def test_batch_methods_minimize_the_graphs_regularized_objective():
+    """L-BFGS reads the loss and the weight decay from one compiled objective (the
+    step's own decay terms): the reported loss is mean loss + (lambda / T) |W|^2."""
+    x, t = ill_conditioned(n=40)
+    lam = 2.0
+    m = netc.compile(REG + f"train {{\n    method = lbfgs(iterations = 30)\n    decay = {lam}\n    dtype = float64\n}}\n")
+    s = m.fit(x, t, epochs=1)
+    mean_loss = float(m.function("loss")(x, t)[0])
+    assert s["train_loss"] == pytest.approx(mean_loss + lam / len(x) * float(np.sum(m.params["y.W"] ** 2)), rel=1e-9)

@@ -83,3 +83,24 @@ def test_the_probe_rate_is_set_before_compiling_and_overrides_auto(tmp_path):
     assert s["lr"] == 0.05 and [json.loads(l)["lr"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0.05]
     with pytest.raises(netc.NetcError, match="train settings"):
         netc.compile(text, train={"lr": "fast"})
+
+
+def test_the_rate_policy_owns_every_change_of_the_rate():
+    """Base rate, schedule, plateau cut and divergence cut all go through LearningRate."""
+    from netc.runtime.config import TrainConfig
+    from netc.runtime.learning_rate import LearningRate, RateState
+    logged = []
+    cfg = TrainConfig.model_validate({"method": {"kind": "sgd", "lr": 0.2},
+                                      "schedule": {"kind": "plateau", "threshold": 0.1, "factor": 0.5}})
+    policy, rs = LearningRate(cfg, logged.append), RateState()
+    policy.start(rs, lambda examples: pytest.fail("no eigenvalue for a numeric rate"))
+    assert policy.at(rs, 1000, 10) == 0.2
+    policy.end_epoch(rs, 1, 1.0, float("inf"))  # no healthy epoch yet: nothing to compare with
+    policy.end_epoch(rs, 2, 0.95, 1.0)  # improved by less than 10%: cut
+    assert rs.base == 0.1 and "did not improve" in logged[-1]
+    LearningRate.divide(rs, 3)
+    assert policy.at(rs, 0, 0) == pytest.approx(0.1 / 3)
+    auto = TrainConfig.model_validate({"lr": {"kind": "auto", "examples": 7}})
+    rs = RateState()
+    LearningRate(auto, logged.append).start(rs, lambda examples: 1.0 / examples)
+    assert rs.base == pytest.approx(1 / 7)
