@@ -194,6 +194,10 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from netc.compiler import validate
+    for flag in ("epochs", "limit"):  # before compiling: a user error, exit 2
+        if getattr(args, flag) is not None:
+            validate.integer(getattr(args, flag), f"--{flag}", 1)
     m = _model(args.spec, seed=args.seed, debug=args.debug, device=args.device)
     out = Path(args.out) if args.out else _fresh_run_dir(Path(args.spec).stem)
     print(f"training {args.spec} -> {out}", file=sys.stderr)

@@ -124,6 +124,8 @@ class Model:
             limit: int | None = None) -> dict:
         """Train. With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
         `limit` keeps the first `limit` examples of each split (quick smoke runs)."""
+        epochs = None if epochs is None else validate.integer(epochs, "fit(epochs=...)", 1)
+        limit = None if limit is None else validate.integer(limit, "fit(limit=...)", 1)
         if x is None:
             if self.data_cfg.train is None:
                 raise SpecError("the spec has no training data: add data { train = ... } or pass arrays to fit",

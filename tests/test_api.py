@@ -371,3 +371,12 @@ def test_data_block_csv_source(tmp_path, problem):
     s = m.fit(epochs=2, limit=120)
     assert s["age"] == 240
     assert m.score(x, t) < 0.15
+
+
+@pytest.mark.parametrize("kw", [{"epochs": 0}, {"epochs": -1}, {"epochs": 1.5}, {"epochs": True},
+                                {"limit": -5}, {"limit": 0}, {"limit": "10"}])
+def test_fit_refuses_epochs_and_limit_that_are_not_whole_numbers_above_zero(kw):
+    m = netc.compile("input x : [2]\ntarget t : class(2)\ny = dense(x, 2)\nloss = nll(softmax(y), t)\n")
+    x, t = np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1])
+    with pytest.raises(NetcError, match=f"fit\\({next(iter(kw))}="):
+        m.fit(x, t, **kw)

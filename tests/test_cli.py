@@ -426,3 +426,11 @@ def test_doc_into_closed_pipe_is_quiet():
     p.wait(timeout=60)
     assert "Traceback" not in err and "internal error" not in err
     assert p.returncode != 1
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--epochs", "-2"), ("--limit", "-5"), ("--limit", "0")])
+def test_train_refuses_epochs_and_limit_below_one(tiny, tmp_path, capsys, flag, value):
+    assert main(["train", str(tiny), "--out", str(tmp_path / "r"), flag, value, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "expected >= 1" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
