@@ -41,6 +41,7 @@ DEFLATE_RATIO = 1100  # deflate expands at most ~1032x: more declared than that 
 ARRAY_KINDS = "biuf"  # bool, integers, floats: what state and statistics hold
 TEXT_KINDS = "U"  # short text entries (the normalizer's kind)
 TEXT_CHARS = 256
+MEMBER_LIMIT = 100_000  # arrays in one checkpoint (each header is read when it is opened)
 
 # the errors a malformed zip or .npy raises inside zipfile / NumPy
 _BROKEN = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, TypeError, KeyError,
@@ -225,6 +226,8 @@ def open_checkpoint(path: Path) -> Checkpoint:
             members = zf.infolist()
         except _BROKEN as e:
             raise DataError(f"{file}: not a netc checkpoint (not a complete .npz archive: {_why(e)})") from None
+        if len(members) > MEMBER_LIMIT:
+            raise DataError(f"{file}: not a netc checkpoint ({len(members)} arrays, more than {MEMBER_LIMIT})")
         entries: dict[str, Entry] = {}
         for info in members:
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
