@@ -2,13 +2,14 @@
 save and load."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from netc.compiler.errors import DataError, NetcError, SpecError
+from netc.compiler.errors import DataError, NetcError, SpecError, did_you_mean
 from netc.compiler import sources, validate
 from netc.compiler.pipeline import compile_program, parse_and_elaborate, require_backend, to_backend, to_host
 from netc.runtime import checkpoint, data, normalize
@@ -244,6 +245,11 @@ def _overridden(cfg: TrainConfig, keys: dict) -> TrainConfig:
 
 
 def compile(path_or_text: str | Path, **kw) -> Model:  # noqa: A001 - the public name
+    known = [k for k, p in inspect.signature(Model).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    for k in kw:  # a NetcError like every other bad argument, not a TypeError
+        if k not in known:
+            raise NetcError(f"netc.compile: unknown keyword {validate.shown(k)}; choose from {', '.join(known)}",
+                            hint=did_you_mean(k, known) if isinstance(k, str) else None)
     text, file = read_spec(path_or_text)
     return Model(text, file, **kw)
 

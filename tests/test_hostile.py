@@ -217,6 +217,10 @@ def test_hostile_compile_keywords(marker, tmp_path):
             assert kw in str(e.value), (kw, v, str(e.value))
             assert len(str(e.value)) < 500  # a long hostile value is not echoed whole
             tried += 1
+    for kw in ["epochs", "sed", "path", "text", "file", "__class__", "a" * 10_000]:
+        with pytest.raises(NetcError, match="unknown keyword"):
+            netc.compile(SPEC, **{kw: 1})
+        tried += 1
     # the good values still work, NumPy's types included
     assert netc.compile(SPEC, dtype=np.float64, seed=np.int64(5)).program.spec.graph.float_dtype == "float64"
     print(f"hostile compile keywords: {tried} tried, {tried} refused")
