@@ -9,6 +9,11 @@ size, reused after their last reader; update values written in place over
 their leaf when nothing reads the old value afterwards; the copies left for
 the end of the step). A renderer only turns that into text.
 
+Adding a backend = a renderer of `fused(...)` (or `per_op(...)`): walk
+`steps`, render each kernel (compiler/c_kernel.py gives a kernel's C less its
+loops; cuda_c.py adds CUDA's), declare `buffers.allocs`, bind `state` by name,
+take `feeds` as arguments, end with `buffers.copies`. Nothing here changes.
+
 Generated source is built from the op table and this plan: a dtype reaches it
 only from the closed set `dtypes.DTYPES` (checked here, before any source is made),
 names only as repr() literals or in `comment()`-sanitized comments.
@@ -19,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import fuse
-from .kernel_ir import storage
 from .dtypes import DTYPES, check_dtypes, comment  # noqa: F401 (re-exported for renderers)
+from .kernel_ir import storage
 from .node import Node, toposort
 from .ops import OPS
 
@@ -89,7 +94,7 @@ def view_storage(n: Node) -> Node:
     return n
 
 
-def allocate(steps: list[Step], outputs, updates, storage: Callable, feeds, state) -> Buffers:
+def allocate(steps: list[Step], outputs, updates, storage_of: Callable, feeds, state) -> Buffers:
     """Names and buffers for every value the steps write.
 
     A buffer is taken when its value is written and given back to a pool (by
@@ -106,7 +111,7 @@ def allocate(steps: list[Step], outputs, updates, storage: Callable, feeds, stat
         for r in st.reads:
             last[r] = i
     for n in list(outputs) + [u for _, u in updates]:
-        last[storage(n).id] = end
+        last[storage_of(n).id] = end
     out_ids = {o.id for o in outputs}
     update_of = {u.id: leaf for leaf, u in updates}
     pool: dict[tuple, list[str]] = {}
@@ -148,7 +153,7 @@ def allocate(steps: list[Step], outputs, updates, storage: Callable, feeds, stat
                 pool.setdefault(key, []).append(b)
     copies += [(leaf, u) for leaf, u in updates if u.id not in written]
     updated = {leaf.id for leaf, _ in updates}
-    copies.sort(key=lambda c: storage(c[1]).id not in updated)  # stable: old values first
+    copies.sort(key=lambda c: storage_of(c[1]).id not in updated)  # stable: old values read first
     return Buffers(name, allocs, scratch, in_place, copies)
 
 
