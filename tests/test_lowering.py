@@ -291,3 +291,31 @@ def test_names_reach_generated_source_only_as_literals_or_one_line_comments(rend
         xs, ws = np.ones((2, 3), np.float32), np.arange(3, dtype=np.float32)
         (y,) = fn({evil: ws}, xs)
         assert np.array_equal(y, xs * ws)
+
+
+@pytest.mark.parametrize("renderer", ["numpy", "cuda"])
+def test_updates_read_the_old_values(renderer):
+    """All updates of a step read the state as it was: `prev <- w` while `w <- 2 w + x`
+    gives prev the old w (no in-place write of w before prev's copy reads it)."""
+    from netc.compiler import lower_cuda, lower_numpy
+    from netc.compiler.graph import Graph
+    G = Graph("float64")
+    x = G("input", name="x", shape=(3,), dtype="float64")
+    w = G("param", name="w", shape=(3,), dtype="float64")
+    prev = G("state", name="prev", shape=(3,), dtype="float64")
+    updates = [(w, G("add", G("mul", w, 2.0), x)), (prev, w)]
+    loss = G("sum", G("mul", w, w), axes=(0,))
+    state = {"w": np.array([1.0, 2.0, 3.0]), "prev": np.zeros(3)}
+    xs = np.array([0.5, 0.5, 0.5])
+    if renderer == "numpy":
+        fn = lower_numpy.lower([loss], updates, "step", feeds=[x])
+        (l,) = fn(state, xs)
+    else:
+        cuda_harness = pytest.importorskip("cuda_harness")
+        if cuda_harness.gcc() is None:
+            pytest.skip("no gcc: the CPU harness for CUDA kernels needs a C compiler")
+        fn = lower_cuda.lower([loss], updates, "step", feeds=[x])
+        (l,) = cuda_harness.run(fn, state, xs)
+    assert float(l) == 14.0
+    assert np.array_equal(state["prev"], [1.0, 2.0, 3.0])
+    assert np.array_equal(state["w"], [2.5, 4.5, 6.5])
