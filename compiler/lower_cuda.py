@@ -43,16 +43,12 @@ class CudaFunction(Function):
     runtime: object = field(default=None, repr=False)
     host_calls: set = field(default_factory=set, repr=False)  # ids of library kernels run on the host
 
-    def bind(self, state: dict, batch: int):
-        key = (id(state), batch)
-        step = self._steps.get(key)
-        if step is None:
-            if self.runtime is None:
-                self.runtime = CupyRuntime(require_gpu())
-            step = self._make(self.runtime, state, batch)
-            self._steps = {k: v for k, v in self._steps.items() if k[0] == id(state)}
-            self._steps[key] = step
-        return step
+    KEEP = 1  # device buffers of one state dict at a time
+
+    def new_step(self, state: dict, batch: int):
+        if self.runtime is None:
+            self.runtime = CupyRuntime(require_gpu())
+        return self._make(self.runtime, state, batch)
 
     def make_step(self, rt, state: dict, batch: int):
         """The step on another runtime (the CPU harness)."""

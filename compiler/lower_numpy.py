@@ -37,6 +37,8 @@ class Function:
     _make: Callable = field(repr=False, default=None)
     _steps: dict = field(repr=False, default_factory=dict)
 
+    KEEP = 4  # state dicts bound at once (training, averaged, ...); each holds its buffers
+
     def bind(self, state: dict[str, np.ndarray], batch: int):
         """The step bound to `state`'s arrays for this batch size (made once, then cached).
         The cache holds the dict itself: an id() could be reused by a new dict."""
@@ -45,11 +47,14 @@ class Function:
         if steps is None:
             steps = {}
             bindings.insert(0, (state, steps))
-            del bindings[4:]  # a few live state dicts (training, averaged) at most
+            del bindings[self.KEEP:]
         step = steps.get(batch)
         if step is None:
-            step = steps[batch] = self._make(np, state, batch)
+            step = steps[batch] = self.new_step(state, batch)
         return step
+
+    def new_step(self, state: dict, batch: int):
+        return self._make(np, state, batch)
 
     def __call__(self, state: dict[str, np.ndarray], *feeds):
         batch = next((f.shape[0] for f in feeds if np.ndim(f) > 0), 1)
