@@ -43,8 +43,8 @@ import heapq
 
 from .fuse_merge import merge_all
 from .fuse_stats import format_stats  # noqa: F401 (re-exported for pipeline.py)
-from .fuse_walk import LEAVES, walk
-from .kernel_ir import Kernel, Plan, deps, ident, index, is_row, o_idx, reduced_axes, through
+from .fuse_walk import walk
+from .kernel_ir import LEAVES, Kernel, Plan, deps, ident, index, is_row, o_idx, reduced_axes, through
 from .node import Node, toposort
 from .ops import OPS
 

@@ -3,11 +3,9 @@ record what it reads (compiler/fuse.py). A walk that cannot compute what the
 kernel is asked to raises `Unfusable`: that is how a merge is refused."""
 from __future__ import annotations
 
-from .kernel_ir import Ex, Kernel, Plan, Unfusable, _root, ident, is_row, o_idx, project, reduced_axes, through
+from .kernel_ir import LEAVES, Ex, Kernel, Plan, Unfusable, _root, ident, is_row, o_idx, project, reduced_axes, through
 from .node import Node
 from .ops import OPS
-
-LEAVES = ("input", "param", "state", "hyper")
 
 
 class _Walker:

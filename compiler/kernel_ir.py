@@ -10,6 +10,10 @@ from .fuse_stats import plan_stats
 from .node import Node, shape_str
 from .ops import OPS
 
+FEED_OPS = ("input", "hyper")  # leaves a step is given as arguments, in `feeds` order
+STATE_OPS = ("param", "state")  # leaves bound once from the state dict
+LEAVES = FEED_OPS + STATE_OPS
+
 
 class Unfusable(Exception):
     """A tentative kernel cannot compute what it is asked to (a merge is refused)."""
@@ -113,7 +117,7 @@ class Kernel:
         leaves = list(self.reads.values()) + list(self.in_place.values())
         if self.kind == "gemm":
             leaves += [_root(x) for x in self.operands]
-        return sorted({n.name for n in leaves if n.op in ("param", "state")})
+        return sorted({n.name for n in leaves if n.op in STATE_OPS})
 
     def describe(self) -> str:
         head = f"k{self.id} {self.kind}"

@@ -80,7 +80,8 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
         pre.append(f"    s{k} = S[{s.name!r}]  # {s.op} {shape_str(s.shape)} {s.dtype}")
     for k, f in enumerate(L.feeds):
         if f.op == "input":
-            pre.append(f"    x{k} = rt.empty({_shape_py(f.shape)}, {f.dtype!r})  # {comment(f.name)} {shape_str(f.shape)}")
+            pre.append(f"    x{k} = rt.empty({_shape_py(f.shape)}, {f.dtype!r})"
+                       f"  # {comment(f.name)} {shape_str(f.shape)}")
             body.append(f"        d{k} = rt.upload(f{k}, x{k})")
             var[f.id] = f"d{k}"
         else:
@@ -110,7 +111,8 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
             filled[k.id] = bufs.name[k.id]
             launches.append(f"        rt.fill({filled[k.id]}, {arg(k)})")
             continue
-        lines = [f"        # k{k.id} {k.kind} ({k.phase})" + (f"  [{comment(', '.join(k.locs()))}]" if k.locs() else "")]
+        where = f"  [{comment(', '.join(k.locs()))}]" if k.locs() else ""
+        lines = [f"        # k{k.id} {k.kind} ({k.phase}){where}"]
         for m in k.writes:
             var[m.id] = bufs.name[m.id]
         if k.kind == "gemm":
@@ -134,7 +136,8 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
               else f"        rt.copyto({var[leaf.id]}, {arg(u)})" for leaf, u in bufs.copies]
     lines = ["def make(rt, S, B):", "    np = rt.xp  # the array module library calls use", "    B_ = _np.int64(B)"]
     lines += pre
-    lines += [f"    {b} = rt.empty({_shape_py(shape)}, {dtype!r})  # {shape_str(shape)}" for b, shape, dtype in bufs.allocs]
+    lines += [f"    {b} = rt.empty({_shape_py(shape)}, {dtype!r})  # {shape_str(shape)}"
+              for b, shape, dtype in bufs.allocs]
     lines += ["    " + s for s in setup]
     lines.append(f"    def {name}({', '.join(f'f{k}' for k in range(len(L.feeds)))}):")
     lines += [f"        # f{k} = {comment(f.name)} {shape_str(f.shape)} {f.dtype}" for k, f in enumerate(L.feeds)]

@@ -25,13 +25,9 @@ from typing import Callable
 
 from . import fuse
 from .dtypes import DTYPES, check_dtypes, comment  # noqa: F401 (re-exported for renderers)
-from .kernel_ir import storage
+from .kernel_ir import FEED_OPS, STATE_OPS, storage
 from .node import Node, toposort
 from .ops import OPS
-
-FEED_OPS = ("input", "hyper")  # leaves passed to the step, in `feeds` order
-STATE_OPS = ("param", "state")  # leaves bound once from the state dict
-
 
 @dataclass(eq=False)
 class Step:
