@@ -166,3 +166,27 @@ def test_compile_time_is_small():
     for which in ("train_step", "evaluate", "predict"):
         m.program.named(which, "cuda")
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_fusion_facts_live_in_the_op_entries():
+    """What fusion needs from an op is in its entry: a reduction's steps and C
+    templates, an index map, an alias; the renderers name no op."""
+    from netc.compiler.ops import OPS
+    steps = {"sum", "max", "min", "argmax", "sumexp"}
+    reducers = {name: op.reducer for name, op in OPS.items() if op.reducer is not None}
+    assert {"sum", "mean", "max", "min", "argmax", "sum_to", "logsumexp", "softmax", "log_softmax"} <= set(reducers)
+    for name, red in reducers.items():
+        assert red.steps and set(red.steps) <= steps, name
+        accs = [f"a{j}" for j in range(len(red.steps))]
+        if red.row is not None:
+            assert "xx" in red.row.format(*accs, x="xx"), name
+        else:
+            assert red.value.format(*accs, n="n", T="float"), name
+    assert OPS["training_only"].alias == 0
+    assert all(OPS[n].index_map is not None for n in ("transpose", "broadcast", "one_hot"))
+    root = Path(__file__).resolve().parent.parent / "compiler"
+    for module in ("fuse.py", "fuse_walk.py", "fuse_merge.py", "kernel_ir.py", "c_kernel.py", "cuda_c.py",
+                   "lower_cuda.py", "plan.py"):
+        text = (root / module).read_text()
+        for op in ("softmax", "logsumexp", "one_hot", "broadcast", "transpose", "training_only"):
+            assert f'"{op}"' not in text, (module, op)
