@@ -226,6 +226,19 @@ def test_hostile_compile_keywords(marker, tmp_path):
     print(f"hostile compile keywords: {tried} tried, {tried} refused")
 
 
+def test_hostile_fit_keywords(marker):
+    m = netc.compile(SPEC)
+    tried = 0
+    for kw, values in {"epochs": [0, -1, -2 ** 80, "x", "1", 1.5, float("nan"), True, [], code(marker)],
+                       "limit": [0, -5, "x", 1.5, True, [], code(marker)]}.items():
+        for v in values:
+            with pytest.raises(NetcError) as e:
+                m.fit(X, T, **{kw: v})
+            assert kw in str(e.value) and len(str(e.value)) < 500
+            tried += 1
+    print(f"hostile fit keywords: {tried} tried, {tried} refused")
+
+
 def test_hostile_spec_arguments(marker, tmp_path):
     big = tmp_path / "big.net"
     big.write_text("# " + "x" * (2 << 20) + "\n")
