@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import BinaryIO, Callable, Mapping
 
 from .errors import Loc, NetcError, SpecError
 from .validate import PATH_LIMIT, shown as _q
@@ -61,28 +61,39 @@ def decode(data: bytes, shown: str, loc: Loc | None = None, file: str | None = N
     return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() reads text
 
 
-def _read_regular(path: Path, fail: Callable[[str], Exception]) -> bytes:
-    """The bytes of a regular file of at most USE_CAP bytes; `fail(reason)` is raised otherwise."""
+def open_regular(path: Path, fail: Callable[[str], Exception], cap: int | None = None) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (of at most `cap`
+    bytes); `fail(reason)` is raised otherwise. Never blocks on a FIFO, never
+    opens a device: checked before opening and again on the open file."""
     try:
-        st = os.stat(path)  # refuse devices, FIFOs and folders before opening anything
-        _check(st, fail)
+        _check(os.stat(path), fail, cap)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
                      | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as e:
         raise fail(getattr(e, "strerror", None) or str(e)) from None
-    with os.fdopen(fd, "rb") as f:
-        _check(os.fstat(fd), fail)  # the same file that was checked: no swap in between
+    f = os.fdopen(fd, "rb")
+    try:
+        _check(os.fstat(fd), fail, cap)  # the same file that was checked: no swap in between
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _read_regular(path: Path, fail: Callable[[str], Exception]) -> bytes:
+    """The bytes of a regular file of at most USE_CAP bytes; `fail(reason)` is raised otherwise."""
+    with open_regular(path, fail, USE_CAP) as f:
         data = f.read(USE_CAP + 1)  # the file may have grown since
     if len(data) > USE_CAP:
         raise fail(_too_big(len(data)))
     return data
 
 
-def _check(st: os.stat_result, fail: Callable[[str], Exception]) -> None:
+def _check(st: os.stat_result, fail: Callable[[str], Exception], cap: int | None) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise fail("it is a folder" if stat.S_ISDIR(st.st_mode)
                    else "it is not a regular file (a device, FIFO or socket)")
-    if st.st_size > USE_CAP:
+    if cap is not None and st.st_size > cap:
         raise fail(_too_big(st.st_size))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 import zipfile
 import zlib
@@ -29,7 +28,7 @@ import numpy as np
 from netc.compiler import validate as V
 from netc.compiler.atomic import atomic_write
 from netc.compiler.errors import DataError, NetcError
-from netc.compiler.sources import EMBED_LIMIT, USE_CAP
+from netc.compiler.sources import EMBED_LIMIT, USE_CAP, open_regular
 from netc.runtime.normalize import Normalizer
 
 FORMAT = "netc-checkpoint-1"
@@ -207,20 +206,13 @@ def open_checkpoint(path: Path) -> Checkpoint:
     path = V.path(path, "checkpoint path", DataError)
     try:
         file = path / FILE if path.is_dir() else path
-        st = os.stat(file)
+        os.stat(file)
     except FileNotFoundError:
         raise DataError(f"{path}: no checkpoint here (expected {FILE} from `netc train`)") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"{file}: not a netc checkpoint (not a regular file)")
+    f = open_regular(file, lambda why: DataError(f"{file}: not a netc checkpoint ({why})"))
     try:
-        f = open(file, "rb")  # noqa: SIM115 - owned by the ZipFile / Checkpoint from here
-    except OSError as e:
-        raise DataError(f"{file}: cannot read the checkpoint ({e.strerror or e})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise DataError(f"{file}: not a netc checkpoint (not a regular file)")
         try:
             zf = zipfile.ZipFile(f)
             members = zf.infolist()
