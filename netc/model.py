@@ -259,12 +259,18 @@ def load(path: str | Path) -> Model:
     it loads, or is refused with a DataError naming the file and the field."""
     with checkpoint.open_checkpoint(path) as ck:
         meta = ck.meta
-        try:
-            m = Model(meta["spec"], meta.get("spec_file", "<spec>"), seed=meta["seed"], dtype=meta["dtype"],
-                      embedded=meta.get("sources", {}))
+        file, embedded = meta.get("spec_file", "<spec>"), meta.get("sources", {})
+        try:  # elaborate only, to compare the parameters before anything of their size exists
+            spec = parse_and_elaborate(meta["spec"], file, meta["dtype"], read_use=sources.embedded(embedded, file))
         except NetcError as e:
             raise checkpoint.spec_error(ck, e) from None
-        assign(m.state, checkpoint.read_state(ck, m.state, {k: v.shape for k, v in m.params.items()}))
+        checkpoint.check_params(ck, {k: p.shape for k, p in spec.params.items()})
+        try:
+            m = Model(meta["spec"], file, seed=meta["seed"], dtype=meta["dtype"], embedded=embedded)
+        except NetcError as e:
+            raise checkpoint.spec_error(ck, e) from None
+        checkpoint.check_params(ck, {k: v.shape for k, v in m.params.items()})
+        assign(m.state, checkpoint.read_state(ck, m.state))
         xs = list(m.program.spec.inputs.values())[:1]
         norm = checkpoint.read_normalizer(ck, xs[0].shape[1] if xs and len(xs[0].shape) == 2 else None)
         if norm is not None:

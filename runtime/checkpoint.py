@@ -70,15 +70,29 @@ def _required(check):
 
 
 def _params(v, what, error):
-    if not isinstance(v, dict) or len(v) > 100_000:
+    if not isinstance(v, dict) or len(v) > MEMBER_LIMIT:
         raise error(f"{what}: expected a table of parameter shapes, got {V.shown(v)}")
+    total = 0
     for name, shape in v.items():
         V.text(name, f"{what} (a name)", TEXT_CHARS, error, line=True)
         if not isinstance(shape, list) or len(shape) > 32:
             raise error(f"{what}: the shape of {V.shown(name)} is {V.shown(shape)}, not a list of sizes")
+        size = 1
         for d in shape:
-            V.integer(d, f"{what}: a size of {V.shown(name)}", 0, 1 << 62, error)
+            size *= V.integer(d, f"{what}: a size of {V.shown(name)}", 0, 1 << 62, error)
+        total += size
+    memory = _physical_memory()
+    if memory and total * 4 > memory:  # float32 at least
+        raise error(f"{what}: {total} parameter values need {total * 4 / 2 ** 30:.3g} GiB, "
+                    f"more than this machine's {memory / 2 ** 30:.3g} GiB (refused before allocating)")
     return v
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _sources(v, what, error):
@@ -314,15 +328,19 @@ def spec_error(ck: Checkpoint, e: NetcError) -> DataError:
     return ck.error("spec", f"the spec saved in the checkpoint does not compile: {msg}")
 
 
-def read_state(ck: Checkpoint, state: dict[str, np.ndarray], params: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """The saved value of every array in `state` (a freshly compiled model's),
-    each checked for that array's shape and type before its data is read; the
-    metadata's parameter table must match the spec's parameters."""
+def check_params(ck: Checkpoint, shapes: dict[str, tuple]) -> None:
+    """The metadata's parameter table must be the spec's (`shapes`): checked
+    right after elaboration, before anything the size of a parameter exists."""
     saved = {k: tuple(v) for k, v in ck.meta["params"].items()}
-    spec = {k: tuple(v) for k, v in params.items()}
+    spec = {k: tuple(v) for k, v in shapes.items()}
     if saved != spec:
         diff = sorted(set(saved) ^ set(spec)) or sorted(k for k in spec if saved[k] != spec[k])
-        raise ck.error("params", f"the parameters {diff[:3]} differ from the spec's")
+        raise ck.error("params", f"the parameters {[V.shown(d, 40) for d in diff[:3]]} differ from the spec's")
+
+
+def read_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The saved value of every array in `state` (a freshly compiled model's),
+    each checked for that array's shape and type before its data is read."""
     return {k: ck.read(f"state/{k}", v.shape, v.dtype) for k, v in state.items()}
 
 

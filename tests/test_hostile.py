@@ -189,6 +189,24 @@ def test_hostile_values_in_every_checkpoint_field(good, tmp_path, marker):
     print(f"hostile metadata values: {tried} tried, {refused_n} refused, {tried - refused_n} inert")
 
 
+def test_huge_spec_in_checkpoint_is_refused_before_allocating(good, tmp_path):
+    """A checkpoint whose spec declares 200 GiB of parameters (each under the
+    per-tensor limit): refused from the metadata, or from the elaborated shapes
+    when the metadata lies, before any parameter is allocated."""
+    ms, _ = good
+    meta = meta_of(ms)
+    n, wide = 200, 16_000  # 200 layers of 16000 x 16000 float32: 1 GiB each
+    lines = ["input  x : [4]", "target t : class(3)", f"h0 = dense(x, {wide})"]
+    lines += [f"h{i} = dense(h{i - 1}, {wide})" for i in range(1, n)]
+    lines += [f"y = dense(h{n - 1}, 3)", "loss = nll(softmax(y), t)"]
+    honest = {"h0.W": [4, wide], "h0.b": [wide], "y.W": [wide, 3], "y.b": [3]}
+    honest.update({f"h{i}.{k}": s for i in range(1, n) for k, s in (("W", [wide, wide]), ("b", [wide]))})
+    for k, m in enumerate([{**meta, "spec": "\n".join(lines)}, {**meta, "spec": "\n".join(lines), "params": honest}]):
+        t = time.time()
+        refused(write_zip(tmp_path / f"huge{k}.npz", with_meta(ms, m)), "params")
+        assert time.time() - t < 30
+
+
 def test_hostile_spec_in_checkpoint_is_only_a_spec(good, tmp_path, marker):
     ms, _ = good
     for k, spec in enumerate([f"x = {code(marker)}", f"def f(x) = {code(marker)}\n", "input x : [4]\n" * 3,
@@ -322,6 +340,7 @@ def _damaged(good, tmp_path):
         cases.append((f"missing-{key}", with_meta(ms, {k: v for k, v in meta.items() if k != key}), (key,)))
     cases += [
         ("params-wrong", with_meta(ms, {**meta, "params": {**meta["params"], "h.W": [5, 4]}}), ("params",)),
+        ("params-huge", with_meta(ms, {**meta, "params": {**meta["params"], "h.W": [2 ** 40, 2 ** 20]}}), ("params",)),
         ("params-extra", with_meta(ms, {**meta, "params": {**meta["params"], "z": [1]}}), ("params",)),
         ("string-array", {**ms, W: npy(np.full((4, 5), "abcde"))}, ("state/h.W",)),
         ("complex-array", {**ms, W: npy(np.zeros((4, 5), np.complex64))}, ("state/h.W",)),
