@@ -115,14 +115,27 @@ def embed(used: Mapping[str, str], file: str) -> dict[str, str]:
 
 def embedded(files: Mapping[str, str], file: str) -> Reader:
     """A reader that serves only `files` (from `embed`): a checkpoint's spec
-    never reads the disk, whatever its `use` statements say."""
+    never reads the disk, whatever its `use` statements say.
+
+    A file is found by its key: the `use` path joined to the key of the file
+    that uses it (the spec's own is ""), so where the checkpoint is loaded from
+    does not matter; failing that, by the resolved path relative to the spec's
+    folder (what `embed` stored)."""
+    keys = {file: ""}  # module file name (as the elaborator names it) -> its key
+
     def read(path: Path, shown: str, loc: Loc | None = None) -> str:
+        candidates = []
+        parent = keys.get(loc.file) if loc is not None else None
+        if parent is not None and not os.path.isabs(shown):
+            candidates.append(os.path.normpath(os.path.join(os.path.dirname(parent), shown)))
         try:
-            key = os.path.relpath(Path(path), base_of(file).resolve())
+            candidates.append(os.path.relpath(Path(path), base_of(file).resolve()))
         except ValueError:  # another drive (Windows)
-            key = None
-        if key not in files:
-            raise SpecError(f"cannot read {_q(shown)}: a checkpoint's spec can use only the files saved "
-                            f"in it, and this one is not (loading a checkpoint reads no other file)", loc)
-        return files[key]
+            pass
+        for key in candidates:
+            if key in files:
+                keys[str(path)] = key
+                return files[key]
+        raise SpecError(f"cannot read {_q(shown)}: a checkpoint's spec can use only the files saved "
+                        f"in it, and this one is not (loading a checkpoint reads no other file)", loc)
     return read

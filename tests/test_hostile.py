@@ -471,6 +471,25 @@ def test_checkpoint_embeds_used_files(tmp_path, monkeypatch):
     np.testing.assert_array_equal(netc.load(tmp_path / "run2").predict(X), expected)
 
 
+def test_checkpoint_embeds_nested_uses(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "lib" / "a.net").write_text('use "b.net"\nuse "../c.net"\ndef act(z) = inner(outer(z))\n')
+    (tmp_path / "lib" / "b.net").write_text("def inner(z) = tanh(z)\n")
+    (tmp_path / "c.net").write_text("def outer(z) = 2 * z\n")
+    (tmp_path / "spec" / "main.net").write_text(MAIN.replace('"lib.net"', '"../lib/a.net"'))
+    monkeypatch.chdir(tmp_path / "lib")
+    m = netc.compile("../spec/main.net", seed=2)  # a relative spec path
+    assert len(m.program.spec.used) == 3
+    m.save(tmp_path / "run")
+    expected = m.predict(X)
+    for f in ("lib/a.net", "lib/b.net", "c.net"):
+        (tmp_path / f).unlink()
+    for where in (tmp_path / "spec", "/", "/usr/bin"):  # "../spec/main.net" now resolves elsewhere, or nowhere
+        monkeypatch.chdir(where)
+        np.testing.assert_array_equal(netc.load(tmp_path / "run").predict(X), expected)
+
+
 FORBIDDEN = ("/etc/passwd", "/dev/zero", "/etc/hostname")
 
 
