@@ -49,7 +49,7 @@ _BROKEN = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueErr
 
 def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     """Atomically write `path/params.npz` (+ a readable `path/model.json`)."""
-    path = Path(path)
+    path = V.path(path, "checkpoint folder")
     path.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **meta}
     payload = {f"a/{k}": np.asarray(v) for k, v in arrays.items()}

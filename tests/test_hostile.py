@@ -289,6 +289,13 @@ def test_hostile_load_arguments(marker, tmp_path):
         assert len(str(e.value)) < 1000
 
 
+def test_hostile_save_paths(tmp_path):
+    m = netc.compile(SPEC)
+    for arg in ["x\x00", "a" * 100_000, tmp_path / "b\x00"]:
+        with pytest.raises(NetcError):
+            m.save(arg)
+
+
 def _unblock(fifo, text: str, seconds: float = 3.0) -> None:
     """If something opens the FIFO for reading, give it `text` and EOF, so a
     regression fails the test instead of hanging it."""
