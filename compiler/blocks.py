@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import syntax as S
 from .errors import Loc, SpecError, did_you_mean
 from .numbers import arith, literal
+from .values import kind_of
 
 if TYPE_CHECKING:
     from .graph import Node
@@ -127,20 +128,8 @@ def select_params(params: dict[str, Node], pattern: str, loc: Loc | None) -> tup
 
 def _whole(v, loc: Loc, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise SpecError(f"{what} must be a whole number, got {_kind(v)}", loc)
+        raise SpecError(f"{what} must be a whole number, got {kind_of(v)}", loc)
     return int(v)
-
-
-def _kind(v) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return f"the number {v:g}"
-    if isinstance(v, str):
-        return f"the string {v!r}"
-    if isinstance(v, list):
-        return "a list"
-    return type(v).__name__
 
 
 def _eval_formula(e: S.Expr, names: dict[str, float]) -> float:
