@@ -119,6 +119,11 @@ class Model:
     def base_dir(self) -> Path:
         return Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
 
+    @property
+    def _target(self):
+        """The spec's target node (what data.conform checks labels against), or None."""
+        return next(iter(self.program.spec.targets.values()), None)
+
     # -- training ------------------------------------------------------------------
     def fit(self, x=None, t=None, *, valid=None, test=None, epochs: int | None = None,
             out: str | Path | None = None, progress: bool | None = False, log=None,
@@ -131,12 +136,12 @@ class Model:
             if self.data_cfg.train is None:
                 raise SpecError("the spec has no training data: add data { train = ... } or pass arrays to fit",
                                 self.program.spec.block_locs.get("data"), self.text)
-            splits = load_splits(self.data_cfg, self.base_dir)
+            splits = load_splits(self.data_cfg, self.base_dir, self._target)
             train, valid_ds, test_ds = splits.train, splits.valid, splits.test
         else:
-            train = data.arrays(x, t, "fit(x, t)")
-            valid_ds = None if valid is None else data.arrays(*valid, name="valid")
-            test_ds = None if test is None else data.arrays(*test, name="test")
+            train = data.check_arrays(x, t, self._target, "fit(x, t)")
+            valid_ds = None if valid is None else data.check_arrays(*valid, target=self._target, what="valid")
+            test_ds = None if test is None else data.check_arrays(*test, target=self._target, what="test")
         if limit is not None:
             train, valid_ds, test_ds = (None if d is None else d.slice(0, min(limit, len(d)))
                                         for d in (train, valid_ds, test_ds))
@@ -182,26 +187,55 @@ class Model:
         elif xnode is not None and ds.x.shape[1:] != tuple(xnode.shape[1:]):
             raise DataError(f"{ds.name}: examples have {ds.x.shape[1:]} features, but input "
                             f"'{xnode.name}' is declared {list(xnode.shape[1:])}")
-        for tnode in spec.targets.values():
-            if ds.t is None:
-                raise DataError(f"{ds.name}: no targets, but the spec declares target '{tnode.name}'")
-            n = tnode.attr("classes")
-            if n is not None:
-                bad = np.flatnonzero((ds.t < 0) | (ds.t >= n))
-                if bad.size:
-                    raise DataError(f"{ds.name}: record {bad[0]}: label {ds.t[bad[0]]} is outside "
-                                    f"class({n}) (0..{n - 1})")
+        # targets (present, whole-number labels in range, real widths): data.conform, where data enters
+
+    def _features(self, x, what: str) -> np.ndarray:
+        """`x` as an array of the shape predict/score take ([n] + the input's declared
+        shape, or the width the normalization was fitted on), else a DataError naming
+        that shape. 1-D input is refused as scikit-learn does: one example or one
+        feature cannot be told apart."""
+        (xnode,) = list(self.program.spec.inputs.values())[:1] or [None]
+        try:
+            a = np.asarray(x)
+        except (ValueError, TypeError) as e:  # ragged lists
+            raise DataError(f"{what}: x is not an array of numbers ({e})") from None
+        if xnode is None:
+            return a
+        width = self.normalizer.in_width
+        dims = (width,) if width is not None else tuple(xnode.shape[1:])
+        want = "[" + ", ".join(["n"] + [str(d) for d in dims]) + "]"
+        declared = f"input '{xnode.name}' is declared {list(xnode.shape[1:])}"
+        if width is not None:  # the raw width, before normalization changes it
+            have = f", data has {a.shape[1]}" if a.ndim == 2 else ""
+            declared = f"the input normalization {self.normalizer} was fitted on {width} features{have}"
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"{what}: expected numbers of shape {want} ({declared}), got dtype {a.dtype}")
+        if a.ndim == 1 and len(dims) == 1:
+            fix = "x.reshape(-1, 1) if it holds one feature per example" if dims == (1,) else \
+                "x.reshape(1, -1) if it is a single example"
+            raise DataError(f"{what}: expected shape {want} ({declared}), got 1-D shape {list(a.shape)}: "
+                            f"use {fix}")
+        if a.shape[1:] != dims:
+            raise DataError(f"{what}: expected shape {want} ({declared}), got {list(a.shape)}")
+        return a
 
     # -- use -------------------------------------------------------------------------
     def predict(self, x) -> np.ndarray:
+        """The output for each row of `x` ([n, features]); 0 rows give an empty [0, k] array."""
         if self.program.predict is None:
             raise NetcError("this spec has no output to predict")
-        x = self.normalizer.apply(np.asarray(x)).astype(self.program.spec.graph.float_dtype, copy=False)
+        x = self._features(x, "predict(x)")
+        out = self.program.output
+        if len(x) == 0:
+            return np.empty((0,) + tuple(d or 0 for d in out.shape[1:]), out.dtype)
+        x = self.normalizer.apply(data.check_arrays(x, what="predict(x)").x)
+        x = x.astype(self.program.spec.graph.float_dtype, copy=False)
         return predict(self.program, self.state, np.ascontiguousarray(x), self.train_cfg.eval_batch)
 
     def score(self, x, t) -> float:
         """Error rate for class targets, else the mean loss."""
-        ds = self._prepare(data.arrays(np.asarray(x), np.asarray(t), "score(x, t)"),
+        x = self._features(x, "score(x, t)")
+        ds = self._prepare(data.check_arrays(x, t, self._target, "score(x, t)"),
                            self.program.spec.graph.float_dtype)
         loss, err = evaluate(self.program, self.state, ds, self.train_cfg.eval_batch)
         return err if err is not None else loss
@@ -230,10 +264,11 @@ class Model:
         return self.normalizer.to_arrays()
 
     def save(self, path: str | Path) -> Path:
+        path = validate.path(path, "Model.save(path)")  # before copying anything
         arrays = {f"state/{k}": to_host(v) for k, v in self.state.items()}
         arrays.update(self._extra_arrays())
         meta = {**self._meta(), "summary": self.summary}
-        return checkpoint.save(Path(path), arrays, json.loads(json.dumps(meta, default=str)))
+        return checkpoint.save(path, arrays, json.loads(json.dumps(meta, default=str)))
 
 
 def _overridden(cfg: TrainConfig, keys: dict) -> TrainConfig:

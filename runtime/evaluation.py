@@ -21,6 +21,21 @@ def feeds_for(program: Program, x, t) -> list:
     return out
 
 
+def call(fn, state: dict, program: Program, x, t=None):
+    """`fn` on the feeds it reads, chosen by name (a function reads only the feeds its
+    outputs depend on: an evaluation whose loss does not read x takes t alone); one
+    that reads none (a constant output) is still sized for len(x) examples."""
+    spec = program.spec
+    fed = dict(zip(list(spec.inputs)[:1], [x]))
+    if t is not None:
+        fed.update(zip(list(spec.targets)[:1], [t]))
+    missing = [name for name in fn.feeds if name not in fed]
+    if missing:
+        raise NetcError(f"this spec reads '{missing[0]}' but the data has none")
+    args = [fed[name] for name in fn.feeds]
+    return fn(state, *args) if args else fn.bind(state, len(x))()
+
+
 def evaluate(program: Program, state: dict, ds: Dataset, batch: int) -> tuple[float, float | None]:
     """Mean loss and error rate (class targets) over a dataset."""
     fn = program.evaluate
@@ -29,7 +44,7 @@ def evaluate(program: Program, state: dict, ds: Dataset, batch: int) -> tuple[fl
         for lo in range(0, n, batch):
             x = ds.x[lo:lo + batch]
             t = None if ds.t is None else ds.t[lo:lo + batch]
-            outs = fn(state, *feeds_for(program, x, t)[:len(fn.feeds)])
+            outs = call(fn, state, program, x, t)
             total += float(outs[0]) * len(x)
             if len(outs) > 1:
                 errors += float(outs[1])
@@ -40,7 +55,7 @@ def predict(program: Program, state: dict, x: np.ndarray, batch: int) -> np.ndar
     fn = program.predict
     out = None
     for lo in range(0, len(x), batch):
-        (y,) = fn(state, x[lo:lo + batch])
+        (y,) = call(fn, state, program, x[lo:lo + batch])
         if out is None:
             out = np.empty((len(x),) + y.shape[1:], y.dtype)
         out[lo:lo + len(y)] = to_host(y)

@@ -380,3 +380,70 @@ def test_fit_refuses_epochs_and_limit_that_are_not_whole_numbers_above_zero(kw):
     x, t = np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1])
     with pytest.raises(NetcError, match=f"fit\\({next(iter(kw))}="):
         m.fit(x, t, **kw)
+
+
+# ---------------------------------------------------------------------------- hostile arrays (predict, score, save)
+
+@pytest.fixture(scope="module")
+def trained(problem):
+    m = netc.compile(SPEC)
+    m.fit(*problem, epochs=1)
+    return m
+
+
+@pytest.mark.parametrize("call", ["predict", "score"])
+@pytest.mark.parametrize("x, shown", [(np.ones((5, 19)), r"\[5, 19\]"), (np.ones((5, 4, 5)), r"\[5, 4, 5\]"),
+                                      (np.ones((5, 20, 1)), r"\[5, 20, 1\]")],
+                         ids=["19 features", "3-D", "3-D of 20"])
+def test_wrong_shape_is_refused_naming_the_expected_shape(trained, call, x, shown):
+    args = (x,) if call == "predict" else (x, np.zeros(len(x), np.int64))
+    with pytest.raises(NetcError, match=rf"^{call}\(x.*\[n, 20\].*{shown}") as e:
+        getattr(trained, call)(*args)
+    assert "input 'x'" in str(e.value)
+
+
+@pytest.mark.parametrize("call", ["predict", "score"])
+@pytest.mark.parametrize("x", [np.array([[object()] * 20] * 2, dtype=object), np.full((2, 20), "1.0"),
+                               np.ones((2, 20), complex)], ids=["object", "str", "complex"])
+def test_non_numeric_arrays_are_refused(trained, call, x):
+    args = (x,) if call == "predict" else (x, np.zeros(len(x), np.int64))
+    with pytest.raises(NetcError, match=rf"^{call}\(x.*dtype"):
+        getattr(trained, call)(*args)
+
+
+@pytest.mark.parametrize("x", [np.ones(20), np.ones(4), [0.5] * 20])
+def test_predict_refuses_one_dimensional_input_suggesting_a_reshape(trained, x):
+    with pytest.raises(NetcError, match=r"x\.reshape\(1, -1\)"):
+        trained.predict(x)
+    with pytest.raises(NetcError, match=r"x\.reshape\(1, -1\)"):
+        trained.score(x, [0])
+
+
+def test_one_feature_input_suggests_the_other_reshape():
+    m = netc.compile("input x : [1]\ntarget t : [1]\ny = dense(x, 1)\nloss = mse(y, t)\n")
+    with pytest.raises(NetcError, match=r"x\.reshape\(-1, 1\)"):
+        m.predict(np.ones(7))
+
+
+def test_predict_on_no_rows_is_an_empty_array_of_the_output_shape(trained):
+    y = trained.predict(np.zeros((0, 20), np.float32))
+    assert isinstance(y, np.ndarray) and y.shape == (0, 3) and y.dtype == np.float32
+    with pytest.raises(NetcError, match=r"\[n, 20\]"):
+        trained.predict(np.zeros((0, 19)))
+
+
+def test_constant_output_predicts_and_scores():
+    m = netc.compile("input x : [4]\ntarget t : class(2)\ny = dense(x, 2) * 0\nloss = nll(softmax(y), t)\n")
+    x, t = np.ones((3, 4), np.float32), np.array([0, 1, 1])
+    np.testing.assert_array_equal(m.predict(x), np.zeros((3, 2), np.float32))
+    assert m.predict(x[:0]).shape == (0, 2)
+    assert m.score(x, t) in (1 / 3, 2 / 3)  # argmax of a tie, but a number, not a crash
+    r = netc.compile("input x : [4]\ntarget t : [4]\ny = x * 0\nloss = mse(y, t)\n")
+    assert r.predict(np.ones((5, 4))).shape == (5, 4)
+    assert r.score(np.ones((2, 4)), np.full((2, 4), 3.0)) == pytest.approx(r.score(np.zeros((2, 4)), np.full((2, 4), 3.0)))
+
+
+@pytest.mark.parametrize("path", [None, 123, 1.5, b"\0", ["m"]])
+def test_save_refuses_a_path_that_is_not_one(trained, path):
+    with pytest.raises(NetcError):
+        trained.save(path)

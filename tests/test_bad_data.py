@@ -272,10 +272,6 @@ train {
     epochs = 1
 }
 """
-WIRED = pytest.mark.xfail(strict=True, reason="until netc/model.py calls data.conform / "
-                          "data.check_arrays (H3): then remove this marker")
-
-
 def blobs(n=12):
     t = np.arange(n) % 3
     return (np.eye(3)[t][:, :2] * 2 + 0.1).astype(np.float32), t
@@ -290,7 +286,6 @@ def test_fit_refuses_nan_features_before_training():
         netc.compile(SPEC).fit(x, t)
 
 
-@WIRED
 def test_fit_and_score_take_float_labels(tmp_path):
     import netc
 
@@ -304,7 +299,6 @@ def test_fit_and_score_take_float_labels(tmp_path):
     assert netc.compile(spec).fit()["epochs"] == 1
 
 
-@WIRED
 def test_fit_names_the_line_of_a_bad_label(tmp_path):
     import netc
 
@@ -318,7 +312,6 @@ def test_fit_names_the_line_of_a_bad_label(tmp_path):
         netc.compile(SPEC).fit(x, np.where(np.arange(12) == 2, np.nan, t))
 
 
-@WIRED
 def test_predict_refuses_nan_features():
     import netc
 
