@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import math
+
 import numpy as np
 
 from . import plan
 from .node import Node, shape_str
-from .ops import OPS, Emit, shape_expr
+from .ops import OPS, Emit, concrete, shape_expr
 from .plan import FEED_OPS, STATE_OPS, comment  # noqa: F401 (FEED_OPS, STATE_OPS re-exported)
 
 
@@ -36,6 +38,12 @@ class Function:
     nodes: int
     _make: Callable = field(repr=False, default=None)
     _steps: dict = field(repr=False, default_factory=dict)
+    buffers: list = field(repr=False, default_factory=list)  # (name, shape, dtype) that bind allocates
+
+    def buffer_bytes(self, batch: int) -> int:
+        """Bytes `bind` allocates for one batch size: what a memory budget counts
+        before anything exists (runtime/memory.py)."""
+        return sum(math.prod(concrete(shape, batch)) * np.dtype(dtype).itemsize for _, shape, dtype in self.buffers)
 
     KEEP = 4  # state dicts bound at once (training, averaged, ...); each holds its buffers
 
@@ -129,4 +137,4 @@ def lower(outputs: list[Node], updates: list[tuple[Node, Node]] = (), name: str 
     namespace: dict = {}
     exec(compile(source, f"<netc:{name}>", "exec"), namespace)  # noqa: S102
     return Function(name, source, [f.name for f in L.feeds], [s.name for s in L.state], list(L.outputs),
-                    len(L.order), namespace["make"])
+                    len(L.order), namespace["make"], buffers=list(L.buffers.allocs))

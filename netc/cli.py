@@ -143,7 +143,7 @@ def _model(path: str, **kw):
 
 
 def cmd_check(args) -> int:
-    m = _model(args.spec)
+    m = _model(args.spec, allocate=False)  # compiled and estimated, nothing of a parameter's size allocated
     spec, prog = m.program.spec, m.program
     print(f"{args.spec}: ok")
     for n in spec.inputs.values():
@@ -161,6 +161,7 @@ def cmd_check(args) -> int:
     print(f"  {len(spec.params)} parameters, {total:,} values")
     if prog.loss is not None:
         print(f"  loss   {_shape(prog.loss)}; output {_shape(prog.output) if prog.output is not None else '-'}")
+    print(f"  memory {m.memory.line()}")
     print(f"  compiled in {prog.seconds:.3f}s")
     if m.space:
         from netc.search import SearchConfig, describe_point

@@ -12,7 +12,7 @@ import numpy as np
 from netc.compiler.errors import DataError, NetcError, SpecError, did_you_mean
 from netc.compiler import sources, validate
 from netc.compiler.pipeline import compile_program, parse_and_elaborate, require_backend, to_backend, to_host
-from netc.runtime import checkpoint, data, normalize
+from netc.runtime import checkpoint, data, memory, normalize
 from netc.runtime.config import BATCH_METHODS, DataConfig, TrainConfig, from_block
 from netc.runtime.evaluation import evaluate, predict
 from netc.runtime.optimizers import lr_scales, optimizer_for
@@ -60,14 +60,19 @@ class Model:
 
     def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
                  dtype: str | None = None, debug: bool = False, device: str = "cpu",
-                 train: dict | None = None, embedded: dict[str, str] | None = None):
+                 train: dict | None = None, embedded: dict[str, str] | None = None,
+                 allocate: bool = True, memory_limit: int | str | None = None):
         """`train`: train-block keys set over the spec's before compiling (e.g. lr-probe's rate).
-        `embedded`: the used files saved in a checkpoint; the spec reads those and never the disk."""
+        `embedded`: the used files saved in a checkpoint; the spec reads those and never the disk.
+        `memory_limit`: bytes (or "8G", "off") the model may need; default $NETC_MEMORY_LIMIT or
+        most of MemAvailable (runtime/memory.py). `allocate=False`: compile and estimate only
+        (`netc check`): no parameters exist, so the model cannot fit or predict."""
         self.text = validate.text(text, "spec text", sources.USE_CAP)  # every argument checked where it enters
         self.file = validate.text(file, "spec file name", validate.PATH_LIMIT, line=True)
         seed = None if seed is None else validate.seed(seed, "seed")
         dtype = None if dtype is None else validate.float_dtype(dtype, "dtype")
         debug = validate.flag(debug, "debug")
+        allocate = validate.flag(allocate, "allocate")
         self.device = device = validate.choice(device, validate.DEVICES, "device")
         read_use = sources.read_use if embedded is None else sources.embedded(embedded, file)
         backend = "cuda" if device == "gpu" else "numpy"
@@ -105,15 +110,25 @@ class Model:
         if self.train_cfg.emphasize.kind == "errors" and self.program.errors is None:
             raise SpecError("emphasize = errors(...) needs a class(n) target and an [B, n] output",
                             spec.block_locs.get("train"), text)
-        state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
-        self.state = to_backend(state, backend)  # device="gpu": parameters and optimizer state on the device
+        self.memory = memory.estimate(self.program, self.train_cfg)  # from shapes: nothing allocated yet
+        memory.check(self.memory, memory_limit, device)
+        self.state = None
+        if allocate:
+            state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
+            self.state = to_backend(state, backend)  # device="gpu": parameters and optimizer state on the device
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
         self.summary: dict | None = None
 
     # -- inspection --------------------------------------------------------------
     @property
     def params(self) -> dict[str, np.ndarray]:
-        return {k: self.state[k] for k in self.program.spec.params}
+        return {k: self._state("params")[k] for k in self.program.spec.params}
+
+    def _state(self, what: str) -> dict:
+        if self.state is None:
+            raise NetcError(f"{what}: this model was compiled with allocate=False and has no parameters; "
+                            f"compile it again without allocate=False")
+        return self.state
 
     @property
     def base_dir(self) -> Path:
@@ -130,6 +145,7 @@ class Model:
             limit: int | None = None) -> dict:
         """Train. With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
         `limit` keeps the first `limit` examples of each split (quick smoke runs)."""
+        self._state("fit")
         epochs = None if epochs is None else validate.integer(epochs, "fit(epochs=...)", 1)
         limit = None if limit is None else validate.integer(limit, "fit(limit=...)", 1)
         if x is None:
@@ -224,6 +240,7 @@ class Model:
         """The output for each row of `x` ([n, features]); 0 rows give an empty [0, k] array."""
         if self.program.predict is None:
             raise NetcError("this spec has no output to predict")
+        self._state("predict")
         x = self._features(x, "predict(x)")
         out = self.program.output
         if len(x) == 0:
@@ -234,6 +251,7 @@ class Model:
 
     def score(self, x, t) -> float:
         """Error rate for class targets, else the mean loss."""
+        self._state("score")
         x = self._features(x, "score(x, t)")
         ds = self._prepare(data.check_arrays(x, t, self._target, "score(x, t)"),
                            self.program.spec.graph.float_dtype)
@@ -251,7 +269,8 @@ class Model:
         else:
             raise NetcError(f"unknown function {name!r}; choose 'loss' or 'output'")
         fn = prog.function(outs, prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()), name=name)
-        return lambda *feeds: tuple(o.copy() for o in fn(self.state, *feeds))
+        state = self._state("function")
+        return lambda *feeds: tuple(o.copy() for o in fn(state, *feeds))
 
     # -- persistence -------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -265,6 +284,7 @@ class Model:
 
     def save(self, path: str | Path) -> Path:
         path = validate.path(path, "Model.save(path)")  # before copying anything
+        self._state("save")
         arrays = {f"state/{k}": to_host(v) for k, v in self.state.items()}
         arrays.update(self._extra_arrays())
         meta = {**self._meta(), "summary": self.summary}
