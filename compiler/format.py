@@ -503,28 +503,25 @@ def _comment_texts(text: str) -> list[str]:
 DIFF_LINES = 60  # --check prints at most this many lines of the diff
 
 
-def fmt_file(path: str, check: bool = False, write: bool = False, out=None, err=None) -> int:
-    """`netc fmt`: print the formatted spec (0); with `check`, 0 if the file is
-    already formatted, else 1 and a short unified diff on stderr; with `write`,
-    replace the file atomically if formatting changes it (0). Raises NetcError
-    for an unreadable file and SpecError for a syntax error (exit 2)."""
+def fmt_file(path: str, check: bool = False, write: bool = False, out=None, err=None) -> bool:
+    """`netc fmt`: print the formatted spec; with `check`, False if the file is
+    not formatted yet (and a short unified diff on stderr); with `write`,
+    replace the file atomically if formatting changes it. True otherwise.
+    Raises NetcError for an unreadable file and SpecError for a syntax error or
+    a byte that is not UTF-8 (exit 2). The file is read as `netc check` reads
+    it (compiler/sources.py: a regular file under the size cap), but with its
+    newlines kept, so that --check sees CRLF."""
     import difflib
     import sys
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            raw = f.read()
-    except OSError as e:
-        raise NetcError(f"{path}: cannot read spec: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise NetcError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    raw = _read_raw(path)
     text = raw.replace("\r\n", "\n").replace("\r", "\n")  # as `netc check` reads it
     formatted = format_source(text, path)
     if check:
         if formatted == raw:
-            return 0
+            return True
         diff = list(difflib.unified_diff(raw.splitlines(keepends=True), formatted.splitlines(keepends=True),
                                          fromfile=path, tofile=f"{path} (formatted)", n=1))
         for line in diff[:DIFF_LINES]:
@@ -532,14 +529,32 @@ def fmt_file(path: str, check: bool = False, write: bool = False, out=None, err=
         if len(diff) > DIFF_LINES:
             err.write(f"... ({len(diff) - DIFF_LINES} more diff lines)\n")
         err.write(f"{path}: not formatted (netc fmt --write {path} formats it)\n")
-        return 1
+        return False
     if write:
         if formatted != raw:
             _replace(path, formatted)
             err.write(f"{path}: reformatted\n")
-        return 0
+        return True
     out.write(formatted)
-    return 0
+    return True
+
+
+def _read_raw(path: str) -> str:
+    """The spec's text, newlines as in the file: only a regular file of at most
+    sources.USE_CAP bytes is read (no device that never ends, no FIFO that blocks)."""
+    from .sources import USE_CAP, decode, open_regular
+
+    def fail(why: str) -> NetcError:
+        return NetcError(f"{path}: cannot read spec: {why}")
+    with open_regular(path, fail, USE_CAP) as f:
+        data = f.read(USE_CAP + 1)  # the file may have grown since it was checked
+    if len(data) > USE_CAP:
+        raise fail(f"over the {USE_CAP >> 20} MiB limit for a spec file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        decode(data, path, file=path)  # the located SpecError: line and column of the bad byte
+        raise
 
 
 def _replace(path: str, text: str) -> None:

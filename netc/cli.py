@@ -1,12 +1,18 @@
-"""The `netc` command: check | compile | train | search | gradcheck | doc.
+"""The `netc` command: check | compile | train | search | gradcheck | lr-probe |
+overfit | fmt | doc.
 
-Exit codes: 0 success, 1 internal error (a bug in netc: please report it),
-2 user error (spec, data or command line), 130 interrupted.
+Exit codes, so that a script can tell them apart:
+0 success; 1 an internal error (a bug in netc: please report it); 2 a user
+error (spec, data or command line); 3 a check that ran and failed (gradcheck
+over its tolerance or unable to compare, overfit that cannot learn the subset,
+lr-probe finding no rate that trains, fmt --check finding an unformatted
+file); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -16,7 +22,7 @@ from pathlib import Path
 from netc.compiler.errors import NetcError
 from netc.compiler.pipeline import STAGES
 
-EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPT = 1, 2, 130
+EXIT_INTERNAL, EXIT_USER, EXIT_CHECK, EXIT_INTERRUPT = 1, 2, 3, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("train", help="compile and train a spec")
     c.add_argument("spec")
     c.add_argument("--epochs", type=int, help="override the spec's epochs")
-    c.add_argument("--seed", type=int, help="override the spec's seed")
+    c.add_argument("--seed", type=_seed, help="override the spec's seed (0 to 2^31 - 1)")
     c.add_argument("--out", help="run directory (default runs/<spec name>-N)")
     c.add_argument("--limit", type=int, help="use only the first N examples of each split (smoke runs)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -70,27 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("gradcheck", help="compare gradients with centered finite differences (float64)")
     c.add_argument("spec")
-    c.add_argument("--examples", type=int, default=4)
-    c.add_argument("--entries", type=int, default=20, help="entries checked per parameter")
-    c.add_argument("--tol", type=float, default=1e-5, help="largest acceptable relative error")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--examples", type=_positive, default=4)
+    c.add_argument("--entries", type=_positive, default=20,
+                   help="entries compared per parameter (nonzero analytic-gradient entries first)")
+    c.add_argument("--tol", type=_positive_float, default=1e-5, help="largest acceptable relative error")
+    c.add_argument("--seed", type=_seed, default=0, help="which examples and entries (0 to 2^31 - 1)")
 
     c = sub.add_parser("lr-probe", help="find the largest learning rate that does not diverge [PR 2.1]")
     c.add_argument("spec")
-    c.add_argument("--start", type=float, default=10.0, help="the first (large) rate to try")
-    c.add_argument("--examples", type=int, default=5000, help="training examples per trial")
-    c.add_argument("--epochs", type=int, default=1, help="epochs per trial")
+    c.add_argument("--start", type=_positive_float, default=10.0, help="the first (large) rate to try")
+    c.add_argument("--examples", type=_positive, default=5000, help="training examples per trial")
+    c.add_argument("--epochs", type=_positive, default=1, help="epochs per trial")
 
     c = sub.add_parser("overfit", help="check the network can learn a small subset by heart [PR 4.1]")
     c.add_argument("spec")
-    c.add_argument("--examples", type=int, default=100)
-    c.add_argument("--max-epochs", type=int, default=300)
+    c.add_argument("--examples", type=_positive, default=100)
+    c.add_argument("--max-epochs", type=_positive, default=300)
 
     c = sub.add_parser("fmt", help="print a spec in the canonical layout (or --check, --write)")
     c.add_argument("spec")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true",
-                   help="exit 0 if the file is already formatted, 1 (with a diff on stderr) if not")
+                   help="exit 0 if the file is already formatted, 3 (with a diff on stderr) if not")
     g.add_argument("--write", action="store_true", help="rewrite the file in place if formatting changes it")
 
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
@@ -106,6 +113,28 @@ def _positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {n}")
     return n
+
+
+def _seed(text: str) -> int:
+    """A seed flag: a whole number from 0 to 2^31 - 1, as in the train block."""
+    from netc.compiler import validate
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= n < validate.SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{n} is out of range; expected 0 to {validate.SEED_LIMIT - 1}")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,16 +271,9 @@ def _write_json(path: Path, obj) -> None:
 def cmd_gradcheck(args) -> int:
     from netc.gradcheck import gradcheck
     m = _model(args.spec, dtype="float64")
-    rows = gradcheck(m, examples=args.examples, entries=args.entries, seed=args.seed)
-    worst = 0.0
-    print(f"{'parameter':<20} {'shape':<12} {'checked':>7} {'worst rel. error':>17}  at")
-    for r in rows:
-        worst = max(worst, r["error"])
-        flag = "  FAIL" if r["error"] > args.tol else ""
-        print(f"{r['name']:<20} {str(list(r['shape'])):<12} {r['checked']:>7} {r['error']:>17.3e}  {r['index']}{flag}")
-    ok = worst <= args.tol
-    print(f"{'ok' if ok else 'FAILED'}: worst relative error {worst:.3e} (tolerance {args.tol:g})")
-    return 0 if ok else EXIT_INTERNAL
+    result = gradcheck(m, examples=args.examples, entries=args.entries, seed=args.seed)
+    print("\n".join(result.report(args.tol)))
+    return 0 if result.ok(args.tol) else EXIT_CHECK
 
 
 def cmd_lr_probe(args) -> int:
@@ -263,7 +285,7 @@ def cmd_lr_probe(args) -> int:
     lr = lr_probe(lambda **kw: _model(args.spec, **kw), ds.x, ds.t, start=args.start, epochs=args.epochs)
     if lr is None:
         print("no rate tried trains without diverging: check the spec (netc gradcheck, netc overfit)")
-        return EXIT_INTERNAL
+        return EXIT_CHECK
     print(f"largest rate that trains: {lr:.4g} (a rate 2-3x below it is a safe start)")
     return 0
 
@@ -278,12 +300,12 @@ def cmd_overfit(args) -> int:
         return 0
     print("could not overfit the subset: suspect a bug in the loss or the data, too little capacity, "
           "or a learning rate that is too small or too large (netc lr-probe, netc gradcheck)")
-    return EXIT_INTERNAL
+    return EXIT_CHECK
 
 
 def cmd_fmt(args) -> int:
     from netc.compiler.format import fmt_file
-    return fmt_file(args.spec, check=args.check, write=args.write)
+    return 0 if fmt_file(args.spec, check=args.check, write=args.write) else EXIT_CHECK
 
 
 def cmd_doc(args) -> int:

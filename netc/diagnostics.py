@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 
 from netc.compiler.errors import SpecError
 from netc.runtime.splits import load_source
@@ -27,10 +28,12 @@ def lr_probe(model_factory, x, t, start: float = 10.0, tries: int = 12, epochs: 
     lr = start
     for _ in range(tries):
         m: Model = model_factory(train={"lr": lr, "recover": False, "stats": False})
-        initial = float(m.function("loss")(*_feeds(m, x, t))[0])
+        with np.errstate(all="ignore"):  # a non-finite loss is fit's to report (LossNotFinite)
+            initial = float(m.function("loss")(*_feeds(m, x, t))[0])
         try:
             m.fit(x, t, epochs=epochs)
-            final = float(m.function("loss")(*_feeds(m, x, t))[0])
+            with np.errstate(all="ignore"):
+                final = float(m.function("loss")(*_feeds(m, x, t))[0])
             ok = math.isfinite(final) and final < initial
             verdict = "trains" if ok else f"no progress (loss {initial:.4g} -> {final:.4g})"
         except Diverged:

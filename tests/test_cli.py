@@ -170,6 +170,17 @@ def test_check_unknown_schedule_points_at_value(tmp_path, capsys, monkeypatch):
                      r"inverse_time")
 
 
+@pytest.mark.parametrize("command", ["check", "compile", "train", "fmt"])
+def test_spec_not_utf8_is_a_located_error(tmp_path, command):
+    spec = tmp_path / "latin.net"
+    spec.write_bytes(b"input x : [8]\n# caf\xe9\ntarget t : class(4)\n")
+    extra = ["--out", tmp_path / "run"] if command == "train" else []
+    rc, out, err = run_netc(command, spec, *extra)
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"{spec}:2:6: ") and "not UTF-8" in err and "0xe9" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_spec_file_exits_2(tmp_path):
     rc, out, err = run_netc("check", tmp_path / "nope.net")
     assert rc == 2
@@ -387,19 +398,92 @@ def test_gradcheck_without_data_block(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_gradcheck_exit_1_on_a_wrong_derivative(tiny, capsys, monkeypatch):
-    # a derivative rule that is off by 10% must be caught: exit 1 and a FAILED line
+def _wrong_tanh(monkeypatch):
+    """tanh's derivative rule off by 10%: what gradcheck is there to catch."""
     import dataclasses
 
     from netc.compiler import ops
     tanh = ops.OPS["tanh"]
     wrong = dataclasses.replace(tanh, grad=lambda G, n, g: tuple(G("mul", d, 1.1) for d in tanh.grad(G, n, g)))
     monkeypatch.setitem(ops.OPS, "tanh", wrong)
+
+
+def test_gradcheck_exit_3_on_a_wrong_derivative(tiny, capsys, monkeypatch):
+    # a derivative rule that is off by 10% must be caught: a failed check (exit 3) and a FAILED line
+    _wrong_tanh(monkeypatch)
     text = tiny.read_text()
     assert "tanh" in text, "the tiny spec must use tanh for this test"
-    assert main(["gradcheck", str(tiny), "--examples", "2", "--entries", "5"]) == 1
+    assert main(["gradcheck", str(tiny), "--examples", "2", "--entries", "5"]) == 3
     out = capsys.readouterr().out
     assert "FAILED" in out
+
+
+def _gradcheck_rows(out: str) -> dict[str, dict]:
+    """The table's rows by parameter: the columns named in its header."""
+    lines = out.splitlines()
+    head = next(i for i, l in enumerate(lines) if l.startswith("parameter"))
+    rows = {}
+    for line in lines[head + 1:]:
+        parts = line.split()
+        if not parts or parts[0] in ("ok:", "FAILED:") or line.startswith(" "):
+            continue
+        name, rest = parts[0], line.split("]", 1)[1].split()
+        rows[name] = {"checked": int(rest[0]), "zero": int(rest[1]), "noise": int(rest[2]),
+                      "error": float(rest[3]), "fail": line.rstrip().endswith("FAIL")}
+    return rows
+
+
+def _sparse_spec(tmp_path, loss_offset: str = "") -> Path:
+    """64 features of which only the first is ever nonzero: 63 rows of y.W have an
+    exactly zero gradient on both sides."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((50, 64), np.float32)
+    x[:, 0] = rng.normal(size=50)
+    np.savez(tmp_path / "sparse.npz", x=x, t=rng.integers(0, 4, 50))
+    spec = tmp_path / "sparse.net"
+    spec.write_text("input x : [64]\ntarget t : class(4)\ny = dense(x, 4, act = tanh)\n"
+                    f"loss = nll(softmax(y), t){loss_offset}\n" 'data {\n    train = npz("sparse.npz")\n}\n')
+    return spec
+
+
+def test_gradcheck_counts_entries_zero_on_both_sides_apart(tmp_path, capsys):
+    assert main(["gradcheck", str(_sparse_spec(tmp_path)), "--entries", "8"]) == 0
+    rows = _gradcheck_rows(capsys.readouterr().out)
+    w = rows["y.W"]
+    assert w["checked"] == 4  # the only nonzero entries: feature 0's row, all sampled first
+    assert w["zero"] >= 1 and w["checked"] + w["zero"] + w["noise"] == 8
+
+
+def test_gradcheck_samples_nonzero_entries_first(tmp_path, capsys, monkeypatch):
+    # 252 of y.W's 256 entries have a zero gradient: random picks would miss the 4 that show the bug
+    _wrong_tanh(monkeypatch)
+    assert main(["gradcheck", str(_sparse_spec(tmp_path)), "--entries", "3"]) == 3
+    out = capsys.readouterr().out
+    rows = _gradcheck_rows(out)
+    assert rows["y.W"]["fail"] and rows["y.W"]["error"] > 0.05 and "FAILED" in out
+
+
+def test_gradcheck_noise_floor_is_not_a_pass(tmp_path, capsys, monkeypatch):
+    # a loss of ~1e10: float64 differences cannot resolve gradients of ~0.1, so nothing is checked:
+    # that is not "ok, worst relative error 0" (even with a wrong derivative)
+    _wrong_tanh(monkeypatch)
+    assert main(["gradcheck", str(_sparse_spec(tmp_path, " + 10000000000")), "--entries", "8"]) == 3
+    out = capsys.readouterr().out
+    rows = _gradcheck_rows(out)
+    assert rows["y.W"]["checked"] == 0 and rows["y.W"]["noise"] >= 4
+    assert out.splitlines()[-1].startswith("FAILED") and "noise" in out.splitlines()[-1]
+
+
+def test_gradcheck_fails_when_the_loss_is_not_finite(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(20, 6)).astype(np.float32), t=rng.integers(0, 3, 20))
+    spec = tmp_path / "raw.net"
+    spec.write_text("input x : [6]\ntarget t : class(3)\ny = dense(x, 3)\nloss = nll(y, t)\n"
+                    'data {\n    train = npz("d.npz")\n}\n')
+    assert main(["gradcheck", str(spec)]) == 3
+    out = capsys.readouterr().out
+    assert not out.splitlines()[-1].startswith("ok") and "FAILED" in out
+    assert "not finite" in out and "softmax" in out
 
 
 # ---------------------------------------------------------------------------- doc

@@ -242,7 +242,7 @@ def test_fmt_check(tmp_path):
     p = tmp_path / "m.net"
     p.write_text(MESSY)
     rc, out, err = run("fmt", str(p), "--check")
-    assert rc == 1 and out == ""
+    assert rc == 3 and out == ""  # a failed check (netc's exit codes: 3)
     assert f"--- {p}\n" in err and "-y=dense(x,3)   # out\n" in err and "+y = dense(x, 3)  # out\n" in err
     assert err.splitlines()[-1] == f"{p}: not formatted (netc fmt --write {p} formats it)"
     p.write_text(NEAT)
@@ -253,13 +253,13 @@ def test_fmt_check_diff_is_short(tmp_path):
     p = tmp_path / "long.net"
     p.write_text("".join(f"x{i}=1\n" for i in range(500)))
     rc, out, err = run("fmt", str(p), "--check")
-    assert rc == 1 and len(err.splitlines()) < 70 and "more diff lines" in err
+    assert rc == 3 and len(err.splitlines()) < 70 and "more diff lines" in err
 
 
 def test_fmt_check_sees_crlf(tmp_path):
     p = tmp_path / "crlf.net"
     p.write_bytes(NEAT.replace("\n", "\r\n").encode())
-    assert run("fmt", str(p), "--check")[0] == 1
+    assert run("fmt", str(p), "--check")[0] == 3
     assert run("fmt", str(p), "--write")[0] == 0
     assert p.read_bytes() == NEAT.encode()
 
@@ -310,7 +310,33 @@ def test_fmt_file_errors_exit_2(tmp_path):
     p = tmp_path / "binary.net"
     p.write_bytes(b"x = 1\n\xff\xfe\n")
     rc, _, err = run("fmt", str(p))
-    assert rc == 2 and err.startswith(f"{p}: not UTF-8")
+    assert rc == 2 and err.startswith(f"{p}:2:1: ") and "is not UTF-8 text (byte 0xff" in err  # located
+
+
+def _run_fmt_subprocess(path, *flags):
+    """netc fmt in a child process with a deadline: a read that never ends fails the test, not the run."""
+    import subprocess
+    import sys
+    try:
+        p = subprocess.run([sys.executable, "-m", "netc.cli", "fmt", str(path), *flags],
+                           capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"netc fmt {path} did not finish: it reads what is not a regular file")
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("flags", [(), ("--check",), ("--write",)])
+def test_fmt_reads_only_regular_files(tmp_path, flags):
+    """netc fmt reads as netc check does (compiler/sources.py): no device, no FIFO, no folder, size-capped."""
+    fifo = tmp_path / "pipe.net"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.net"
+    big.write_bytes(b"x = 1\n" * 200_000)  # 1.2 MB
+    for path, why in [("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
+                      (tmp_path, "folder"), (big, "limit")]:
+        rc, out, err = _run_fmt_subprocess(path, *flags)
+        assert rc == 2 and out == "" and f"{path}: cannot read spec" in err and why in err, (path, err)
+        assert "Traceback" not in err
 
 
 def test_fmt_check_and_write_are_exclusive(tmp_path):
