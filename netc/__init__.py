@@ -3,10 +3,12 @@
     model = netc.compile("specs/mnist_mlp.net")
     model.fit(epochs=1)
     model.predict(x); model.score(x, t); model.save("run"); netc.load("run")
+    model.fit(out="run"); netc.resume("run")  # continue an interrupted run
 """
 from netc.compiler.errors import DataError, NetcError, SpecError
 
 from .model import VERSION as __version__
 from .model import Model, compile, load
+from .resume import resume
 
-__all__ = ["compile", "load", "Model", "NetcError", "SpecError", "DataError", "__version__"]
+__all__ = ["compile", "load", "resume", "Model", "NetcError", "SpecError", "DataError", "__version__"]

@@ -61,11 +61,12 @@ class Model:
     def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
                  dtype: str | None = None, debug: bool = False, device: str = "cpu",
                  train: dict | None = None, embedded: dict[str, str] | None = None,
-                 allocate: bool = True, memory_limit: int | str | None = None):
+                 allocate: bool = True, memory_limit: int | str | None = None, purpose: str = "train"):
         """`train`: train-block keys set over the spec's before compiling (e.g. lr-probe's rate).
         `embedded`: the used files saved in a checkpoint; the spec reads those and never the disk.
         `memory_limit`: bytes (or "8G", "off") the model may need; default $NETC_MEMORY_LIMIT or
-        most of MemAvailable (runtime/memory.py). `allocate=False`: compile and estimate only
+        most of MemAvailable (runtime/memory.py), for training or (`purpose="use"`, netc.load)
+        for predicting only: fit checks again. `allocate=False`: compile and estimate only
         (`netc check`): no parameters exist, so the model cannot fit or predict."""
         self.text = validate.text(text, "spec text", sources.USE_CAP)  # every argument checked where it enters
         self.file = validate.text(file, "spec file name", validate.PATH_LIMIT, line=True)
@@ -73,10 +74,13 @@ class Model:
         dtype = None if dtype is None else validate.float_dtype(dtype, "dtype")
         debug = validate.flag(debug, "debug")
         allocate = validate.flag(allocate, "allocate")
+        purpose = validate.choice(purpose, memory.PURPOSES, "purpose")
         self.device = device = validate.choice(device, validate.DEVICES, "device")
         read_use = sources.read_use if embedded is None else sources.embedded(embedded, file)
         backend = "cuda" if device == "gpu" else "numpy"
         require_backend(backend)  # fail before compiling
+        self.options = {"seed": seed, "dtype": dtype, "debug": debug, "device": device, "train": train}  # run.json
+        self.base: Path | None = None  # where the data block's files are (a resumed run's recorded folder)
         configs = {"train": TrainConfig(), "data": DataConfig()}
         space = Space(text)  # distributions in the data/train blocks (netc/search.py)
         self.search_cfg: SearchConfig | None = None
@@ -111,7 +115,8 @@ class Model:
             raise SpecError("emphasize = errors(...) needs a class(n) target and an [B, n] output",
                             spec.block_locs.get("train"), text)
         self.memory = memory.estimate(self.program, self.train_cfg)  # from shapes: nothing allocated yet
-        memory.check(self.memory, memory_limit, device)
+        self.memory_limit = memory_limit
+        memory.check(self.memory, memory_limit, device, purpose)
         self.state = None
         if allocate:
             state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
@@ -132,6 +137,8 @@ class Model:
 
     @property
     def base_dir(self) -> Path:
+        if self.base is not None:
+            return self.base
         return Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
 
     @property
@@ -142,12 +149,49 @@ class Model:
     # -- training ------------------------------------------------------------------
     def fit(self, x=None, t=None, *, valid=None, test=None, epochs: int | None = None,
             out: str | Path | None = None, progress: bool | None = False, log=None,
-            limit: int | None = None) -> dict:
+            limit: int | None = None, force: bool = False) -> dict:
         """Train. With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
-        `limit` keeps the first `limit` examples of each split (quick smoke runs)."""
+        `limit` keeps the first `limit` examples of each split (quick smoke runs).
+        `out`: the run folder (checkpoints, metrics; `netc.resume(out)` continues it); one
+        holding another run is refused unless `force` (then replaced at the first checkpoint)."""
+        from netc.runtime.run_folder import RunFolder
         self._state("fit")
+        memory.check(self.memory, self.memory_limit, self.device)  # a model loaded for use only
         epochs = None if epochs is None else validate.integer(epochs, "fit(epochs=...)", 1)
         limit = None if limit is None else validate.integer(limit, "fit(limit=...)", 1)
+        force = validate.flag(force, "fit(force=...)")
+        record = self._record(epochs, limit, x is not None)
+        folder = None
+        if out is not None:
+            folder = RunFolder.start(validate.path(out, "fit(out=...)"), record, self.text, force)
+        return self._fit(x, t, valid, test, epochs, limit, progress, log, folder, record)
+
+    def _record(self, epochs: int | None, limit: int | None, arrays: bool) -> dict:
+        """How this run starts (run.json; the checkpoints' field 'run'): enough to start it
+        again from the run folder alone (netc.resume)."""
+        file = self.file if self.file.startswith("<") else os.path.abspath(self.file)
+        return {"format": checkpoint.RECORD_FORMAT, "spec_file": file, "base": str(self.base_dir.resolve()),
+                "options": self.options, "epochs": epochs, "limit": limit, "data": "arrays" if arrays else "spec",
+                "sources": sources.embed(self.program.spec.used, self.file)}
+
+    def _fit(self, x, t, valid, test, epochs, limit, progress, log, folder, record, saved=None) -> dict:
+        """fit's work, for a new run or a resumed one (`saved`, netc/resume.py)."""
+        try:
+            return self._train(x, t, valid, test, epochs, limit, progress, log, folder, record, saved)
+        except KeyboardInterrupt as e:  # before training started (loading data): nothing new was saved
+            from netc.runtime.run_folder import Interrupted
+            if isinstance(e, Interrupted) or folder is None:
+                raise
+            summary = {"epochs": 0, "stopped": "interrupted", "saved": folder.saved}
+            folder.summary(summary)
+            message = f"interrupted before training started: {folder.saved_text()}"
+            (log or (lambda s: None))(message)
+            raise Interrupted(message, summary) from None
+        finally:
+            if folder is not None:
+                folder.close()
+
+    def _train(self, x, t, valid, test, epochs, limit, progress, log, folder, record, saved) -> dict:
         if x is None:
             if self.data_cfg.train is None:
                 raise SpecError("the spec has no training data: add data { train = ... } or pass arrays to fit",
@@ -166,8 +210,9 @@ class Model:
         self.normalizer = norm
         dtype = self.program.spec.graph.float_dtype
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
-        run = Run(self.program, self.train_cfg, self.state, Path(out) if out else None, progress,
-                  log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays)
+        meta = {**self._meta(), "run": {k: v for k, v in record.items() if k != "sources"}}
+        run = Run(self.program, self.train_cfg, self.state, None, progress, log or (lambda s: None), meta=meta,
+                  extra_arrays=self._extra_arrays, folder=folder, saved=saved)
         self.summary = run.fit(*prepared, epochs=epochs)
         if self.sampled:
             self.summary["sampled"] = {k: (str(v) if isinstance(v, str) else v) for k, v in self.sampled.items()}
@@ -321,7 +366,8 @@ def load(path: str | Path) -> Model:
             raise checkpoint.spec_error(ck, e) from None
         checkpoint.check_params(ck, {k: p.shape for k, p in spec.params.items()})
         try:
-            m = Model(meta["spec"], file, seed=meta["seed"], dtype=meta["dtype"], embedded=embedded)
+            m = Model(meta["spec"], file, seed=meta["seed"], dtype=meta["dtype"], embedded=embedded,
+                      purpose="use")
         except NetcError as e:
             raise checkpoint.spec_error(ck, e) from None
         checkpoint.check_params(ck, {k: v.shape for k, v in m.params.items()})

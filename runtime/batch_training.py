@@ -10,11 +10,14 @@ import numpy as np
 from .data import Dataset
 from .evaluation import epoch_line, evaluate, feeds_for
 from .optimizers import Method
-from .run_folder import RunFolder
+from .run_folder import Interrupted
+from .train_state import rng_words
 
 
 def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: int) -> dict:
-    """`run`: the trainer's Run (program, cfg, state, out_dir, log, meta, extra_arrays)."""
+    """`run`: the trainer's Run (program, cfg, state, folder, saved, log). Checkpoints at
+    epoch ends only (an epoch is one call of the method); a resumed run restores
+    the parameters, the float64 iterate and the counters from `run.saved`."""
     prog, cfg, state = run.program, run.cfg, run.state
     names = list(prog.spec.params)
     fn = prog.named("value_and_grad", "numpy")
@@ -46,10 +49,24 @@ def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: i
         return total, np.concatenate([g.reshape(-1) for g in grads])
 
     w = np.concatenate([state[k].astype(np.float64).reshape(-1) for k in names])
-    history, t0 = [], time.perf_counter()
-    folder = RunFolder(run.out_dir, run.meta, run.extra_arrays)
+    history, t0, done, age = [], time.perf_counter(), 0, 0
+    folder, saved = run.folder, run.saved
+    if saved is not None:
+        for k in state:
+            np.copyto(state[k], saved.arrays[f"state/{k}"])
+        evals[0], age, done = (int(v) for v in saved.arrays["train/counters"])
+        w = saved.arrays.get("batch/w", w)
+        if w.shape != (sum(sizes),):
+            raise ValueError(f"the saved iterate has {w.shape} values, the parameters {sum(sizes)}")
+        history = list(saved.history)
+    rng = rng_words(np.random.default_rng(0))  # unused: batch methods draw nothing
+
+    def arrays(epoch, age):
+        return {**{f"state/{k}": v for k, v in state.items()}, "batch/w": w,
+                "train/counters": np.array([evals[0], age, epoch], np.int64), "train/rng": rng}
+
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(done + 1, epochs + 1):
             e0 = time.perf_counter()
             w, f, _ = method.batch(fg, w, cfg.method)
             unflatten(w)
@@ -61,12 +78,27 @@ def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: i
             history.append(row)
             folder.write(row)
             run.log(epoch_line(row, epochs))
-            folder.checkpoint(state, epoch, row["age"])
+            done, age = epoch, row["age"]
+            folder.checkpoint(arrays(epoch, age), {"epoch": epoch, "age": age, "final": False})
+        seconds = time.perf_counter() - t0
+        summary = _summary(history, evals[0], seconds)
+        if history:
+            folder.checkpoint(arrays(done, age), {"epoch": done, "age": age, "final": True, "summary": summary})
+        return summary
+    except KeyboardInterrupt:
+        summary = {**_summary(history, evals[0], time.perf_counter() - t0), "stopped": "interrupted",
+                   "saved": folder.saved}
+        folder.summary(summary)
+        message = f"interrupted: {folder.saved_text()}"
+        run.log(message)
+        raise Interrupted(message, summary) from None
     finally:
         folder.close()
-    last = history[-1]
-    seconds = time.perf_counter() - t0
-    return {"epochs": len(history), "age": last["age"], "steps": evals[0], "stopped": "epochs",
+
+
+def _summary(history: list[dict], evals: int, seconds: float) -> dict:
+    last = history[-1] if history else {"age": 0, "train_loss": None}
+    return {"epochs": len(history), "age": last["age"], "steps": evals, "stopped": "epochs",
             "train_loss": last["train_loss"], "valid_loss": last.get("valid_loss"),
             "valid_error": last.get("valid_error"), "test_loss": last.get("test_loss"),
             "test_error": last.get("test_error"), "best_epoch": None, "recoveries": 0, "lr": None,

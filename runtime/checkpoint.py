@@ -142,7 +142,71 @@ FIELDS: dict[str, tuple[Callable, bool]] = {
     "epoch": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
     "age": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
     "final": _optional(lambda v, w, e: V.flag(v, w, e)),
+    # resuming (runtime/run_folder.py, runtime/trainer.py)
+    "run": _optional(lambda v, w, e: check_record(v, w, e)),
+    "metrics_lines": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
+    "batch": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
+    "batches": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
+    "train_seconds": _optional(lambda v, w, e: _seconds(v, w, e)),
+    "stopped": _optional(lambda v, w, e: V.choice(v, ("early",), w, e)),
 }
+
+RECORD_FORMAT = "netc-run-1"
+
+
+def _seconds(v, what, error):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e12:
+        raise error(f"{what}: expected a number of seconds, got {V.shown(v)}")
+    return float(v)
+
+
+def _maybe(check):
+    return lambda v, w, e: None if v is None else check(v, w, e)
+
+
+_RECORD_OPTIONS = {
+    "seed": _maybe(V.seed),
+    "dtype": _maybe(V.float_dtype),
+    "device": lambda v, w, e: V.choice(v, V.DEVICES, w, e),
+    "debug": lambda v, w, e: V.flag(v, w, e),
+    "train": _maybe(lambda v, w, e: _plain_table(v, w, e)),
+}
+
+
+def _plain_table(v, what, error):
+    """Train-block overrides as JSON scalars (validated again by the train block's model)."""
+    if not isinstance(v, dict) or len(v) > 100:
+        raise error(f"{what}: expected a table of settings, got {V.shown(v)}")
+    for k, x in v.items():
+        V.text(k, f"{what} (a key)", 64, error, line=True)
+        if not (x is None or isinstance(x, (bool, int, float)) or (isinstance(x, str) and len(x) <= 256)):
+            raise error(f"{what}: {V.shown(k)} is {V.shown(x)}, not a number or a short text")
+    return v
+
+
+def check_record(v, what: str, error=DataError) -> dict:
+    """How a run was started (run.json, and the checkpoint's field 'run'): the
+    spec's file and base folder, its keywords, the epochs and limit asked for,
+    and whether the data came from the spec's data block or from arrays."""
+    if not isinstance(v, dict):
+        raise error(f"{what}: expected a table describing the run, got {V.shown(v)}")
+    fmt = v.get("format")
+    if fmt != RECORD_FORMAT:
+        raise error(f"{what}: unknown run record format {V.shown(fmt)}, expected {RECORD_FORMAT}")
+    V.text(v.get("spec_file"), f"{what}: 'spec_file'", V.PATH_LIMIT, error, line=True)
+    V.text(v.get("base"), f"{what}: 'base'", V.PATH_LIMIT, error, line=True)
+    V.choice(v.get("data"), ("spec", "arrays"), f"{what}: 'data'", error)
+    for k in ("epochs", "limit"):
+        if v.get(k) is not None:
+            V.integer(v[k], f"{what}: {k!r}", 1, 1 << 40, error)
+    options = v.get("options")
+    if not isinstance(options, dict) or set(options) - set(_RECORD_OPTIONS):
+        raise error(f"{what}: 'options': expected a table of {', '.join(_RECORD_OPTIONS)}, got {V.shown(options)}")
+    for k, x in options.items():
+        _RECORD_OPTIONS[k](x, f"{what}: 'options.{k}'", error)
+    if "sources" in v:
+        _sources(v["sources"], f"{what}: 'sources'", error)
+    return v
 
 
 def check_meta(meta, file: Path) -> dict:
@@ -342,6 +406,54 @@ def read_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, np.nda
     """The saved value of every array in `state` (a freshly compiled model's),
     each checked for that array's shape and type before its data is read."""
     return {k: ck.read(f"state/{k}", v.shape, v.dtype) for k, v in state.items()}
+
+
+# the training state (runtime/train_state.py TrainState.to_arrays): scalars and small vectors by name
+_TRAIN_FIXED = {"train/counters": ((3,), "i"), "train/rng": ((6,), "u"), "cursor/position": ((2,), "i"),
+                "cursor/loss_sum": ((), "f"), "train/next_check": ((), "i"), "rate/base": ((), "f"),
+                "average/count": ((), "i")}
+_TRAIN_SCALARS = ("watch/", "best/")  # watch/initial, best/score, ...: one number each
+_TRAIN_COPIES = ("watch/healthy/", "best/arrays/", "average/arrays/")  # copies of state arrays
+_TRAIN_VECTORS = {"emphasis/missed": "b", "cursor/sizes": "i", "cursor/order": "i", "batch/w": "f"}
+
+
+def read_train_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The training state saved in a run's checkpoint, for TrainState.from_arrays:
+    every array checked (name, shape, type) before its data is read. The live
+    arrays are 'live/*' when the final parameters ('state/*') differ from them
+    (early stopping's best, Polyak's average), else 'state/*'."""
+    if "train/counters" not in ck.entries or "train/rng" not in ck.entries:
+        raise DataError(f"{ck.file}: holds no training state (saved by Model.save, or by an older netc); "
+                        f"nothing to resume")
+    live = "live/" if any(k.startswith("live/") for k in ck.entries) else "state/"
+    out = {f"state/{k}": ck.read(live + k, v.shape, v.dtype) for k, v in state.items()}
+    for name, e in ck.entries.items():
+        if name in _TRAIN_FIXED:
+            shape, kind = _TRAIN_FIXED[name]
+            if e.shape != shape or e.dtype.kind not in kind + ("i" if kind == "f" else ""):
+                raise ck.error(name, f"expected {kind} {shape}, found {_dtype_name(e.dtype)} {_short(e.shape)}")
+            out[name] = ck.read(name)
+        elif name in _TRAIN_VECTORS:
+            if len(e.shape) != 1 or e.dtype.kind != _TRAIN_VECTORS[name]:
+                raise ck.error(name, f"expected a vector of kind {_TRAIN_VECTORS[name]}, "
+                                     f"found {_dtype_name(e.dtype)} {_short(e.shape)}")
+            out[name] = ck.read(name)
+        elif name.startswith(_TRAIN_COPIES):
+            key = name.split("/", 2)[2]
+            if key not in state:
+                raise ck.error(name, "a copy of an array the spec does not have")
+            out[name] = ck.read(name, state[key].shape, state[key].dtype)
+        elif name.startswith(_TRAIN_SCALARS) and name.count("/") == 1:
+            if e.shape != () or e.dtype.kind not in "biuf":
+                raise ck.error(name, f"expected one number, found {_dtype_name(e.dtype)} {_short(e.shape)}")
+            out[name] = ck.read(name)
+    sizes, order = out.get("cursor/sizes"), out.get("cursor/order")
+    if (sizes is None) != (order is None) or (sizes is not None and (
+            (sizes < 1).any() or int(sizes.sum()) != len(order) or (order < 0).any())):
+        raise ck.error("cursor/order", "not a valid order of batches")
+    if "cursor/position" in out and sizes is None:
+        raise ck.error("cursor/sizes", "is missing")
+    return out
 
 
 def read_normalizer(ck: Checkpoint, width: int | None) -> Normalizer | None:

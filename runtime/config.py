@@ -7,7 +7,7 @@ file:line:col, with a did-you-mean for unknown keys.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -137,6 +137,23 @@ class Never(_Strict):
     kind: Literal["off"] = "off"
 
 
+class Seconds(_Strict):
+    """checkpoint_every = seconds(N): a checkpoint inside an epoch whenever N seconds
+    have passed since the last one (and one at every epoch's end)."""
+    kind: Literal["seconds"] = "seconds"
+    args: tuple[float] = (60.0,)
+
+    @field_validator("args")
+    @classmethod
+    def _positive(cls, v):
+        if not v[0] > 0 or v[0] == float("inf"):
+            raise ValueError("seconds(N) needs a number N > 0")
+        return v
+
+    def __str__(self) -> str:
+        return f"seconds({self.args[0]:g})"
+
+
 class Polyak(_Strict):
     """Polyak averaging of the parameters, used for validation and prediction [PR 3.1]."""
     kind: Literal["polyak"] = "polyak"
@@ -195,6 +212,11 @@ class TrainConfig(_Strict):
                                                                           "alpha, beta, gamma every N updates [RV]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
+    checkpoint_every: Annotated[int, Field(ge=1)] | Seconds = Field(
+        default_factory=Seconds, description="with a run folder, a checkpoint inside an epoch every N examples, "
+                                             "or seconds(N) (default seconds(60)); always one at each epoch's "
+                                             "end. `netc train --resume DIR` continues from the last one "
+                                             "(batch methods: epoch ends only)")
     groups: list = Field(default_factory=list, description="(internal) per-selector settings")
 
 
@@ -301,6 +323,13 @@ def _convert(key: str, value, loc: Loc, source):
             raise SpecError(f"{value.name}: {field}: {err['msg']}", value.loc, source, hint=hint) from None
     if key == "normalize":
         return _normalization(value, loc, source)
+    if key == "checkpoint_every" and isinstance(value, BlockCall):
+        if value.name != "seconds" or value.kw or value.slice is not None or len(value.args) != 1:
+            raise SpecError("checkpoint_every takes a number of examples or seconds(N)", value.loc, source)
+        try:
+            return Seconds(args=(value.args[0],))
+        except ValidationError:
+            raise SpecError(f"seconds(N) needs a number N > 0, got {value.args[0]!r}", value.loc, source) from None
     if key in ("train", "valid", "test"):
         if not isinstance(value, BlockCall) or value.name not in _SOURCES:
             name = value.name if isinstance(value, BlockCall) else repr(value)
@@ -377,7 +406,7 @@ def describe(model: type[_Strict]) -> str:
         if name == "groups":
             continue
         default = f.default_factory() if f.default_factory else f.default
-        shown = getattr(default, "kind", None) or repr(default)
+        shown = str(default) if isinstance(default, Seconds) else getattr(default, "kind", None) or repr(default)
         lines.append(f"  {name:<10} default {shown:<14} {f.description or ''}")
     return "\n".join(lines)
 

@@ -59,7 +59,7 @@ class TrainState:
         out: dict[str, np.ndarray] = {}
         _put_dict(out, "state/", self.arrays)
         out["train/counters"] = np.array([self.step, self.age, self.epoch], np.int64)
-        out["train/rng"] = _rng_words(self.rng)
+        out["train/rng"] = rng_words(self.rng)
         _put(out, "train/next_check", self.next_check)
         _put(out, "rate/base", self.rate.base)
         w = self.watch
@@ -138,7 +138,7 @@ def _get_dict(a: dict, prefix: str) -> dict[str, np.ndarray]:
 _MASK = (1 << 64) - 1
 
 
-def _rng_words(rng: np.random.Generator) -> np.ndarray:
+def rng_words(rng: np.random.Generator) -> np.ndarray:
     """PCG64's position as six uint64 words: state (lo, hi), increment (lo, hi),
     has_uint32, uinteger."""
     s = rng.bit_generator.state

@@ -5,8 +5,9 @@ rate (learning_rate.py), the divergence watch (divergence.py), early stopping
 (early_stopping.py), Polyak averaging (averaging.py), the emphasizing scheme
 (emphasis.py), the run folder's metrics and checkpoints (run_folder.py), and
 the batch methods (batch_training.py). Everything the run changes lives in one
-`TrainState` (train_state.py), so that a run could be stopped between two
-steps and continued.
+`TrainState` (train_state.py): checkpoints save it between two steps (at each
+epoch's end and every `checkpoint_every` inside one) and a resumed run
+restores it (`Saved`), so that it continues bit-identically.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from netc.compiler.errors import NetcError
+from netc.compiler.errors import DataError, NetcError
 from netc.compiler.pipeline import Program
 
 from . import emphasis
@@ -32,7 +33,7 @@ from .learning_rate import LearningRate
 from .optimizers import method_of
 from .presentation import epoch_order
 from .progress import Progress
-from .run_folder import RunFolder
+from .run_folder import Interrupted, RunFolder  # noqa: F401 - Interrupted is part of this module's API
 from .state import assign, copy_state, hosted
 from .stats import layer_stats
 from .train_state import EpochCursor, TrainState
@@ -58,6 +59,17 @@ class Batches:
 
 
 @dataclass
+class Saved:
+    """What a resumed run starts from: the training state's arrays (a checkpoint's,
+    checked by checkpoint.read_train_state), the metrics rows it covers, and
+    the run's bookkeeping."""
+    arrays: dict[str, np.ndarray]
+    history: list[dict]  # the epochs' metrics rows so far (not the partial ones)
+    train_seconds: float = 0.0
+    stopped: str | None = None  # "early": the run had decided to stop
+
+
+@dataclass
 class Run:
     program: Program
     cfg: TrainConfig
@@ -67,12 +79,17 @@ class Run:
     log: Callable[[str], None] = print
     meta: dict = field(default_factory=dict)  # saved into every checkpoint
     extra_arrays: Callable[[], dict] = dict  # e.g. normalization statistics
+    folder: RunFolder | None = None  # the run folder, opened (run_folder.py); else one for out_dir
+    saved: Saved | None = None  # resume from this
 
     def fit(self, train: Dataset, valid: Dataset | None = None, test: Dataset | None = None,
             epochs: int | None = None) -> dict:
         if self.program.step is None:
             raise NetcError("this spec has no loss or no parameters, so there is nothing to train")
         epochs = epochs or self.cfg.epochs
+        if self.folder is None:
+            self.folder = RunFolder.start(self.out_dir, None, "") if self.out_dir is not None else RunFolder(None)
+        self.folder.meta, self.folder.extra_arrays = self.meta, self.extra_arrays
         method = method_of(self.cfg)
         if method.is_batch:
             return fit_batch_method(self, method, train, valid, test, epochs)
@@ -97,15 +114,21 @@ class _Minibatches:
         self.watch = DivergenceWatch(prog, cfg.recover, self.log)
         self.every = _valid_every(cfg, valid)
         self.hyper = {**method_of(cfg).hypers(cfg.method), "inv_examples": 1.0 / len(train)}  # step inputs by name
-        # what they act on (a resumed run would restore it instead: TrainState.from_arrays)
-        self.ts = self._fresh_state()
+        # what they act on: fresh, or restored from a checkpoint
+        saved = run.saved
+        self.ts = self._fresh_state() if saved is None else self._restored(saved)
         self.evaluated = PolyakAverage.evaluated(self.ts.average, self.ts.arrays)  # what validation sees
-        self.folder = RunFolder(run.out_dir, run.meta, run.extra_arrays)
+        self.folder = run.folder
         if self.every is not None and self.every != cfg.valid_every:
             self.log(f"valid_every raised to {self.every}, the validation set's size")
-        self.history: list[dict] = []
-        self.train_seconds = 0.0
+        self.history: list[dict] = [] if saved is None else list(saved.history)
+        self.train_seconds = 0.0 if saved is None else saved.train_seconds
+        self.stopped = None if saved is None else saved.stopped
         self.before_last = None  # the parameters before an epoch's last step (update ratios)
+        every = cfg.checkpoint_every
+        self.ck_examples = every if isinstance(every, int) else None
+        self.ck_seconds = None if isinstance(every, int) else every.args[0]
+        self.ck_age, self.ck_time = self.ts.age, time.monotonic()  # the last checkpoint's
 
     def _fresh_state(self) -> TrainState:
         """The training state before the first step (auto(eigen) estimates the rate here)."""
@@ -116,6 +139,18 @@ class _Minibatches:
         ts.next_check = self.every
         ts.missed = emphasis.start(self.cfg, len(self.train))
         ts.watch = self.watch.start(ts.arrays)
+        return ts
+
+    def _restored(self, saved: Saved) -> TrainState:
+        """The training state a checkpoint saved, checked against this run's data."""
+        ts = TrainState.from_arrays(saved.arrays, self.run.state)
+        n = len(self.train)
+        c = ts.cursor
+        if ts.missed is not None and len(ts.missed) != n or ts.missed is None and self.cfg.emphasize.kind == "errors" \
+                or c is not None and (c.order and max(int(b.max()) for b in c.order) >= n or c.index > len(c.order)) \
+                or (ts.average is None) != (self.average is None):
+            raise DataError("the checkpoint's training state does not fit this run (did the data or the "
+                            f"spec change? {n} training examples now)")
         return ts
 
     def _refresher(self):
@@ -131,33 +166,44 @@ class _Minibatches:
     def run_epochs(self, epochs: int) -> dict:
         ts, t_start, stopped = self.ts, time.perf_counter(), "epochs"
         try:
-            for epoch in range(1, epochs + 1):
-                if self._epoch(epoch, epochs):
-                    stopped = "early"
-                    break
+            if self.stopped == "early":  # a resumed run that had decided to stop
+                stopped = "early"
+            else:
+                for epoch in range(ts.epoch + 1, epochs + 1):
+                    if self._epoch(epoch, epochs):
+                        stopped = "early"
+                        break
+            return self._finish(stopped, t_start)
         except KeyboardInterrupt:
-            stopped = "interrupted"
-            if ts.cursor is not None:  # keep the last completed epoch, not a half-trained state
+            if ts.cursor is not None:  # in memory, the last completed epoch, not a half-trained state
                 assign(ts.arrays, ts.watch.healthy)
                 ts.age = ts.watch.healthy_age
-            self.log("interrupted: the last completed epoch is saved")
+            summary = {**self._summary("interrupted", t_start, False), "saved": self.folder.saved}
+            self.folder.summary(summary)
+            message = f"interrupted: {self.folder.saved_text()}"
+            self.log(message)
+            raise Interrupted(message, summary) from None
         finally:
             self.folder.close()
-        return self._finish(stopped, t_start)
 
     def _epoch(self, epoch: int, epochs: int) -> bool:
-        """One epoch and its end; True to stop early."""
+        """One epoch (or the rest of one, resumed) and its end; True to stop early."""
         ts, cfg, train = self.ts, self.cfg, self.train
-        ts.cursor = c = EpochCursor([])
-        if self.prog.curvature is not None:
-            self._estimate_curvature()
         t0 = time.perf_counter()
         bar = Progress(len(train), f"epoch {epoch}/{epochs}", enabled=self.run.progress)
-        c.order = list(epoch_order(len(train), cfg.batch, ts.rng, shuffle=cfg.shuffle,
-                                   labels=train.t if train.t is not None and train.t.ndim == 1 else None,
-                                   interleave=cfg.interleave, missed=ts.missed, ratio=emphasis.ratio(cfg)))
+        if ts.cursor is None:  # a new epoch: the curvature, then the order of the batches
+            ts.cursor = EpochCursor([])
+            if self.prog.curvature is not None:
+                self._estimate_curvature()
+            ts.cursor.order = list(epoch_order(
+                len(train), cfg.batch, ts.rng, shuffle=cfg.shuffle,
+                labels=train.t if train.t is not None and train.t.ndim == 1 else None,
+                interleave=cfg.interleave, missed=ts.missed, ratio=emphasis.ratio(cfg)))
+        else:
+            bar.update(sum(len(b) for b in ts.cursor.order[:ts.cursor.index]))
+        c = ts.cursor
         self.before_last = None
-        stop = self._steps(epoch, bar)
+        stop = self._steps(epoch, bar, t0)
         bar.close()
         ts.cursor = None
         epoch_loss = c.loss_sum / max(c.seen, 1)
@@ -172,18 +218,19 @@ class _Minibatches:
         row = self._epoch_row(epoch, epoch_loss, t0)
         self.history.append(row)
         self.folder.write(row)
-        self.log(epoch_line(row, epochs))
         score = row.get("valid_error") if row.get("valid_error") is not None else row.get("valid_loss")
         self.early.observe(ts.best, score, epoch, ts.age, self.evaluated)
         ts.epoch = epoch
-        self.folder.checkpoint(ts.arrays, epoch, ts.age)
-        if stop or (self.valid is not None and EarlyStopping.out_of_patience(ts.best, ts.age)):
+        stop = stop or (self.valid is not None and EarlyStopping.out_of_patience(ts.best, ts.age))
+        self._checkpoint(stopped="early" if stop else None)
+        self.log(epoch_line(row, epochs))  # once the epoch is saved
+        if stop:
             self.log(f"early stop at age {ts.age}: no new best validation score since epoch {ts.best.epoch}")
-            return True
-        return False
+        return stop
 
-    def _steps(self, epoch: int, bar: Progress) -> bool:
-        """The epoch's remaining steps; True when validation ran out of patience."""
+    def _steps(self, epoch: int, bar: Progress, t0: float) -> bool:
+        """The epoch's remaining steps; True when validation ran out of patience.
+        Between two steps, a checkpoint when `checkpoint_every` says so."""
         ts, c = self.ts, self.ts.cursor
         last = len(c.order) - 1
         with np.errstate(all="ignore"):
@@ -192,7 +239,27 @@ class _Minibatches:
                 c.index = i + 1
                 if stop:
                     return True
+                if i < last and self._checkpoint_due():
+                    self._checkpoint(partial=time.perf_counter() - t0)
         return False
+
+    def _checkpoint_due(self) -> bool:
+        if self.folder.folder is None:
+            return False
+        if self.ck_examples is not None:
+            return self.ts.age - self.ck_age >= self.ck_examples
+        return time.monotonic() - self.ck_time >= self.ck_seconds
+
+    def _checkpoint(self, stopped: str | None = None, partial: float = 0.0) -> None:
+        """The training state as it is between two steps (`partial`: seconds of
+        the epoch in progress so far)."""
+        ts, c = self.ts, self.ts.cursor
+        meta = {"epoch": ts.epoch, "age": ts.age, "final": False, "train_seconds": self.train_seconds + partial,
+                "batch": c.index if c is not None else 0, "batches": len(c.order) if c is not None else 0}
+        if stopped:
+            meta["stopped"] = stopped
+        self.folder.checkpoint(ts.to_arrays(), meta)
+        self.ck_age, self.ck_time = ts.age, time.monotonic()
 
     def _step(self, epoch: int, last: bool, idx: np.ndarray, bar: Progress) -> bool:
         ts, prog, cfg, hyper, c = self.ts, self.prog, self.cfg, self.hyper, self.ts.cursor
@@ -207,6 +274,7 @@ class _Minibatches:
         if ts.missed is not None:
             emphasis.record(ts.missed, idx, outs[1])  # the errors last seen
         loss = float(outs[0])
+        self.watch.check_first_step(ts.watch, loss, data_feeds)  # not finite before any update: no divergence
         if DivergenceWatch.exploded(ts.watch, loss):
             self.watch.recover(ts.watch, ts.rate, ts.arrays, loss, ts.age, xb)
             DivergenceWatch.reset(ts.watch)
@@ -252,10 +320,29 @@ class _Minibatches:
         return row
 
     def _finish(self, stopped: str, t_start: float) -> dict:
-        ts, history = self.ts, self.history
+        """The final parameters (the best, or the average) and the final checkpoint:
+        'state/*' the final parameters, 'live/*' the state training would go on
+        from (when they differ), so that `--resume --epochs N` can extend the run."""
+        ts = self.ts
+        saved = ts.to_arrays()
+        live = {k[len("state/"):]: v.copy() for k, v in saved.items() if k.startswith("state/")}
         restored = self.early.restore(ts.best, ts.arrays)
         if not restored and ts.average is not None:
             assign(ts.arrays, ts.average.arrays)
+        summary = self._summary(stopped, t_start, restored)
+        if self.history:
+            if restored or ts.average is not None:
+                saved.update({f"live/{k}": v for k, v in live.items()})
+            saved.update({f"state/{k}": v for k, v in ts.arrays.items()})
+            meta = {"epoch": ts.epoch, "age": ts.age, "final": True, "train_seconds": self.train_seconds,
+                    "summary": summary, "batch": 0, "batches": 0}
+            if stopped == "early":
+                meta["stopped"] = "early"
+            self.folder.checkpoint(saved, meta)
+        return summary
+
+    def _summary(self, stopped: str, t_start: float, restored: bool) -> dict:
+        ts, history = self.ts, self.history
         last = history[-1] if history else {}
         summary = {
             "epochs": len(history), "age": ts.age, "steps": ts.step, "stopped": stopped,
@@ -271,10 +358,6 @@ class _Minibatches:
                 if ds is not None:
                     summary[f"{name}_loss"], summary[f"{name}_error"] = evaluate(self.prog, ts.arrays, ds,
                                                                                  self.cfg.eval_batch)
-        if history:
-            self.folder.checkpoint(ts.arrays, len(history), ts.age, final=True)
-        if stopped == "interrupted":
-            raise KeyboardInterrupt
         return summary
 
     # -- before and between epochs ----------------------------------------------------------
