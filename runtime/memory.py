@@ -43,6 +43,7 @@ class Part:
     bytes: int
     shape: tuple | None = None
     dtype: str | None = None
+    use: bool = True  # needed to use the model (predict, score), not only to train it
 
     def __str__(self) -> str:
         if self.shape is None:
@@ -68,6 +69,10 @@ class Estimate:
     def tensors(self) -> int:
         """Bytes that exist as soon as the model does: parameters and optimizer state."""
         return sum(b for k, b in self.by_kind().items() if k in ("parameters", "optimizer state"))
+
+    def use(self) -> int:
+        """Bytes to hold the model and predict or score with it (what netc.load needs)."""
+        return sum(p.bytes for p in self.parts if p.use)
 
     def biggest(self, k: int = 3) -> list[Part]:
         """The k biggest tensors (parameters and optimizer state), biggest first."""
@@ -111,14 +116,14 @@ def estimate(program: Program, cfg: TrainConfig) -> Estimate:
             copies.append(("Polyak average and its scratch", 2 * p_bytes))
         if cfg.stop.kind == "early":
             copies.append(("early-stopping best parameters", p_bytes))
-    parts += [Part("training copies", name, b) for name, b in copies if b]
-    fns = [("train step", program.step, cfg.batch)] if kind not in BATCH_METHODS else \
-        [("value and gradient", program.named("value_and_grad", "numpy"), cfg.eval_batch)]
-    fns += [("evaluation", program.evaluate, cfg.eval_batch), ("prediction", program.predict, cfg.eval_batch)]
-    for name, fn, batch in fns:
+    parts += [Part("training copies", name, b, use=False) for name, b in copies if b]
+    fns = [("train step", program.step, cfg.batch, False)] if kind not in BATCH_METHODS else \
+        [("value and gradient", program.named("value_and_grad", "numpy"), cfg.eval_batch, False)]
+    fns += [("evaluation", program.evaluate, cfg.eval_batch, True), ("prediction", program.predict, cfg.eval_batch, True)]
+    for name, fn, batch, use in fns:
         size = getattr(fn, "buffer_bytes", None)
         if size is not None:
-            parts.append(Part("buffers", f"{name} buffers at batch {batch}", size(batch)))
+            parts.append(Part("buffers", f"{name} buffers at batch {batch}", size(batch), use=use))
     return Estimate(parts, cfg.batch)
 
 
@@ -172,14 +177,20 @@ def budget(limit=None) -> tuple[int | None, str]:
     return int(avail * MARGIN), f"{MARGIN:.0%} of the {human(avail)} available"
 
 
-def check(est: Estimate, limit=None, device: str = "cpu") -> None:
-    """A NetcError naming the biggest tensors when `est` does not fit the budget
-    (device "gpu": only what is made on the host, the parameters and optimizer state)."""
+PURPOSES = ("train", "use")
+
+
+def check(est: Estimate, limit=None, device: str = "cpu", purpose: str = "train") -> None:
+    """A NetcError naming the biggest tensors when `est` does not fit the budget.
+    purpose "use": only what holding the model and predicting need (netc.load; fit
+    checks again). Device "gpu": what is made on the host, parameters and optimizer state."""
     allowed, source = budget(limit)
-    need = est.total if device == "cpu" else est.tensors()
+    need = est.total if purpose == "train" else est.use()
+    need = need if device == "cpu" else est.tensors()
     if allowed is None or need <= allowed:
         return
     biggest = "; ".join(str(p) for p in est.biggest())
-    raise NetcError(f"this spec needs {est.line()}, more than the {human(allowed)} allowed ({source}); "
+    what = est.line() if purpose == "train" else f"about {human(need)} to hold and use ({est.line()})"
+    raise NetcError(f"this spec needs {what}, more than the {human(allowed)} allowed ({source}); "
                     f"refused before allocating anything. The biggest tensors: {biggest}. Make the layers or the "
                     f"batch smaller, or set {ENV} (e.g. {ENV}=64G, or off) if you know there is room")

@@ -173,3 +173,29 @@ def test_memavailable_is_read_from_meminfo(tmp_path):
 def test_human_units():
     assert [memory.human(n) for n in (0, 1023, 1024, 1536, 8 * GiB, 3 << 40)] == \
         ["0 B", "1023 B", "1 KiB", "1.5 KiB", "8 GiB", "3 TiB"]
+
+
+def test_a_loaded_model_needs_only_what_using_it_needs(tmp_path, monkeypatch):
+    """Trained on a big machine, used on a small one: netc.load checks the parameters,
+    optimizer state and prediction buffers; fit checks the training copies too."""
+    monkeypatch.delenv(memory.ENV, raising=False)
+    m = netc.compile(layers(2, 1024))
+    m.save(tmp_path / "m")
+    est = m.memory
+    assert est.use() < 40 << 20 < est.total
+    monkeypatch.setenv(memory.ENV, "40M")
+    with pytest.raises(NetcError, match="to train at batch 32"):
+        netc.compile(layers(2, 1024))
+    loaded = netc.load(tmp_path / "m")
+    assert loaded.predict(np.ones((3, 1024))).shape == (3, 1024)
+    with pytest.raises(NetcError, match="refused before allocating"):
+        loaded.fit(np.ones((4, 1024)), np.ones((4, 1024)))
+    monkeypatch.setenv(memory.ENV, "20M")
+    with pytest.raises(NetcError, match="to hold and use"):
+        netc.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("bad", ["training", None, 1])
+def test_purpose_is_train_or_use(bad):
+    with pytest.raises(NetcError, match="purpose"):
+        netc.compile(SMALL.replace("METHOD", "").replace("STOP", ""), purpose=bad)
