@@ -79,6 +79,8 @@ class Model:
         read_use = sources.read_use if embedded is None else sources.embedded(embedded, file)
         backend = "cuda" if device == "gpu" else "numpy"
         require_backend(backend)  # fail before compiling
+        self.options = {"seed": seed, "dtype": dtype, "debug": debug, "device": device, "train": train}  # run.json
+        self.base: Path | None = None  # where the data block's files are (a resumed run's recorded folder)
         configs = {"train": TrainConfig(), "data": DataConfig()}
         space = Space(text)  # distributions in the data/train blocks (netc/search.py)
         self.search_cfg: SearchConfig | None = None
@@ -135,6 +137,8 @@ class Model:
 
     @property
     def base_dir(self) -> Path:
+        if self.base is not None:
+            return self.base
         return Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
 
     @property
@@ -145,13 +149,49 @@ class Model:
     # -- training ------------------------------------------------------------------
     def fit(self, x=None, t=None, *, valid=None, test=None, epochs: int | None = None,
             out: str | Path | None = None, progress: bool | None = False, log=None,
-            limit: int | None = None) -> dict:
+            limit: int | None = None, force: bool = False) -> dict:
         """Train. With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
-        `limit` keeps the first `limit` examples of each split (quick smoke runs)."""
+        `limit` keeps the first `limit` examples of each split (quick smoke runs).
+        `out`: the run folder (checkpoints, metrics; `netc.resume(out)` continues it); one
+        holding another run is refused unless `force` (then replaced at the first checkpoint)."""
+        from netc.runtime.run_folder import RunFolder
         self._state("fit")
         memory.check(self.memory, self.memory_limit, self.device)  # a model loaded for use only
         epochs = None if epochs is None else validate.integer(epochs, "fit(epochs=...)", 1)
         limit = None if limit is None else validate.integer(limit, "fit(limit=...)", 1)
+        force = validate.flag(force, "fit(force=...)")
+        record = self._record(epochs, limit, x is not None)
+        folder = None
+        if out is not None:
+            folder = RunFolder.start(validate.path(out, "fit(out=...)"), record, self.text, force)
+        return self._fit(x, t, valid, test, epochs, limit, progress, log, folder, record)
+
+    def _record(self, epochs: int | None, limit: int | None, arrays: bool) -> dict:
+        """How this run starts (run.json; the checkpoints' field 'run'): enough to start it
+        again from the run folder alone (netc.resume)."""
+        file = self.file if self.file.startswith("<") else os.path.abspath(self.file)
+        return {"format": checkpoint.RECORD_FORMAT, "spec_file": file, "base": str(self.base_dir.resolve()),
+                "options": self.options, "epochs": epochs, "limit": limit, "data": "arrays" if arrays else "spec",
+                "sources": sources.embed(self.program.spec.used, self.file)}
+
+    def _fit(self, x, t, valid, test, epochs, limit, progress, log, folder, record, saved=None) -> dict:
+        """fit's work, for a new run or a resumed one (`saved`, netc/resume.py)."""
+        try:
+            return self._train(x, t, valid, test, epochs, limit, progress, log, folder, record, saved)
+        except KeyboardInterrupt as e:  # before training started (loading data): nothing new was saved
+            from netc.runtime.run_folder import Interrupted
+            if isinstance(e, Interrupted) or folder is None:
+                raise
+            summary = {"epochs": 0, "stopped": "interrupted", "saved": folder.saved}
+            folder.summary(summary)
+            message = f"interrupted before training started: {folder.saved_text()}"
+            (log or (lambda s: None))(message)
+            raise Interrupted(message, summary) from None
+        finally:
+            if folder is not None:
+                folder.close()
+
+    def _train(self, x, t, valid, test, epochs, limit, progress, log, folder, record, saved) -> dict:
         if x is None:
             if self.data_cfg.train is None:
                 raise SpecError("the spec has no training data: add data { train = ... } or pass arrays to fit",
@@ -170,8 +210,9 @@ class Model:
         self.normalizer = norm
         dtype = self.program.spec.graph.float_dtype
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
-        run = Run(self.program, self.train_cfg, self.state, Path(out) if out else None, progress,
-                  log or (lambda s: None), meta=self._meta(), extra_arrays=self._extra_arrays)
+        meta = {**self._meta(), "run": {k: v for k, v in record.items() if k != "sources"}}
+        run = Run(self.program, self.train_cfg, self.state, None, progress, log or (lambda s: None), meta=meta,
+                  extra_arrays=self._extra_arrays, folder=folder, saved=saved)
         self.summary = run.fit(*prepared, epochs=epochs)
         if self.sampled:
             self.summary["sampled"] = {k: (str(v) if isinstance(v, str) else v) for k, v in self.sampled.items()}
