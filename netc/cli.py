@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="results folder (default runs/<spec name>-search); the same folder resumes")
     c.add_argument("--epochs", type=_positive, help="override the spec's epochs in every trial")
     c.add_argument("--limit", type=_positive, help="use only the first N examples of each split (smoke runs)")
+    c.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the trials on a Dask cluster: tcp://HOST:PORT (a `dask scheduler`), or local:N "
+                        "(a local cluster of N worker processes); needs pip install 'netc[dask]'")
+    c.add_argument("--shared-data", action="store_true",
+                   help="with --scheduler: every worker reads the data files at this machine's paths "
+                        "(a shared file system) instead of receiving them from here")
 
     c = sub.add_parser("gradcheck", help="compare gradients with centered finite differences (float64)")
     c.add_argument("spec")

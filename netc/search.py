@@ -2,9 +2,10 @@
 
 The search draws trial k's point from `trial_seed(search seed, k)`
 (search_space.py), runs the trials on a runner (search_runner.py: local worker
-processes by default), keeps every finished trial in the store
-(search_store.py: DIR/trials.jsonl, one fsynced line per trial) and reports the
-best trial, the best-so-far curve and the border warnings. Running the same
+processes by default; search_dask.py: a Dask cluster, --scheduler), keeps
+every finished trial in the store (search_store.py: DIR/trials.jsonl, one
+fsynced line per trial) and reports the best trial, the best-so-far curve and
+the border warnings. Running the same
 command again resumes: only the trials missing from the store run.
 """
 from __future__ import annotations
@@ -39,9 +40,11 @@ class Report:
 
 def run_search(path, *, trials: int | None = None, workers: int | None = None, out=None,
                epochs: int | None = None, limit: int | None = None, log=None, tty: bool = False,
-               runner: Runner | None = None) -> Report:
-    """Random search over the spec's space: the trials run on `runner` (default:
-    local worker processes, `workers` of them) and are kept in the store here.
+               runner: Runner | None = None, scheduler: str | None = None, shared_data: bool = False) -> Report:
+    """Random search over the spec's space: the trials run on `runner` (default: the
+    Dask cluster at `scheduler` if given, else local worker processes, `workers` of
+    them) and are kept in the store here. `shared_data`: the cluster's workers read the
+    data files at this machine's paths (nothing shipped).
     Returns the report; raises NetcError for a spec that is not a search space."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     text, file = read_spec(path)
@@ -56,6 +59,11 @@ def run_search(path, *, trials: int | None = None, workers: int | None = None, o
     identity = {"spec_sha256": hashlib.sha256(text.encode()).hexdigest(), "seed": cfg.seed,
                 "metric": cfg.metric, "epochs": epochs, "limit": limit,
                 "space": {p: str(d) for p, d in m.space.items()}, "spec": file}
+    if runner is None and scheduler is not None:
+        from netc.search_dask import DaskRunner, shipment  # Dask only when asked for
+        # its progress line names the best trial so far, from the store (made below)
+        runner = DaskRunner(scheduler, shipment(m, file, shared_data), log,
+                            best=lambda: _best_line(store, n, cfg.metric))
     store = Store(out, identity)
     try:
         return _search(m, cfg, text, file, n, out, store, workers, epochs, limit, log, tty, runner)
@@ -108,6 +116,11 @@ def _search(m, cfg, text, file, n, out, store, workers, epochs, limit, log, tty,
     return Report(out, cfg.metric, n, recs, ran, len(done), best, curve, warnings, interrupted)
 
 
+def _best_line(store: Store, n: int, metric: str) -> str | None:
+    best, _ = best_so_far([r for k, r in store.records.items() if k <= n])
+    return None if best is None else f"{metric} {best['metric']:.4g} (trial {best['trial']})"
+
+
 def _check_metric(m, cfg: SearchConfig) -> None:
     entries = m.program.spec.blocks.get("search") or []
     loc = next((e.loc for e in entries if e.key == "metric"), m.program.spec.block_locs.get("search"))
@@ -158,9 +171,11 @@ def format_report(r: Report) -> str:
 
 
 def cli(args) -> int:
-    """`netc search SPEC [--trials N] [--workers W] [--out DIR] [--epochs N] [--limit N]`."""
+    """`netc search SPEC [--trials N] [--workers W] [--out DIR] [--epochs N] [--limit N]
+    [--scheduler ADDRESS [--shared-data]]`."""
     report = run_search(args.spec, trials=args.trials, workers=args.workers, out=args.out, epochs=args.epochs,
-                        limit=args.limit, tty=sys.stderr.isatty())
+                        limit=args.limit, tty=sys.stderr.isatty(), scheduler=getattr(args, "scheduler", None),
+                        shared_data=getattr(args, "shared_data", False))
     print(format_report(report), flush=True)
     if report.interrupted:
         print(f"interrupted: the {len(report.records)} finished trials are kept in {report.out / 'trials.jsonl'}; "

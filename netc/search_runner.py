@@ -54,6 +54,9 @@ class TrialJob:
     metric: str  # the search block's metric, e.g. "valid.error"
     epochs: int | None = None
     limit: int | None = None
+    # the spec's `use`d files by path relative to its folder (sources.embed): when set, the
+    # spec reads these and no file of the disk (a cluster worker has not the client's files)
+    used: dict[str, str] | None = None
 
 
 def run_trial(job: TrialJob) -> dict:
@@ -69,7 +72,7 @@ def run_trial(job: TrialJob) -> dict:
     try:
         if run_dir.exists():  # a trial cut off earlier (Ctrl-C, a crash) starts afresh
             shutil.rmtree(run_dir)
-        m = Model(job.text, job.file, seed=job.seed)
+        m = Model(job.text, job.file, seed=job.seed, embedded=job.used)
         rec["sampled"] = plain(m.sampled)
         summary = m.fit(epochs=job.epochs, out=run_dir, limit=job.limit, progress=False)
         summary = {**summary, "trial": job.trial, "seed": job.seed,
