@@ -56,13 +56,9 @@ class DivergenceWatch:
 
     def check_first_step(self, ws: WatchState, loss: float, feeds: list) -> None:
         """LossNotFinite when the first step's loss, computed before its update (at
-        the parameters `ws.healthy` holds), is not finite: not a divergence to
-        recover from, so say so and name the likely cause."""
-        if ws.initial is not None or math.isfinite(loss):
-            return
-        cause = likely_cause(self.program, hosted(ws.healthy), feeds)
-        raise LossNotFinite(f"the loss is not finite at the initial parameters ({loss:g}, before any "
-                            f"update): not a divergence, and no learning rate helps. Likely cause: {cause}")
+        the parameters `ws.healthy` holds), is not finite."""
+        if ws.initial is None:
+            check_start(self.program, ws.healthy, feeds, loss)
 
     @staticmethod
     def exploded(ws: WatchState, loss: float) -> bool:
@@ -115,6 +111,17 @@ class DivergenceWatch:
         LearningRate.divide(rate, 3)
 
 
+def check_start(program: Program, state: dict, feeds: list, loss: float) -> None:
+    """LossNotFinite when `loss`, computed on `feeds` at the starting parameters
+    `state`, is not finite: not a divergence to recover from (no rate helps),
+    so say so and name the likely cause."""
+    if math.isfinite(loss):
+        return
+    cause = likely_cause(program, hosted(state), feeds)
+    raise LossNotFinite(f"the loss is not finite at the initial parameters ({loss:g}, before any "
+                        f"update): not a divergence, and no learning rate helps. Likely cause: {cause}")
+
+
 # what makes a finite input non-finite, by op
 _DOMAIN = {"log": "log of values <= 0", "log1p": "log1p of values <= -1", "sqrt": "sqrt of negative values",
            "div": "a division by zero", "reciprocal": "a division by zero", "pow": "a power of negative values",
@@ -131,9 +138,14 @@ def likely_cause(program: Program, state: dict, feeds: list) -> str:
     spec = program.spec
     roots = [program.loss] if program.loss is not None else []
     order = [n for n in toposort(roots) if n.inputs]
+    values = None
     if order:
-        with np.errstate(all="ignore"):
-            values = program.function(order, spec.feeds, name="loss_terms")(state, *feeds[:len(spec.feeds)])
+        try:
+            with np.errstate(all="ignore"):
+                values = program.function(order, spec.feeds, name="loss_terms")(state, *feeds[:len(spec.feeds)])
+        except Exception:  # noqa: BLE001 - a diagnosis on the way to an error must not hide that error
+            values = None
+    if values is not None:
         finite = {n.id: bool(np.all(np.isfinite(v))) for n, v in zip(order, values)}
         value = {n.id: v for n, v in zip(order, values)}
         for n in order:
