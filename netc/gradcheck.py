@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from netc.compiler.errors import NetcError
 from netc.runtime.splits import load_source
 
 ZERO_SHARE = 4  # one pick in ZERO_SHARE goes to entries whose analytic gradient is 0 (a missed dependency)
@@ -117,6 +118,9 @@ def pick_entries(g: np.ndarray, entries: int, rng: np.random.Generator) -> np.nd
 def gradcheck(model, examples: int = 4, entries: int = 20, seed: int = 0, eps: float = 1e-6) -> Result:
     prog = model.program
     spec = prog.spec
+    if prog.loss is None or not spec.params:
+        raise NetcError(f"netc gradcheck: this spec has no {'loss' if prog.loss is None else 'parameters'}, "
+                        f"so there is no gradient to check")
     rng = np.random.default_rng(seed)
     feeds = sample_batch(model, examples, rng)
     names = list(spec.params)

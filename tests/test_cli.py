@@ -474,6 +474,17 @@ def test_gradcheck_noise_floor_is_not_a_pass(tmp_path, capsys, monkeypatch):
     assert out.splitlines()[-1].startswith("FAILED") and "noise" in out.splitlines()[-1]
 
 
+@pytest.mark.parametrize("text, missing", [("input x : [4]\ny = dense(x, 3)\n", "no loss"),
+                                           ("input x : [4]\ntarget t : [4]\nloss = mean(sum((x - t) ^ 2, axis = -1))\n",
+                                            "no parameters")])
+def test_gradcheck_with_nothing_to_check_is_a_user_error(tmp_path, capsys, text, missing):
+    spec = tmp_path / "s.net"
+    spec.write_text(text)
+    assert main(["gradcheck", str(spec)]) == 2  # not an internal error, not "ok" with 0 entries checked
+    err = capsys.readouterr().err
+    assert missing in err and "Traceback" not in err
+
+
 def test_gradcheck_fails_when_the_loss_is_not_finite(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(20, 6)).astype(np.float32), t=rng.integers(0, 3, 20))
