@@ -62,7 +62,7 @@ def resume(path: str | Path, x=None, t=None, *, valid=None, test=None, epochs: i
             arrays = checkpoint.read_train_state(ck, m.state)
         saved_at = {k: meta.get(k) for k in ("epoch", "batch", "batches", "final")}
         saved = Saved(arrays, read_history(folder, meta.get("metrics_lines", 0)), meta.get("train_seconds", 0.0),
-                      meta.get("stopped"))
+                      meta.get("stopped"), meta.get("examples"))
         lines = meta.get("metrics_lines", 0)
     else:  # killed before its first checkpoint: start again from the recorded spec
         record, text = run_folder.read_record(folder)

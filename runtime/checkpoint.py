@@ -149,6 +149,7 @@ FIELDS: dict[str, tuple[Callable, bool]] = {
     "batches": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
     "train_seconds": _optional(lambda v, w, e: _seconds(v, w, e)),
     "stopped": _optional(lambda v, w, e: V.choice(v, ("early",), w, e)),
+    "examples": _optional(lambda v, w, e: V.integer(v, w, 0, 1 << 62, e)),
 }
 
 RECORD_FORMAT = "netc-run-1"

@@ -38,6 +38,7 @@ MODEL_JSON = "model.json"
 # what a run writes; the switch moves the checkpoint first (it alone says what the run is)
 RUN_FILES = (checkpoint.FILE, MODEL_JSON, METRICS, RECORD, SPEC, SUMMARY)
 STAGING = ".netc-staging"
+SWITCHING = ".switching"  # in the staging folder: the switch has begun, complete it
 _TEMPORARY = re.compile(r"^\.(%s)\..+\.tmp$" % "|".join(re.escape(f) for f in RUN_FILES))
 
 
@@ -62,7 +63,7 @@ def clean(folder: Path) -> None:
         return
     staging = folder / STAGING
     if staging.is_dir():
-        if (staging / checkpoint.FILE).exists():  # killed during the switch: complete it
+        if (staging / checkpoint.FILE).exists() or (staging / SWITCHING).exists():  # a checkpoint: switch
             _switch(staging, folder)
         else:
             shutil.rmtree(staging, ignore_errors=True)
@@ -74,6 +75,7 @@ def clean(folder: Path) -> None:
 def _switch(staging: Path, folder: Path) -> None:
     """Move the new run's files over the old run's (the checkpoint first), drop
     what is left of the old run, remove the staging folder."""
+    (staging / SWITCHING).touch()
     for name in RUN_FILES:
         if (staging / name).exists():
             os.replace(staging / name, folder / name)

@@ -67,6 +67,7 @@ class Saved:
     history: list[dict]  # the epochs' metrics rows so far (not the partial ones)
     train_seconds: float = 0.0
     stopped: str | None = None  # "early": the run had decided to stop
+    examples: int | None = None  # the training set's size then (the data must be the same)
 
 
 @dataclass
@@ -89,7 +90,10 @@ class Run:
         epochs = epochs or self.cfg.epochs
         if self.folder is None:
             self.folder = RunFolder.start(self.out_dir, None, "") if self.out_dir is not None else RunFolder(None)
-        self.folder.meta, self.folder.extra_arrays = self.meta, self.extra_arrays
+        self.folder.meta, self.folder.extra_arrays = {**self.meta, "examples": len(train)}, self.extra_arrays
+        if self.saved is not None and self.saved.examples not in (None, len(train)):
+            raise DataError(f"the checkpoint's run trained on {self.saved.examples} examples, this data has "
+                            f"{len(train)}: it does not fit (did the data files change?)")
         method = method_of(self.cfg)
         if method.is_batch:
             return fit_batch_method(self, method, train, valid, test, epochs)

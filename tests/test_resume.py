@@ -263,3 +263,180 @@ def test_ctrl_c_before_any_checkpoint_says_nothing_was_saved(tmp_path):
     assert proc.returncode == 130
     assert "nothing was saved" in (out + err) or "no checkpoint" in (out + err)
     assert "the last completed epoch is saved" not in (out + err)
+
+
+# ---------------------------------------------------------------------------- every trick, in-process
+
+TRICK_NET = """
+h = dense(x, 16, act = tanh)
+y = dense(h, 3)
+loss = nll(softmax(y), t)
+"""
+TRICKS = {
+    "momentum": (TRICK_NET, "method = sgd(lr = 0.05, momentum = 0.9, nesterov = true)"),
+    "polyak": (TRICK_NET, "method = sgd(lr = 0.05)\naverage = polyak"),
+    "early": (TRICK_NET, "method = sgd(lr = 0.05)\nstop = early(patience = 250, grow = 1.2)"),
+    "emphasis": (TRICK_NET, "method = sgd(lr = 0.05)\nemphasize = errors(ratio = 3)"),
+    "dropout": ("h = dense(x, 16, act = tanh)\ny = dense(dropout(h, 0.3), 3)\nloss = nll(softmax(y), t)",
+                "method = sgd(lr = 0.05)"),
+    "transforms": ("h = transformed(x, 12)\ny = dense(h, 3) + shortcut(x, 3)\nloss = nll(softmax(y), t)",
+                   "method = sgd(lr = 0.02, momentum = 0.5)\ntransforms = every(7)"),
+    "sdlm": (TRICK_NET, "method = sdlm(lr = 0.02, samples = 40)"),
+    "valid_every": (TRICK_NET, "method = sgd(lr = 0.05)\nvalid_every = 60\nstop = early(patience = 400)"),
+    "plateau": (TRICK_NET, "method = sgd(lr = 0.05)\nschedule = plateau(threshold = 0.2, factor = 0.5)"),
+    "lbfgs": (TRICK_NET, "method = lbfgs(iterations = 3)"),  # batch methods: epoch ends only
+}
+
+
+def _trick_spec(name: str) -> str:
+    net, train = TRICKS[name]
+    body = "\n".join("    " + line for line in (train + "\nbatch = 10\nepochs = 4\nseed = 2\n"
+                                                 "checkpoint_every = 35").splitlines())
+    return f"input  x : [20]\ntarget t : class(3)\n{net}\ntrain {{\n{body}\n}}\n"
+
+
+def _arrays(run: Path) -> dict[str, np.ndarray]:
+    with np.load(run / "params.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if k != "meta.json"}
+
+
+@pytest.mark.parametrize("stop_at", [2, 5])
+@pytest.mark.parametrize("trick", list(TRICKS))
+def test_resume_inside_an_epoch_is_exact_for_every_trick(tmp_path, monkeypatch, trick, stop_at):
+    """Interrupted right after its `stop_at`-th checkpoint (mostly inside an epoch),
+    then resumed from the folder alone: every array of the final checkpoint (the
+    parameters, the optimizer's, the average, the live state) and every metrics
+    row's numbers equal an uninterrupted run's."""
+    import netc
+    from netc.runtime import run_folder
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    data = dict(valid=(x[150:], t[150:]))
+    netc.compile(_trick_spec(trick)).fit(x[:150], t[:150], **data, out=tmp_path / "ref")
+
+    real, calls = run_folder.RunFolder.checkpoint, [0]
+
+    def interrupting(self, arrays, meta):
+        real(self, arrays, meta)
+        calls[0] += 1
+        if calls[0] == (stop_at if trick != "lbfgs" else max(1, stop_at - 2)):  # lbfgs: 4 epoch ends, then the final
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder.RunFolder, "checkpoint", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        netc.compile(_trick_spec(trick)).fit(x[:150], t[:150], **data, out=tmp_path / "run")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"] == "interrupted"
+    m = netc.resume(tmp_path / "run", x[:150], t[:150], **data)
+    assert m.resumed == "continued"
+    ref, got = _arrays(tmp_path / "ref"), _arrays(tmp_path / "run")
+    assert sorted(ref) == sorted(got)
+    assert [k for k in ref if not np.array_equal(ref[k], got[k])] == []
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+             for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", "run")]
+    assert rows[0] == rows[1]
+
+
+def test_epochs_extend_a_finished_run_exactly(tmp_path):
+    """A finished 2-epoch run (Polyak: its final parameters are the average, its
+    live state is kept beside them) extended to 4 equals a 4-epoch run."""
+    import netc
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    text = _trick_spec("polyak")
+    netc.compile(text).fit(x[:150], t[:150], epochs=4, out=tmp_path / "four")
+    netc.compile(text).fit(x[:150], t[:150], epochs=2, out=tmp_path / "two")
+    again = netc.resume(tmp_path / "two", x[:150], t[:150])  # finished: nothing changes
+    assert again.resumed == "finished" and json.loads((tmp_path / "two" / "model.json").read_text())["epoch"] == 2
+    m = netc.resume(tmp_path / "two", x[:150], t[:150], epochs=4)
+    assert m.resumed == "continued" and m.summary["epochs"] == 4
+    ref, got = _arrays(tmp_path / "four"), _arrays(tmp_path / "two")
+    assert [k for k in ref if not np.array_equal(ref[k], got[k])] == []
+    assert _epochs(tmp_path / "two") == [1, 2, 3, 4]
+
+
+def test_force_replaces_the_old_run_at_the_first_checkpoint(tmp_path):
+    import netc
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    out = tmp_path / "run"
+    netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=3, out=out)
+    (out / "summary.json").write_text("{}")  # the old run's summary must not outlive it
+    with pytest.raises(netc.NetcError, match="--force"):
+        netc.compile(_trick_spec("dropout")).fit(x[:150], t[:150], epochs=1, out=out)
+    netc.compile(_trick_spec("dropout")).fit(x[:150], t[:150], epochs=1, out=out, force=True)
+    assert _epochs(out) == [1] and not (out / "summary.json").exists() and not (out / ".netc-staging").exists()
+    assert "dropout" in (out / "spec.net").read_text() and "dropout" in json.loads((out / "model.json").read_text())["spec"]
+
+
+def test_a_switch_cut_short_is_completed_at_the_next_start(tmp_path):
+    """Killed while moving the staged run's files over the old run's: the next
+    resume completes the switch (the staged checkpoint says which run it is)."""
+    import shutil
+    import netc
+    from netc.runtime import run_folder
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    old, new = tmp_path / "old", tmp_path / "new"
+    netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=old)
+    netc.compile(_trick_spec("dropout")).fit(x[:150], t[:150], epochs=2, out=new)
+    staging = old / run_folder.STAGING
+    staging.mkdir()
+    for name in ("params.npz", "model.json", "metrics.jsonl", "run.json", "spec.net"):
+        shutil.copy(new / name, staging / name)
+    (staging / run_folder.SWITCHING).touch()
+    os.replace(staging / "params.npz", old / "params.npz")  # the switch's first move, then the kill
+    (old / ".params.npz.abc123.tmp").write_bytes(b"PK half")
+    m = netc.resume(old, x[:150], t[:150])
+    assert m.resumed == "finished"
+    assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in new.iterdir() if p.name != "summary.json")
+    assert (old / "metrics.jsonl").read_bytes() == (new / "metrics.jsonl").read_bytes()
+
+
+def test_what_cannot_be_resumed_is_refused_clearly(tmp_path):
+    import netc
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    m = netc.compile(_trick_spec("momentum"))
+    m.fit(x[:150], t[:150], epochs=1)
+    m.save(tmp_path / "saved")
+    with pytest.raises(netc.DataError, match="saved model"):
+        netc.resume(tmp_path / "saved")
+    with pytest.raises(netc.DataError, match="no such run folder"):
+        netc.resume(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(netc.DataError, match="not a run folder"):
+        netc.resume(tmp_path / "empty")
+    m.fit(x[:150], t[:150], epochs=1, out=tmp_path / "arrays")
+    with pytest.raises(netc.NetcError, match="same arrays"):
+        netc.resume(tmp_path / "arrays", epochs=3)
+    with pytest.raises(netc.DataError, match="does not fit"):  # other data than the run's
+        netc.resume(tmp_path / "arrays", x[:120], t[:120], epochs=3)
+
+
+@pytest.mark.parametrize("field, value", [("format", "netc-run-9"), ("options", {"seed": "1; rm -rf"}),
+                                          ("options", {"dtype": "float32) or (1"}), ("data", "pickle"),
+                                          ("epochs", -3), ("spec_file", "a\nb"), ("options", {"evil": 1})])
+def test_a_hostile_run_record_is_refused(tmp_path, field, value):
+    """run.json (a run killed before its first checkpoint) is read as hostile."""
+    import netc
+    from netc.runtime import run_folder
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    out = tmp_path / "run"
+    netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=out)
+    (out / "params.npz").unlink()
+    record = json.loads((out / "run.json").read_text())
+    record[field] = value
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(netc.DataError, match="run.json"):
+        run_folder.read_record(out)
+    with pytest.raises(netc.DataError):
+        netc.resume(out, x[:150], t[:150])
+
+
+def test_checkpoint_every_key():
+    import netc
+    from netc.cli import main
+    m = netc.compile(_trick_spec("momentum").replace("checkpoint_every = 35", "checkpoint_every = seconds(2.5)"))
+    assert m.train_cfg.checkpoint_every.args == (2.5,)
+    assert netc.compile(_trick_spec("momentum").replace("checkpoint_every = 35", "seed = 3")
+                        .replace("seed = 2\n", "")).train_cfg.checkpoint_every.args == (60.0,)
+    for bad in ("seconds(0)", "minutes(3)", "0", "seconds(a = 1)"):
+        with pytest.raises(netc.SpecError):
+            netc.compile(_trick_spec("momentum").replace("checkpoint_every = 35", f"checkpoint_every = {bad}"))
+    assert main(["doc", "train"]) == 0
