@@ -116,7 +116,7 @@ class Model:
                             spec.block_locs.get("train"), text)
         self.memory = memory.estimate(self.program, self.train_cfg)  # from shapes: nothing allocated yet
         self.memory_limit = memory_limit
-        memory.check(self.memory, memory_limit, device, purpose)
+        memory.check(self.memory, memory_limit, device, purpose, self.file)
         self.state = None
         if allocate:
             state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
@@ -156,7 +156,7 @@ class Model:
         holding another run is refused unless `force` (then replaced at the first checkpoint)."""
         from netc.runtime.run_folder import RunFolder
         self._state("fit")
-        memory.check(self.memory, self.memory_limit, self.device)  # a model loaded for use only
+        memory.check(self.memory, self.memory_limit, self.device, where=self.file)  # a model loaded for use only
         epochs = None if epochs is None else validate.integer(epochs, "fit(epochs=...)", 1)
         limit = None if limit is None else validate.integer(limit, "fit(limit=...)", 1)
         force = validate.flag(force, "fit(force=...)")

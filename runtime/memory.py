@@ -180,8 +180,9 @@ def budget(limit=None) -> tuple[int | None, str]:
 PURPOSES = ("train", "use")
 
 
-def check(est: Estimate, limit=None, device: str = "cpu", purpose: str = "train") -> None:
-    """A NetcError naming the biggest tensors when `est` does not fit the budget.
+def check(est: Estimate, limit=None, device: str = "cpu", purpose: str = "train", where: str = "") -> None:
+    """A NetcError naming the biggest tensors when `est` does not fit the budget
+    (`where`: the spec file, which starts the message as a location does).
     purpose "use": only what holding the model and predicting need (netc.load; fit
     checks again). Device "gpu": what is made on the host, parameters and optimizer state."""
     allowed, source = budget(limit)
@@ -191,6 +192,6 @@ def check(est: Estimate, limit=None, device: str = "cpu", purpose: str = "train"
         return
     biggest = "; ".join(str(p) for p in est.biggest())
     what = est.line() if purpose == "train" else f"about {human(need)} to hold and use ({est.line()})"
-    raise NetcError(f"this spec needs {what}, more than the {human(allowed)} allowed ({source}); "
+    raise NetcError(f"{where + ': ' if where else ''}this spec needs {what}, more than the {human(allowed)} allowed ({source}); "
                     f"refused before allocating anything. The biggest tensors: {biggest}. Make the layers or the "
                     f"batch smaller, or set {ENV} (e.g. {ENV}=64G, or off) if you know there is room")
