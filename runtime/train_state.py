@@ -86,9 +86,10 @@ class TrainState:
     @staticmethod
     def from_arrays(a: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> "TrainState":
         """The state `to_arrays` saved; its parameter values are copied into `arrays`
-        (the live dict the compiled functions are bound to)."""
+        (the live dict the compiled functions are bound to); the copies the policies keep
+        are made where the live arrays are (host or device)."""
         for k, v in _get_dict(a, "state/").items():
-            np.copyto(arrays[k], v)
+            arrays[k][...] = v  # a NumPy or CuPy array: copied in place
         rng = np.random.default_rng()
         rng.bit_generator.state = _rng_state(a["train/rng"])
         step, age, epoch = (int(v) for v in a["train/counters"])
@@ -97,14 +98,14 @@ class TrainState:
         w = ts.watch
         for k in ("initial", "ema", "n", "floor", "best_epoch_loss", "recoveries", "healthy_age"):
             setattr(w, k, _get(a, f"watch/{k}", getattr(w, k)))
-        w.healthy = _get_dict(a, "watch/healthy/")
+        w.healthy = _like(_get_dict(a, "watch/healthy/"), arrays)
         b = ts.best
         for k in ("score", "epoch", "patience"):
             setattr(b, k, _get(a, f"best/{k}", getattr(b, k)))
-        b.arrays = _get_dict(a, "best/arrays/") or None
+        b.arrays = _like(_get_dict(a, "best/arrays/"), arrays) or None
         if "average/count" in a:
-            avg = _get_dict(a, "average/arrays/")
-            ts.average = AverageState(avg, int(a["average/count"]), {k: np.empty_like(v) for k, v in avg.items()})
+            avg = _like(_get_dict(a, "average/arrays/"), arrays)
+            ts.average = AverageState(avg, int(a["average/count"]), {k: v.copy() for k, v in avg.items()})
         ts.missed = None if "emphasis/missed" not in a else np.array(a["emphasis/missed"], bool)
         if "cursor/position" in a:
             sizes = a["cursor/sizes"]
@@ -112,6 +113,15 @@ class TrainState:
             index, seen = (int(v) for v in a["cursor/position"])
             ts.cursor = EpochCursor(list(order), index, float(a["cursor/loss_sum"]), seen)
         return ts
+
+
+def _like(values: dict[str, np.ndarray], live: dict) -> dict:
+    """`values` as copies of the live arrays of the same names (on the device too)."""
+    out = {}
+    for k, v in values.items():
+        out[k] = live[k].copy()
+        out[k][...] = v
+    return out
 
 
 def _put(out: dict, key: str, value) -> None:

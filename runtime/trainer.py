@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .data import Dataset
 from .divergence import Diverged, DivergenceWatch  # noqa: F401 - Diverged is part of this module's API
 from .early_stopping import EarlyStopping
-from .evaluation import epoch_line, evaluate, feeds_for, predict  # noqa: F401 - evaluate, predict: API
+from .evaluation import call, epoch_line, evaluate, feeds_for, predict  # noqa: F401 - evaluate, predict: API
 from .learning_rate import LearningRate
 from .optimizers import method_of
 from .presentation import epoch_order
@@ -387,7 +387,7 @@ class _Minibatches:
             for lo in range(0, len(idx), batch):
                 sel = idx[lo:lo + batch]
                 t = None if train.t is None else train.t[sel]
-                curv = fn(ts.arrays, *feeds_for(prog, train.x[sel], t)[:len(fn.feeds)])
+                curv = call(fn, ts.arrays, prog, train.x[sel], t)  # fed by name
                 for name, c in zip(self.params, curv):
                     h = ts.arrays[f"{name}.curvature"]
                     h *= 1 - m.gamma

@@ -229,19 +229,22 @@ def test_ctrl_c_writes_an_honest_summary(tmp_path):
     proc = subprocess.Popen(_netc("train", spec, "--out", run, "--no-progress"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not (run / "metrics.jsonl").exists() or not _epochs(run):
+    while not (run / "model.json").exists():  # the first checkpoint (an epoch's end)
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped"] == "interrupted"
     saved = json.loads((run / "model.json").read_text())
-    assert f"epoch {saved['epoch']}" in (out + err) or "saved" in (out + err)
+    assert summary["saved"]["epoch"] == saved["epoch"] and not saved["final"]
+    said = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert len(said) == 1 and f"end of epoch {saved['epoch']};" in said[0], err
     code, out, err = _run("train", "--resume", run, "--epochs", str(saved["epoch"] + 1), "--no-progress")
     assert code == 0, err
-    assert _epochs(run)[-1] == saved["epoch"] + 1
+    assert _epochs(run) == list(range(1, saved["epoch"] + 2))  # the rows after the checkpoint: dropped
 
 
 def test_ctrl_c_before_any_checkpoint_says_nothing_was_saved(tmp_path):
@@ -261,8 +264,11 @@ def test_ctrl_c_before_any_checkpoint_says_nothing_was_saved(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert "nothing was saved" in (out + err) or "no checkpoint" in (out + err)
+    assert "nothing was saved" in err, err
     assert "the last completed epoch is saved" not in (out + err)
+    assert not (run / "params.npz").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and summary["saved"] is None
 
 
 # ---------------------------------------------------------------------------- every trick, in-process
@@ -440,3 +446,20 @@ def test_checkpoint_every_key():
         with pytest.raises(netc.SpecError):
             netc.compile(_trick_spec("momentum").replace("checkpoint_every = 35", f"checkpoint_every = {bad}"))
     assert main(["doc", "train"]) == 0
+
+
+@pytest.mark.parametrize("argv", [["train"], ["train", "x.net", "--resume", "r"]])
+def test_train_takes_a_spec_or_resume(argv, capsys):
+    from netc.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_resume_takes_its_settings_from_the_run_folder(tmp_path, capsys):
+    from netc.cli import main
+    assert main(["train", "--resume", str(tmp_path), "--seed", "3", "--limit", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "--limit" in err
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
