@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--function", choices=["train_step", "evaluate", "predict"], default="train_step",
                    help="with --emit numpy|cuda or --stats: which compiled function")
 
-    c = sub.add_parser("train", help="compile and train a spec")
-    c.add_argument("spec")
+    c = sub.add_parser("train", help="compile and train a spec, or continue a run (--resume DIR)")
+    c.add_argument("spec", nargs="?", help="the spec (not with --resume: the run folder recorded it)")
+    c.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint "
+                   "(bit-identical to an uninterrupted run); with --epochs N, train up to N epochs in all")
+    c.add_argument("--force", action="store_true", help="replace the run in --out (it is kept until the new "
+                   "run's first checkpoint)")
     c.add_argument("--epochs", type=int, help="override the spec's epochs")
     c.add_argument("--seed", type=_seed, help="override the spec's seed (0 to 2^31 - 1)")
     c.add_argument("--out", help="run directory (default runs/<spec name>-N)")
@@ -144,7 +148,10 @@ def _positive_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and (args.spec is None) == (args.resume is None):
+        parser.error("netc train takes a spec, or --resume DIR (not both)")
     if args.version:
         from netc import __version__
         print(f"netc {__version__}")
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # training has said what it saved (runtime/run_folder.Interrupted)
         print("netc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
     except BrokenPipeError:  # `netc doc | head`: the reader left; not an error
@@ -234,6 +241,8 @@ def cmd_train(args) -> int:
     for flag in ("epochs", "limit"):  # before compiling: a user error, exit 2
         if getattr(args, flag) is not None:
             validate.integer(getattr(args, flag), f"--{flag}", 1)
+    if args.resume is not None:
+        return _resume(args)
     m = _model(args.spec, seed=args.seed, debug=args.debug, device=args.device)
     out = Path(args.out) if args.out else _fresh_run_dir(Path(args.spec).stem)
     print(f"training {args.spec} -> {out}", file=sys.stderr)
@@ -243,13 +252,31 @@ def cmd_train(args) -> int:
               f"{describe_point(m.sampled)} (netc search explores the space)", file=sys.stderr)
     t0 = time.perf_counter()
     progress = None if not args.no_progress else False
-    try:
-        summary = m.fit(epochs=args.epochs, out=out, progress=progress, limit=args.limit,
-                        log=lambda line: print(line, file=sys.stderr, flush=True))
-    except KeyboardInterrupt:
-        print(f"interrupted: the last completed epoch is saved in {out}", file=sys.stderr)
-        raise
-    summary = {"spec": str(args.spec), **summary, "compile_seconds": m.program.seconds,
+    summary = m.fit(epochs=args.epochs, out=out, progress=progress, limit=args.limit, force=args.force,
+                    log=lambda line: print(line, file=sys.stderr, flush=True))
+    return _summary(m, out, str(args.spec), summary, t0)
+
+
+def _resume(args) -> int:
+    """netc train --resume DIR [--epochs N]: everything else comes from the run folder."""
+    given = [f for f in ("out", "seed", "limit") if getattr(args, f) is not None]
+    given += [f for f in ("force", "debug") if getattr(args, f)] + (["device"] if args.device != "cpu" else [])
+    if given:
+        raise NetcError(f"netc train --resume DIR takes the spec and its settings from the run folder; "
+                        f"drop {', '.join('--' + f for f in given)} (only --epochs "
+                        f"and --no-progress go with --resume)")
+    from netc.resume import resume
+    out, t0 = Path(args.resume), time.perf_counter()
+    m = resume(out, epochs=args.epochs, progress=None if not args.no_progress else False,
+               log=lambda line: print(line, file=sys.stderr, flush=True))
+    if m.resumed == "finished":
+        print(json.dumps(m.summary, indent=2, default=str))
+        return 0
+    return _summary(m, out, m.file, m.summary, t0)
+
+
+def _summary(m, out: Path, spec: str, summary: dict, t0: float) -> int:
+    summary = {"spec": spec, **summary, "compile_seconds": m.program.seconds,
                "wall_seconds": time.perf_counter() - t0, "seed": m.train_cfg.seed}
     _write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
