@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -219,17 +221,25 @@ class DaskRunner:
     def _connect(self):
         import distributed
         if self.kind == "local":
-            # loopback only, no dashboard; its scheduler's HTTP endpoints on a free loopback port
-            cluster = distributed.LocalCluster(n_workers=self.n_local, threads_per_worker=1, processes=True,
-                                               host="127.0.0.1", dashboard_address=None,
-                                               scheduler_kwargs={"dashboard": False,
-                                                                 "dashboard_address": "127.0.0.1:0"})
+            try:
+                cluster = self._local_cluster(distributed)
+            except (OSError, RuntimeError, TimeoutError) as e:
+                raise NetcError(f"could not start a local Dask cluster of {self.n_local} worker process(es): "
+                                f"{e}") from None
             return cluster, distributed.Client(cluster)
         try:
             return None, distributed.Client(self.address, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
             raise NetcError(f"cannot reach the Dask scheduler at {self.address}: {e}; start one there with "
                             f"`dask scheduler` and workers with `dask worker {self.address}`") from None
+
+    def _local_cluster(self, distributed):
+        # loopback only, no dashboard; its scheduler's HTTP endpoints on a free loopback port
+        return distributed.LocalCluster(n_workers=self.n_local, threads_per_worker=1, processes=True,
+                                        host="127.0.0.1", dashboard_address=None,
+                                        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                                        silence_logs=logging.ERROR,  # not its warnings on Ctrl-C
+                                        preload=[__name__])  # dask_setup below, in every worker
 
     def run(self, jobs: Sequence[TrialJob], finished: Callable[[dict], None]) -> bool:
         cluster, client = self._connect()
@@ -250,6 +260,7 @@ class DaskRunner:
             self.log(f"waiting for a Dask worker to join {client.scheduler.address} "
                      f"(start one with `dask worker {client.scheduler.address}`)")
             client.wait_for_workers(1)
+        check_workers(client)
         data = None
         if self.ship.data is not None:
             data = client.scatter([self.ship.data], broadcast=True, hash=False)[0]  # once, shared by the trials
@@ -293,6 +304,9 @@ class DaskRunner:
                 return None
         if fut.status == "error":
             e = fut.exception()
+            if isinstance(e, ImportError):  # the worker's Python, not the trial: nothing to record
+                lost.append(f"trial {job.trial}: the worker could not import it: {e}; install netc there ({INSTALL})")
+                return None
             if type(e).__name__ == "KilledWorker":
                 return failed_record(job, "the Dask workers running this trial died, each time (killed, or out "
                                           "of memory?)")
@@ -309,6 +323,38 @@ class DaskRunner:
         best = self.best()
         self.log(f"progress: {counts['done']} of {total} done, {running} running, {len(pending) - running} "
                  f"waiting, {counts['failed']} failed" + (f"; best so far {best}" if best else ""))
+
+
+def dask_setup(worker) -> None:
+    """Dask's preload hook, run in each worker process of a `local:N` cluster as it
+    starts (restarted ones too): Ctrl-C reaches the whole process group, and the
+    client decides (it cancels the trials and closes the cluster); a worker that
+    also took it would end mid-trial with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def netc_version() -> str | None:
+    """This machine's installed netc, as the workers' is read (package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("netc")
+    except PackageNotFoundError:
+        return None
+
+
+def check_workers(client) -> None:
+    """Every worker has this machine's netc: a trial is the same function everywhere.
+    A worker without it would fail every trial, and those failures are no result to keep."""
+    from importlib.metadata import version
+    mine = netc_version()
+    if mine is None:  # netc run from a source tree, not installed: nothing to compare with
+        return
+    theirs = client.run(version, "netc", on_error="return")
+    bad = {w: v for w, v in theirs.items() if v != mine}
+    if bad:
+        shown = ", ".join(f"{w} ({f'netc {v}' if isinstance(v, str) else 'no netc'})" for w, v in sorted(bad.items()))
+        raise NetcError(f"Dask worker(s) without this machine's netc {mine}: {shown}; install the same netc on every "
+                        f"worker ({INSTALL}) and restart them")
 
 
 def _plain(job: TrialJob) -> dict:

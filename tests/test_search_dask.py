@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import netc.search_dask
 from netc.cli import main
 from test_search import _alive, _children, read_trials, spec_text
 
@@ -28,7 +29,7 @@ except ImportError:  # the extra is optional: `pip install 'netc[dask]'`
 
 needs_dask = pytest.mark.skipif(distributed is None, reason="needs Dask's distributed: pip install 'netc[dask]'")
 ROOT = Path(__file__).resolve().parents[1]
-TRIALS, EPOCHS = 4, 300  # a trial trains for about a second: long enough to be killed mid-way
+TRIALS, EPOCHS = 4, 200  # a trial trains for most of a second: long enough to be killed mid-way
 SEARCH = "\nsearch {\n    trials  = 4\n    metric  = valid.loss\n    workers = 2\n}\n"
 STARTUP = 60  # seconds a scheduler or worker may take to come up (a loaded CI machine)
 
@@ -38,10 +39,10 @@ def _dask_cli() -> str:
     return str(exe) if exe.exists() else (shutil.which("dask") or "dask")
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
+def _start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     with open(log, "wb") as f:  # the child holds its own copy of the file
         return subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
 
 
 def _kill(p: subprocess.Popen) -> None:
@@ -79,9 +80,10 @@ def _search_args(problem: Path, out: str, *extra: str) -> list[str]:
             str(problem / out), *extra]
 
 
-def _client(problem: Path, out: str, *extra: str, log: str) -> subprocess.Popen:
+def _client(problem: Path, out: str, *extra: str, log: str, tmp: Path | None = None) -> subprocess.Popen:
+    """`netc search` in a process of its own; `tmp`: its TMPDIR (and its local workers')"""
     args = [sys.executable, "-m", "netc.cli", *_search_args(problem, out, *extra)]
-    return _start(args, problem / log)
+    return _start(args, problem / log, None if tmp is None else {**os.environ, "TMPDIR": str(tmp)})
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +160,9 @@ def test_trials_on_a_cluster_equal_the_local_ones_and_survive_a_worker_kill(prob
     p = _client(problem, "remote", "--scheduler", address, log="remote.log")
     try:
         # a worker running a trial is killed (nanny and worker process, SIGKILL): Dask reschedules it
-        busy = {}
-        _wait_for("a trial to start", lambda: busy.update({w: k for w, k in client.processing().items() if k})
-                  or len(busy) == 2, timeout=STARTUP)
-        victim = next(w for w in cluster["workers"] if w.poll() is None)
-        time.sleep(0.3)
-        _kill(victim)
+        _wait_for("both workers to run a trial", lambda: sum(1 for keys in client.processing().values() if keys) == 2,
+                  timeout=STARTUP)
+        _kill(cluster["workers"][0])
         assert p.wait(timeout=120) == 0, (problem / "remote.log").read_text()
     finally:
         _kill(p)
@@ -174,7 +173,7 @@ def test_trials_on_a_cluster_equal_the_local_ones_and_survive_a_worker_kill(prob
 
 
 @needs_dask
-def test_a_killed_client_resumes_with_the_same_command(problem, reference, cluster):
+def test_a_killed_client_resumes_with_the_same_command(problem, reference, cluster, capsys, monkeypatch):
     address = cluster["address"]
     if not cluster["client"].scheduler_info()["workers"]:
         pytest.skip("no worker left")
@@ -187,7 +186,12 @@ def test_a_killed_client_resumes_with_the_same_command(problem, reference, clust
         _kill(p)
     kept = read_trials(problem / "resumed")
     assert 1 <= len(kept) < TRIALS, "the search ended before it was killed"
+    monkeypatch.setattr(netc.search_dask, "PROGRESS_SECONDS", 0.2)
     assert main(_search_args(problem, "resumed", "--scheduler", address)) == 0
+    err = capsys.readouterr().err
+    assert f"{len(kept)} of {TRIALS} trials already done, {TRIALS - len(kept)} to run" in err
+    progress = [line for line in err.splitlines() if line.startswith("progress: ")]
+    assert progress and " running, " in progress[0] and " failed; best so far valid.loss " in progress[0]
     recs = read_trials(problem / "resumed")
     assert recs[:len(kept)] == kept  # the finished trials are kept, not rerun
     _same_as_reference(problem, "resumed", reference)
@@ -205,6 +209,28 @@ def test_data_at_an_absolute_path_needs_shared_data(problem, cluster, capsys):
     assert [r["status"] for r in read_trials(problem / "abs")] == ["ok"]
 
 
+@needs_dask
+def test_a_failing_trial_on_the_cluster_is_recorded_with_its_error(problem, cluster):
+    text = (problem / "specs" / "space.net").read_text()
+    text = text.replace("sgd(lr = loguniform(1e-3, 1e-1), momentum = choice(0, 0.5, 0.9))", "sgd(lr = choice(0.1, 1e6))")
+    spec = problem / "specs" / "failing.net"
+    spec.write_text(text.replace("epochs = 1", "epochs = 1\n    recover = false"))
+    assert main(["search", str(spec), "--out", str(problem / "failing"), "--scheduler", cluster["address"]]) == 0
+    recs = read_trials(problem / "failing")
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert len(recs) == TRIALS and failed and len(failed) < TRIALS  # both happen for this seed
+    assert all(r["sampled"]["method.lr"] == 1e6 and "diverged" in r["error"] for r in failed)
+
+
+@needs_dask
+def test_a_worker_without_this_netc_is_refused(problem, cluster, capsys, monkeypatch):
+    monkeypatch.setattr(netc.search_dask, "netc_version", lambda: "9.9.9")
+    assert main(_search_args(problem, "other", "--scheduler", cluster["address"])) == 2
+    err = capsys.readouterr().err
+    assert "without this machine's netc 9.9.9" in err and "(netc " in err and "pip install 'netc[dask]'" in err
+    assert not (problem / "other" / "trials.jsonl").exists()  # nothing recorded: no trial ran
+
+
 # ---------------------------------------------------------------------------- --scheduler local:2
 
 
@@ -215,11 +241,12 @@ def test_a_local_cluster_survives_a_worker_kill_and_a_client_kill(problem, refer
         return {w for w, cmd in _children(pid).items() if "spawn_main" in cmd}
 
     # a worker process killed mid-search: its nanny starts another, its trial runs again
-    p = _client(problem, "lc", "--scheduler", "local:2", log="lc.log")
+    tmp = problem / "lc-tmp"
+    tmp.mkdir()
+    p = _client(problem, "lc", "--scheduler", "local:2", log="lc.log", tmp=tmp)
     try:
-        _wait_for("two worker processes", lambda: len(workers(p.pid)) >= 2)
-        _wait_for("a trial to start", lambda: (problem / "lc.log").read_text().count("searching"))
-        time.sleep(1.0)
+        # a trial runs in a temporary folder of its worker's
+        _wait_for("a trial to start", lambda: any(tmp.glob("netc-trial-*")))
         os.kill(sorted(workers(p.pid))[0], signal.SIGKILL)
         assert p.wait(timeout=120) == 0, (problem / "lc.log").read_text()
     finally:
