@@ -263,6 +263,8 @@ class DaskRunner:
         check_workers(client)
         data = None
         if self.ship.data is not None:
+            self.log(f"sending the data files ({len(self.ship.data)}, {self.ship.data_bytes / 1e6:.1f} MB) to the "
+                     f"workers, once")
             data = client.scatter([self.ship.data], broadcast=True, hash=False)[0]  # once, shared by the trials
         host_threads: dict[str, int] = {}
         for w in client.scheduler_info()["workers"].values():
