@@ -130,7 +130,7 @@ def gradcheck(model, examples: int = 4, entries: int = 20, seed: int = 0, eps: f
         outs = fn(state, *feeds)
     f0, analytic = float(outs[0]), [np.array(g, np.float64) for g in outs[1:]]
     if not np.isfinite(f0):
-        from netc.runtime.divergence import likely_cause
+        from netc.runtime.nonfinite import likely_cause
         return Result(f0, [Row(n, state[n].shape, nonfinite=int(np.sum(~np.isfinite(g))))
                            for n, g in zip(names, analytic)], likely_cause(prog, state, feeds))
     loss = prog.function([prog.loss], spec.feeds, name="loss")

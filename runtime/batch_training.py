@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .data import Dataset
-from .divergence import check_start
+from .nonfinite import check_start
 from .evaluation import epoch_line, evaluate, feeds_for
 from .optimizers import Method
 from .run_folder import Interrupted
@@ -44,7 +44,7 @@ def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: i
                 data = feeds_for(prog, x, t)
                 outs = fn(state, *data, *[hyper[k] for k in fn.feeds[len(data):]])
                 if evals[0] == 1:  # the starting point: a loss not finite there is no divergence
-                    check_start(prog, state, data, float(outs[0]))
+                    check_start(prog, state, data, float(outs[0]), grads=outs[1:])
                 share = len(x) / len(train)
                 total += float(outs[0]) * share
                 for g, o in zip(grads, outs[1:]):

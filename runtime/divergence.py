@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 
 from netc.compiler.errors import NetcError
-from netc.compiler.node import toposort
 from netc.compiler.pipeline import Program
 
 from .learning_rate import LearningRate, RateState
+from .nonfinite import LossNotFinite, check_start  # noqa: F401 - LossNotFinite is part of this module's API
 from .state import assign, copy_state, hosted
 from .stats import first_nonfinite_layer
 
@@ -29,9 +29,6 @@ class Diverged(NetcError):
     """Training diverged and the rate could not be cut enough to recover."""
 
 
-class LossNotFinite(NetcError):
-    """The loss is NaN or infinite at the initial parameters, before any update: a
-    bug in the spec (or the data), which no learning rate can cure."""
 
 
 @dataclass
@@ -56,7 +53,7 @@ class DivergenceWatch:
 
     def check_first_step(self, ws: WatchState, loss: float, feeds: list) -> None:
         """LossNotFinite when the first step's loss, computed before its update (at
-        the parameters `ws.healthy` holds), is not finite."""
+        the parameters `ws.healthy` holds), or its gradient is not finite."""
         if ws.initial is None:
             check_start(self.program, ws.healthy, feeds, loss)
 
@@ -110,58 +107,3 @@ class DivergenceWatch:
                  f"the learning rate by 3 (now {lr / 3:g})")
         LearningRate.divide(rate, 3)
 
-
-def check_start(program: Program, state: dict, feeds: list, loss: float) -> None:
-    """LossNotFinite when `loss`, computed on `feeds` at the starting parameters
-    `state`, is not finite: not a divergence to recover from (no rate helps),
-    so say so and name the likely cause."""
-    if math.isfinite(loss):
-        return
-    cause = likely_cause(program, hosted(state), feeds)
-    raise LossNotFinite(f"the loss is not finite at the initial parameters ({loss:g}, before any "
-                        f"update): not a divergence, and no learning rate helps. Likely cause: {cause}")
-
-
-# what makes a finite input non-finite, by op
-_DOMAIN = {"log": "log of values <= 0", "log1p": "log1p of values <= -1", "sqrt": "sqrt of negative values",
-           "div": "a division by zero", "reciprocal": "a division by zero", "pow": "a power of negative values",
-           "exp": "exp overflows"}
-
-
-def likely_cause(program: Program, state: dict, feeds: list) -> str:
-    """Why the loss is not finite on this batch at these parameters: the first
-    named layer with non-finite values, else the first operation of the loss
-    that makes finite values non-finite, with its .net location; for a log of a
-    class target's probabilities, the classic slip of unnormalized scores."""
-    feeds = [np.asarray(f) for f in feeds]
-    layer = first_nonfinite_layer(program, state, feeds[0])
-    spec = program.spec
-    roots = [program.loss] if program.loss is not None else []
-    order = [n for n in toposort(roots) if n.inputs]
-    values = None
-    if order:
-        try:
-            with np.errstate(all="ignore"):
-                values = program.function(order, spec.feeds, name="loss_terms")(state, *feeds[:len(spec.feeds)])
-        except Exception:  # noqa: BLE001 - a diagnosis on the way to an error must not hide that error
-            values = None
-    if values is not None:
-        finite = {n.id: bool(np.all(np.isfinite(v))) for n, v in zip(order, values)}
-        value = {n.id: v for n, v in zip(order, values)}
-        for n in order:
-            if finite[n.id] or not all(finite.get(i.id, True) for i in n.inputs):
-                continue
-            what = _DOMAIN.get(n.op, f"{n.op} gives non-finite values")
-            arg = value.get(n.inputs[0].id) if n.inputs else None
-            if n.op == "log" and arg is not None:
-                what += f" (smallest {float(np.min(arg)):.4g})"
-            where = f"{what} at {n.loc}" if n.loc else what
-            if layer:
-                return f"the first non-finite values are in {layer}: {where}"
-            if n.op == "log" and any(t.attr("classes") for t in spec.targets.values()):
-                return (f"{where}: a log-likelihood of unnormalized scores? nll and cross_entropy take "
-                        f"probabilities: apply softmax (or sigmoid) first, e.g. nll(softmax(y), t)")
-            return where
-    if layer:
-        return f"the first non-finite values are in {layer}"
-    return "check the loss expression and the data"

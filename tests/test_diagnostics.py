@@ -91,6 +91,18 @@ def test_a_non_finite_first_layer_is_named(tmp_path, capsys):
     assert "lower method.lr" not in err
 
 
+@pytest.mark.parametrize("method", ["sgd(lr = 0.1)", "lbfgs(iterations = 5)"])
+def test_a_gradient_not_finite_at_the_start_is_not_a_divergence(tmp_path, capsys, method):
+    # sqrt of relu units: a finite loss, but an infinite derivative wherever a unit is 0. The rate
+    # used to be cut nine times ("lower method.lr"); lbfgs "trained" to NaN silently
+    spec = write_broken(tmp_path, "h = sqrt(dense(x, 16, act = relu))\ny = dense(h, 4)", "nll(softmax(y), t)",
+                        method=method)
+    assert main(["train", spec, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "gradient of the loss is not finite at the initial parameters" in err and "h.W" in err
+    assert "broken.net:3:5" in err and "lower method.lr" not in err and "diverging" not in err
+
+
 def test_log_of_a_negative_regression_loss(tmp_path):
     import netc
     spec = write_broken(tmp_path, "y = dense(x, 4)", "mean(sum(log(y - t), axis = -1))", target="[4]")
