@@ -45,7 +45,7 @@ train {{
 """
 
 
-EPOCHS = 400  # about 6 s uninterrupted: 20 kills 0.1-1.2 s apart (most of it start-up) leave work to do
+EPOCHS = 200  # about 3 s uninterrupted; each kill lets the run progress about 0.05 s
 KILLS = 20
 
 
@@ -101,6 +101,21 @@ def long_reference(tmp_path_factory):
     return folder / "run"
 
 
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _wait_for_a_new_checkpoint(run: Path, proc, timeout: float = 60) -> None:
+    """Until `proc` has written a checkpoint (params.npz changed since it started)."""
+    deadline = time.time() + timeout
+    while _mtime(run / "params.npz") in (None, proc.checkpoint) and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint written"
+        time.sleep(0.005)
+
+
 def test_resume_after_random_kills_is_bit_identical(tmp_path, long_reference):
     """A chain of SIGKILLs at random moments (while starting, training, writing
     checkpoints), each followed by --resume, ends exactly where the uninterrupted
@@ -111,17 +126,28 @@ def test_resume_after_random_kills_is_bit_identical(tmp_path, long_reference):
     rng = np.random.default_rng(11)
     start = _netc("train", spec, "--out", run, "--no-progress")
     proc = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    kills = 0
+    proc.checkpoint = None
+    kills, positions = 0, set()
     while kills < KILLS:
-        time.sleep(float(rng.uniform(0.1, 1.2)))
+        if rng.random() < 0.25:  # while it starts (compiling, loading data, its first steps)
+            time.sleep(float(rng.uniform(0.05, 0.6)))
+        else:  # once it has written a checkpoint of its own: anywhere in the next few epochs
+            _wait_for_a_new_checkpoint(run, proc)
+            time.sleep(float(rng.uniform(0.0, 0.1)))
         assert proc.poll() is None, f"the run finished after only {kills} kills: raise EPOCHS"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
+        if (run / "model.json").exists():
+            meta = json.loads((run / "model.json").read_text())
+            positions.add((meta["epoch"], meta["batch"]))
         again = _netc("train", "--resume", run, "--no-progress") if (run / "spec.net").exists() else start
+        before = _mtime(run / "params.npz")
         proc = subprocess.Popen(again, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc.checkpoint = before
     proc.wait(timeout=300)
     assert proc.returncode == 0, proc.stderr.read()
+    assert len(positions) >= KILLS // 2, positions  # most kills hit a run in progress, at different places
     assert _same(_state(run), _state(long_reference)) == []
     assert _epochs(run) == _epochs(long_reference)  # appended, no epoch twice
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp") or p.name == ".netc-staging"]
