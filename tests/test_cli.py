@@ -454,6 +454,12 @@ def test_gradcheck_counts_entries_zero_on_both_sides_apart(tmp_path, capsys):
     assert w["zero"] >= 1 and w["checked"] + w["zero"] + w["noise"] == 8
 
 
+def test_gradcheck_one_entry_is_a_nonzero_one(tmp_path, capsys):
+    assert main(["gradcheck", str(_sparse_spec(tmp_path)), "--entries", "1"]) == 0
+    rows = _gradcheck_rows(capsys.readouterr().out)
+    assert rows["y.W"]["checked"] == 1 and rows["y.W"]["zero"] == 0
+
+
 def test_gradcheck_samples_nonzero_entries_first(tmp_path, capsys, monkeypatch):
     # 252 of y.W's 256 entries have a zero gradient: random picks would miss the 4 that show the bug
     _wrong_tanh(monkeypatch)
