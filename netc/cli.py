@@ -304,9 +304,9 @@ def _write_json(path: Path, obj) -> None:
 def cmd_gradcheck(args) -> int:
     from netc.gradcheck import gradcheck
     m = _model(args.spec, dtype="float64")
-    result = gradcheck(m, examples=args.examples, entries=args.entries, seed=args.seed)
-    print("\n".join(result.report(args.tol)))
-    return 0 if result.ok(args.tol) else EXIT_CHECK
+    result = gradcheck(m, examples=args.examples, entries=args.entries, seed=args.seed, tol=args.tol)
+    print("\n".join(result.report()))
+    return 0 if result.ok() else EXIT_CHECK
 
 
 def cmd_lr_probe(args) -> int:

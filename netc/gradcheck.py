@@ -29,7 +29,7 @@ class Row:
     noise: int = 0  # both sides below the noise floor: too small to compare
     nonfinite: int = 0  # non-finite analytic entries, or differences that were not finite
     nonzero: int = 0  # nonzero analytic entries in all
-    error: float = 0.0  # the worst relative error beyond the noise floor
+    error: float = 0.0  # the worst error: relative, its scale floored where round-off dominates
     index: tuple = ()  # where
 
     def failed(self, tol: float) -> bool:
@@ -44,13 +44,16 @@ class Row:
 class Result:
     loss: float  # at the checked point
     rows: list[Row]
+    tol: float  # the largest acceptable error
     cause: str | None = None  # why the loss is not finite, when it is not
 
-    def ok(self, tol: float) -> bool:
+    def ok(self) -> bool:
+        tol = self.tol
         return bool(np.isfinite(self.loss)) and not any(r.failed(tol) or r.unchecked() for r in self.rows)
 
-    def report(self, tol: float) -> list[str]:
+    def report(self) -> list[str]:
         """The table, one row a parameter, and the verdict (last line: ok or FAILED)."""
+        tol = self.tol
         lines = [f"{'parameter':<20} {'shape':<12} {'checked':>7} {'zero':>5} {'noise':>5} "
                  f"{'worst rel. error':>17}  at"]
         for r in self.rows:
@@ -61,14 +64,14 @@ class Result:
         checked, zero = sum(r.checked for r in self.rows), sum(r.zero for r in self.rows)
         lines.append(f"  checked: entries compared; zero: exactly 0 on both sides; noise: both sides below the "
                      f"round-off floor of the differences (neither counts as checked)")
-        lines.append(f"  error: |numeric - analytic| beyond that floor, relative to the larger; "
-                     f"{zero} zero entries in all")
+        lines.append(f"  error: |numeric - analytic| / max(|numeric|, |analytic|, floor / tolerance): relative, "
+                     f"but an entry within the round-off floor passes; {zero} zero entries in all")
         worst = max((r.error for r in self.rows), default=0.0)
         if not np.isfinite(self.loss):
             lines.append(f"FAILED: the loss is not finite ({self.loss:g}) at the checked parameters, so no "
                          f"gradient can be compared. Likely cause: {self.cause}")
             return lines
-        verdict = "ok" if self.ok(tol) else "FAILED"
+        verdict = "ok" if self.ok() else "FAILED"
         lines.append(f"{verdict}: worst relative error {worst:.3e} (tolerance {tol:g}), {checked} entries checked")
         nonfinite = [f"{r.name} ({r.nonfinite})" for r in self.rows if r.nonfinite]
         if nonfinite:
@@ -116,7 +119,8 @@ def pick_entries(g: np.ndarray, entries: int, rng: np.random.Generator) -> np.nd
                            rng.choice(zero, n_zero, replace=False)]).astype(np.int64)
 
 
-def gradcheck(model, examples: int = 4, entries: int = 20, seed: int = 0, eps: float = 1e-6) -> Result:
+def gradcheck(model, examples: int = 4, entries: int = 20, seed: int = 0, eps: float = 1e-6,
+              tol: float = 1e-5) -> Result:
     prog = model.program
     spec = prog.spec
     if prog.loss is None or not spec.params:
@@ -133,7 +137,7 @@ def gradcheck(model, examples: int = 4, entries: int = 20, seed: int = 0, eps: f
     if not np.isfinite(f0):
         from netc.runtime.nonfinite import likely_cause
         return Result(f0, [Row(n, state[n].shape, nonfinite=int(np.sum(~np.isfinite(g))))
-                           for n, g in zip(names, analytic)], likely_cause(prog, state, feeds))
+                           for n, g in zip(names, analytic)], tol, likely_cause(prog, state, feeds))
     loss = prog.function([prog.loss], spec.feeds, name="loss")
 
     def f() -> float:
@@ -166,11 +170,12 @@ def gradcheck(model, examples: int = 4, entries: int = 20, seed: int = 0, eps: f
                 row.noise += 1
                 continue
             row.checked += 1
-            err = max(abs(num - ana) - noise, 0.0) / max(abs(num), abs(ana))
+            # relative, except that no scale is below noise / tol: a difference within round-off passes
+            err = abs(num - ana) / max(abs(num), abs(ana), noise / tol)
             if err >= row.error:
                 row.error, row.index = err, _at(i, w.shape)
         rows.append(row)
-    return Result(f0, rows)
+    return Result(f0, rows, tol)
 
 
 def _at(i, shape) -> tuple:
