@@ -34,6 +34,14 @@ def resume(path: str | Path, x=None, t=None, *, valid=None, test=None, epochs: i
     log = log or (lambda s: None)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such run folder")
+    held = run_folder.Lock(folder)  # this process's until the run ends
+    try:
+        return _resume(folder, held, x, t, valid, test, epochs, progress, log)
+    finally:
+        held.release()
+
+
+def _resume(folder: Path, held, x, t, valid, test, epochs, progress, log) -> Model:
     run_folder.clean(folder)  # temporaries of a kill, a staging folder
     meta, saved_at = None, None
     if (folder / checkpoint.FILE).exists():
@@ -76,7 +84,7 @@ def resume(path: str | Path, x=None, t=None, *, valid=None, test=None, epochs: i
     where = "from its start (no checkpoint yet)" if meta is None else \
         (f"after epoch {meta.get('epoch', 0)}" + (f", batch {meta['batch']} of {meta['batches']}" if meta.get("batch") else ""))
     log(f"resuming {folder} {where}, to epoch {target}")
-    rf = run_folder.RunFolder.reopen(folder, lines, record, text)
+    rf = run_folder.RunFolder.reopen(folder, lines, record, text, held)
     rf.saved = saved_at
     m.resumed = "continued"
     m._fit(x, t, valid, test, target, record["limit"], progress, log, rf, record, saved)

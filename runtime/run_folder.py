@@ -51,6 +51,32 @@ class Interrupted(KeyboardInterrupt):
         self.message, self.summary = message, summary
 
 
+class Lock:
+    """This process's exclusive hold on a run folder (a flock on the folder itself,
+    released by `release` or when the process dies): two runs never write one folder."""
+
+    def __init__(self, folder: Path):
+        self.fd = None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise NetcError(f"{folder} is in use by another netc process (training or resuming it); "
+                            f"wait for it to end, or stop it first") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        """Idempotent."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
 def holds_run(folder: Path) -> bool:
     """A run's files are there (run.json alone is a record cut short before spec.net: nothing yet)."""
     return folder.is_dir() and any((folder / f).exists() for f in RUN_FILES if f != RECORD)
@@ -99,26 +125,38 @@ class RunFolder:
         self.file = None
         self.lines = 0  # metrics lines written (and kept)
         self.saved: dict | None = None  # what the last checkpoint holds (epoch, batch, batches)
+        self.held: Lock | None = None  # the folder is this process's until close()
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def start(cls, folder: Path, record: dict | None, spec_text: str, force: bool = False) -> "RunFolder":
         """A new run in `folder`: refused if it holds another run, unless `force`."""
-        clean(folder)
+        if folder.exists() and not folder.is_dir():
+            raise NetcError(f"{folder} is a file, not a run folder")
+        folder.mkdir(parents=True, exist_ok=True)
         rf = cls(folder)
-        if holds_run(folder):
-            if not force:
-                raise refuse(folder)
-            rf.work = folder / STAGING
-        rf.work.mkdir(parents=True, exist_ok=True)
-        rf._record(record, spec_text)
-        rf.file = open(rf.work / METRICS, "w")
+        rf.held = Lock(folder)
+        try:
+            clean(folder)
+            if holds_run(folder):
+                if not force:
+                    raise refuse(folder)
+                rf.work = folder / STAGING
+            rf.work.mkdir(parents=True, exist_ok=True)
+            rf._record(record, spec_text)
+            rf.file = open(rf.work / METRICS, "w")
+        except BaseException:
+            rf.close()
+            raise
         return rf
 
     @classmethod
-    def reopen(cls, folder: Path, metrics_lines: int, record: dict | None, spec_text: str) -> "RunFolder":
-        """A resumed run: metrics.jsonl cut back to the lines the checkpoint covers, then appended."""
+    def reopen(cls, folder: Path, metrics_lines: int, record: dict | None, spec_text: str,
+               held: Lock) -> "RunFolder":
+        """A resumed run (`held`: its Lock): metrics.jsonl cut back to the lines the
+        checkpoint covers, then appended."""
         rf = cls(folder)
+        rf.held = held
         rf._record(record, spec_text)
         kept = b""
         if metrics_lines and (folder / METRICS).exists():
@@ -191,6 +229,8 @@ class RunFolder:
         if self.folder is not None and self.work != self.folder:  # never got a checkpoint: the old run stays
             shutil.rmtree(self.work, ignore_errors=True)
             self.work = self.folder
+        if self.held is not None:
+            self.held.release()
 
 
 def read_record(folder: Path) -> tuple[dict, str]:

@@ -489,3 +489,33 @@ def test_resume_takes_its_settings_from_the_run_folder(tmp_path, capsys):
     assert "--seed" in err and "--limit" in err
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_a_folder_in_use_is_refused(tmp_path):
+    """Two processes never write one run folder (a lock held until the run ends)."""
+    import netc
+    from netc.runtime import run_folder
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    out = tmp_path / "run"
+    netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=out)
+    code = f"""
+import sys, time
+from pathlib import Path
+from netc.runtime import run_folder
+held = run_folder.Lock(Path({str(out)!r}))
+print("held", flush=True)
+time.sleep(30)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with pytest.raises(netc.NetcError, match="in use"):
+            netc.resume(out, x[:150], t[:150], epochs=2)
+        with pytest.raises(netc.NetcError, match="in use"):
+            netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=out, force=True)
+    finally:
+        p.kill()
+        p.wait()
+    assert netc.resume(out, x[:150], t[:150], epochs=2).resumed == "continued"  # a dead holder holds nothing
+    with pytest.raises(netc.NetcError, match="a file"):
+        netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=out / "params.npz")
