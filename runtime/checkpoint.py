@@ -454,6 +454,11 @@ def read_train_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, 
         raise ck.error("cursor/order", "not a valid order of batches")
     if "cursor/position" in out and sizes is None:
         raise ck.error("cursor/sizes", "is missing")
+    for name in ("train/counters", "cursor/position", "train/next_check", "average/count"):
+        if name in out and (np.asarray(out[name]) < 0).any():
+            raise ck.error(name, "a count below zero")
+    if "cursor/position" in out and int(out["cursor/position"][0]) > len(sizes):
+        raise ck.error("cursor/position", f"batch {int(out['cursor/position'][0])} of {len(sizes)}")
     return out
 
 

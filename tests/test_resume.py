@@ -519,3 +519,50 @@ time.sleep(30)
     assert netc.resume(out, x[:150], t[:150], epochs=2).resumed == "continued"  # a dead holder holds nothing
     with pytest.raises(netc.NetcError, match="a file"):
         netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=out / "params.npz")
+
+
+def _rewrite(run: Path, change) -> None:
+    """params.npz with some arrays changed (as a hostile or damaged file would be)."""
+    with np.load(run / "params.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    with open(run / "params.npz", "wb") as f:
+        np.savez(f, **arrays)
+
+
+CORRUPTIONS = {
+    "order out of range": lambda a: a["a/cursor/order"].__setitem__(0, 10 ** 9),
+    "order negative": lambda a: a["a/cursor/order"].__setitem__(0, -1),
+    "position negative": lambda a: a.__setitem__("a/cursor/position", np.array([-3, 0])),
+    "position past the end": lambda a: a.__setitem__("a/cursor/position", np.array([10 ** 6, 0])),
+    "sizes not the order's": lambda a: a.__setitem__("a/cursor/sizes", a["a/cursor/sizes"][:-1]),
+    "counters float": lambda a: a.__setitem__("a/train/counters", a["a/train/counters"].astype(float)),
+    "counters negative": lambda a: a.__setitem__("a/train/counters", np.array([-1, 5, 0])),
+    "rng short": lambda a: a.__setitem__("a/train/rng", a["a/train/rng"][:5]),
+    "healthy shape": lambda a: a.__setitem__("a/watch/healthy/h.W", np.zeros((3, 3), np.float32)),
+    "missed length": lambda a: a.__setitem__("a/emphasis/missed", np.ones(7, bool)),
+    "no training state": lambda a: a.pop("a/train/counters"),
+    "watch not a number": lambda a: a.__setitem__("a/watch/ema", np.zeros(3)),
+}
+
+
+@pytest.mark.parametrize("how", list(CORRUPTIONS))
+def test_a_damaged_training_state_is_refused(tmp_path, monkeypatch, how):
+    import netc
+    from netc.runtime import run_folder
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    text = _trick_spec("emphasis")
+    real = run_folder.RunFolder.checkpoint
+
+    def interrupting(self, arrays, meta):
+        real(self, arrays, meta)
+        if meta.get("batch"):
+            raise KeyboardInterrupt  # a checkpoint inside an epoch: the cursor is there
+
+    monkeypatch.setattr(run_folder.RunFolder, "checkpoint", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        netc.compile(text).fit(x[:150], t[:150], out=tmp_path / "run")
+    monkeypatch.undo()
+    _rewrite(tmp_path / "run", CORRUPTIONS[how])
+    with pytest.raises(netc.DataError):
+        netc.resume(tmp_path / "run", x[:150], t[:150])
