@@ -78,8 +78,14 @@ class Lock:
 
 
 def holds_run(folder: Path) -> bool:
-    """A run's files are there (run.json alone is a record cut short before spec.net: nothing yet)."""
-    return folder.is_dir() and any((folder / f).exists() for f in RUN_FILES if f != RECORD)
+    """Something of a run worth keeping is there: a checkpoint, a summary, a metrics line.
+    A run that saved none of these (it failed on its data, say) is replaced by a new one."""
+    if not folder.is_dir():
+        return False
+    if any((folder / f).exists() for f in (checkpoint.FILE, MODEL_JSON, SUMMARY)):
+        return True
+    metrics = folder / METRICS
+    return metrics.exists() and metrics.stat().st_size > 0
 
 
 def clean(folder: Path) -> None:
@@ -226,8 +232,8 @@ class RunFolder:
         if self.file:
             self.file.close()
             self.file = None
-        if self.folder is not None and self.work != self.folder:  # never got a checkpoint: the old run stays
-            shutil.rmtree(self.work, ignore_errors=True)
+        if self.folder is not None and self.work != self.folder:
+            clean(self.folder)  # no checkpoint yet: the old run stays (a switch under way is completed)
             self.work = self.folder
         if self.held is not None:
             self.held.release()

@@ -566,3 +566,16 @@ def test_a_damaged_training_state_is_refused(tmp_path, monkeypatch, how):
     _rewrite(tmp_path / "run", CORRUPTIONS[how])
     with pytest.raises(netc.DataError):
         netc.resume(tmp_path / "run", x[:150], t[:150])
+
+
+def test_a_run_that_saved_nothing_is_replaced_without_force(tmp_path):
+    """A run that failed before writing anything but its record (bad data, say) does
+    not block the corrected command: nothing of value is lost."""
+    import netc
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    out = tmp_path / "run"
+    with pytest.raises(netc.DataError):
+        netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150] + 5, epochs=1, out=out)
+    assert (out / "spec.net").exists() and not (out / "params.npz").exists()
+    netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=out)
+    assert _epochs(out) == [1]
