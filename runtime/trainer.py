@@ -146,15 +146,19 @@ class _Minibatches:
         return ts
 
     def _restored(self, saved: Saved) -> TrainState:
-        """The training state a checkpoint saved, checked against this run's data."""
+        """The training state a checkpoint saved, checked against this run's data and policies."""
         ts = TrainState.from_arrays(saved.arrays, self.run.state)
-        n = len(self.train)
-        c = ts.cursor
-        if ts.missed is not None and len(ts.missed) != n or ts.missed is None and self.cfg.emphasize.kind == "errors" \
-                or c is not None and (c.order and max(int(b.max()) for b in c.order) >= n or c.index > len(c.order)) \
-                or (ts.average is None) != (self.average is None):
-            raise DataError("the checkpoint's training state does not fit this run (did the data or the "
-                            f"spec change? {n} training examples now)")
+        n, c = len(self.train), ts.cursor
+        misfits = {
+            "the emphasized examples": (ts.missed is None) != (self.cfg.emphasize.kind != "errors")
+            or (ts.missed is not None and len(ts.missed) != n),
+            "the epoch's batches": c is not None and any(len(b) and int(b.max()) >= n for b in c.order),
+            "the Polyak average": (ts.average is None) != (self.average is None),
+        }
+        bad = [what for what, wrong in misfits.items() if wrong]
+        if bad:
+            raise DataError(f"the checkpoint's training state does not fit this run ({', '.join(bad)}; "
+                            f"{n} training examples now: did the data change?)")
         return ts
 
     def _refresher(self):
