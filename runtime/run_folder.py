@@ -16,7 +16,8 @@ A folder never gets damaged: a folder holding another run is refused unless
 checkpoint is written; before that, nothing of the old run has changed.
 Leftover temporaries (a kill inside a write) and a staging folder are cleaned
 at the next start or resume (a staging folder holding a checkpoint was killed
-half-way through the switch: the switch is completed).
+half-way through the switch: the switch is completed). While a run or a
+resume writes a folder, it holds a lock on it: a second process is refused.
 """
 from __future__ import annotations
 
