@@ -4,18 +4,18 @@ call it somewhere.
 
 A runner takes the jobs and hands back one record per job, failures included;
 the search (the client) makes the jobs and keeps the records (search_store.py).
-`LocalPool` runs them on worker processes of this machine; a cluster runner
-(Dask, issue 12) implements the same `Runner` interface with `run_trial` as its
-task. The local workers die with the search, even when it is killed with
-SIGKILL: no orphan goes on training.
+`LocalPool` runs them on worker processes of this machine; `DaskRunner`
+(search_dask.py) on a Dask cluster, with `run_trial` inside its task. The local
+workers die with the search, even when it is killed with SIGKILL: no orphan
+goes on training.
 
-What a cluster runner adds (issue 12), without changing the search or the
-store: the job must carry what a remote worker cannot read from this machine
-(the `use`d files, which netc.compiler.spec.Spec.used holds, and CSV/NPZ data
-or a shared path), and the trial's run folder is written by the client from the
-returned record's artifacts rather than by the worker into `job.dir`. A task
-that is rescheduled after its worker died simply runs `run_trial` again: the
-record is what counts, and only the client appends it.
+What a cluster runner adds, without changing the search or the store: the job
+carries what a remote worker cannot read from this machine (`TrialJob.used`:
+the `use`d files; the CSV/NPZ data go beside it, or are read at a shared
+path), and the trial's run folder is written by the client from the returned
+files rather than by the worker into `job.dir`. A task that is rescheduled
+after its worker died simply runs `run_trial` again: the record is what
+counts, and only the client appends it.
 """
 from __future__ import annotations
 

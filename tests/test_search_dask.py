@@ -288,6 +288,15 @@ def test_without_dask_the_message_says_how_to_install_it(problem, capsys, monkey
     assert not (problem / "nd").exists()  # refused before anything was written
 
 
+def test_without_scheduler_the_search_never_imports_dask(problem):
+    code = ("import sys; from netc.cli import main; "
+            f"rc = main({_search_args(problem, 'plain', '--trials', '1', '--workers', '1')!r}); "
+            "assert rc == 0, rc; assert 'distributed' not in sys.modules and 'dask' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(read_trials(problem / "plain")) == 1
+
+
 def test_a_bad_scheduler_address_is_refused(problem, capsys):
     for bad in ("local:0", "local:x"):
         assert main(_search_args(problem, "bad", "--scheduler", bad)) == 2
