@@ -119,6 +119,14 @@ def _wait_for(what: str, ready, timeout: float = STARTUP) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _json_or_empty(path: Path) -> dict:
+    """The JSON object in `path`, or {} while it does not exist or is being written."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
@@ -132,15 +140,16 @@ def cluster(problem):
     folder.mkdir()
     file = folder / "scheduler.json"
     dask = _dask_cli()
-    procs = [_start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
-                     "--scheduler-file", str(file)], folder / "scheduler.log")]
+    quiet = ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]  # loopback only
+    procs = [_start([dask, "scheduler", *quiet, "--port", "0", "--scheduler-file", str(file)],
+                    folder / "scheduler.log")]
     workers = []
     try:
-        _wait_for("the scheduler", lambda: file.exists() and file.stat().st_size > 0)
+        _wait_for("the scheduler", lambda: "address" in _json_or_empty(file))
         for i in range(2):
-            workers.append(_start([dask, "worker", "--scheduler-file", str(file), "--host", "127.0.0.1",
-                                   "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--death-timeout", "60",
-                                   "--name", f"w{i}"], folder / f"worker{i}.log"))
+            workers.append(_start([dask, "worker", "--scheduler-file", str(file), *quiet, "--nworkers", "1",
+                                   "--nthreads", "1", "--death-timeout", "60", "--name", f"w{i}"],
+                                  folder / f"worker{i}.log"))
         procs += workers
         client = distributed.Client(scheduler_file=str(file), timeout="30s")
         client.wait_for_workers(2, timeout=STARTUP)
@@ -212,7 +221,8 @@ def test_data_at_an_absolute_path_needs_shared_data(problem, cluster, capsys):
 @needs_dask
 def test_a_failing_trial_on_the_cluster_is_recorded_with_its_error(problem, cluster):
     text = (problem / "specs" / "space.net").read_text()
-    text = text.replace("sgd(lr = loguniform(1e-3, 1e-1), momentum = choice(0, 0.5, 0.9))", "sgd(lr = choice(0.1, 1e6))")
+    text = text.replace("sgd(lr = loguniform(1e-3, 1e-1), momentum = choice(0, 0.5, 0.9))",
+                        "sgd(lr = choice(0.1, 1e6))")
     spec = problem / "specs" / "failing.net"
     spec.write_text(text.replace("epochs = 1", "epochs = 1\n    recover = false"))
     assert main(["search", str(spec), "--out", str(problem / "failing"), "--scheduler", cluster["address"]]) == 0
