@@ -579,3 +579,29 @@ def test_a_run_that_saved_nothing_is_replaced_without_force(tmp_path):
     assert (out / "spec.net").exists() and not (out / "params.npz").exists()
     netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], epochs=1, out=out)
     assert _epochs(out) == [1]
+
+
+def test_resume_elsewhere_reads_the_recorded_spec_uses_and_data_folder(tmp_path):
+    """Started with a relative spec path that `use`s another file; resumed from
+    another working folder after the used file was deleted and the spec changed:
+    the run folder's records (the used files, the data's folder) are enough."""
+    _problem(tmp_path)
+    (tmp_path / "lib.net").write_text("def act(z) = tanh(z)\n")
+    text = SPEC.format(epochs=3, every=40).replace("act = tanh", "act = act")
+    (tmp_path / "main.net").write_text('use "lib.net"\n' + text)
+    (tmp_path / "ref.net").write_text('use "lib.net"\n' + text)
+    p = subprocess.run(_netc("train", "ref.net", "--out", "ref", "--no-progress"), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(_netc("train", "main.net", "--out", "run", "--epochs", "1", "--no-progress"), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "lib.net").unlink()
+    (tmp_path / "main.net").write_text("garbage")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = subprocess.run(_netc("train", "--resume", tmp_path / "run", "--epochs", "3", "--no-progress"),
+                       cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert _same(_state(tmp_path / "run"), _state(tmp_path / "ref")) == []
+    assert _epochs(tmp_path / "run") == [1, 2, 3]
