@@ -81,8 +81,12 @@ def _resume(folder: Path, held, x, t, valid, test, epochs, progress, log) -> Mod
         raise NetcError(f"{folder}: this run trained on arrays given to fit: pass the same arrays again, "
                         f"netc.resume(DIR, x, t, valid=..., test=...)")
     record = {**record, "epochs": target}
-    where = "from its start (no checkpoint yet)" if meta is None else \
-        (f"after epoch {meta.get('epoch', 0)}" + (f", batch {meta['batch']} of {meta['batches']}" if meta.get("batch") else ""))
+    if meta is None:
+        where = "from its start (no checkpoint yet)"
+    else:
+        where = f"after epoch {meta.get('epoch', 0)}"
+        if meta.get("batch"):
+            where += f", batch {meta['batch']} of {meta['batches']}"
     log(f"resuming {folder} {where}, to epoch {target}")
     rf = run_folder.RunFolder.reopen(folder, lines, record, text, held)
     rf.saved = saved_at

@@ -227,7 +227,8 @@ class RunFolder:
             where = f"after epoch {s['epoch']} and {s['batch']} of {s['batches']} batches of epoch {s['epoch'] + 1}"
         else:
             where = f"at the end of epoch {s['epoch']}"
-        return f"the checkpoint in {self.folder} holds the run {where}; `netc train --resume {self.folder}` continues it"
+        return (f"the checkpoint in {self.folder} holds the run {where}; "
+                f"`netc train --resume {self.folder}` continues it")
 
     def close(self) -> None:
         if self.file:

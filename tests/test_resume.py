@@ -395,7 +395,8 @@ def test_force_replaces_the_old_run_at_the_first_checkpoint(tmp_path):
         netc.compile(_trick_spec("dropout")).fit(x[:150], t[:150], epochs=1, out=out)
     netc.compile(_trick_spec("dropout")).fit(x[:150], t[:150], epochs=1, out=out, force=True)
     assert _epochs(out) == [1] and not (out / "summary.json").exists() and not (out / ".netc-staging").exists()
-    assert "dropout" in (out / "spec.net").read_text() and "dropout" in json.loads((out / "model.json").read_text())["spec"]
+    assert "dropout" in (out / "spec.net").read_text()
+    assert "dropout" in json.loads((out / "model.json").read_text())["spec"]
 
 
 def test_a_switch_cut_short_is_completed_at_the_next_start(tmp_path):
