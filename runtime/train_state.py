@@ -65,7 +65,10 @@ class TrainState:
         w = self.watch
         for k in ("initial", "ema", "n", "floor", "best_epoch_loss", "recoveries", "healthy_age"):
             _put(out, f"watch/{k}", getattr(w, k))
-        _put_dict(out, "watch/healthy/", w.healthy)
+        if self.cursor is None and w.healthy_age == self.age and w.healthy.keys() == self.arrays.keys():
+            out["watch/healthy_is_state"] = np.array(True)  # an epoch's end: the copy was just taken
+        else:
+            _put_dict(out, "watch/healthy/", w.healthy)
         b = self.best
         for k in ("score", "epoch", "patience"):
             _put(out, f"best/{k}", getattr(b, k))
@@ -99,6 +102,8 @@ class TrainState:
         for k in ("initial", "ema", "n", "floor", "best_epoch_loss", "recoveries", "healthy_age"):
             setattr(w, k, _get(a, f"watch/{k}", getattr(w, k)))
         w.healthy = _like(_get_dict(a, "watch/healthy/"), arrays)
+        if _get(a, "watch/healthy_is_state"):
+            w.healthy = {k: v.copy() for k, v in arrays.items()}
         b = ts.best
         for k in ("score", "epoch", "patience"):
             setattr(b, k, _get(a, f"best/{k}", getattr(b, k)))
