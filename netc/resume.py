@@ -67,6 +67,10 @@ def _resume(folder: Path, held, x, t, valid, test, epochs, progress, log) -> Mod
                 log(f"{folder}: the run is finished ({how}); nothing to do"
                     + ("" if meta.get("stopped") == "early" else " (--epochs N, or resume(epochs=N), extends it)"))
                 return m
+            done, partial = meta.get("epoch", 0), bool(meta.get("batch"))
+            if target < done or (target == done and partial):
+                raise NetcError(f"{folder} has trained {done} epoch(s)" + (" and part of the next" if partial else "")
+                                + f": --epochs must be at least {done + 1 if partial else done}")
             arrays = checkpoint.read_train_state(ck, m.state)
         saved_at = {k: meta.get(k) for k in ("epoch", "batch", "batches", "final")}
         saved = Saved(arrays, read_history(folder, meta.get("metrics_lines", 0)), meta.get("train_seconds", 0.0),

@@ -606,3 +606,24 @@ def test_resume_elsewhere_reads_the_recorded_spec_uses_and_data_folder(tmp_path)
     assert p.returncode == 0, p.stderr
     assert _same(_state(tmp_path / "run"), _state(tmp_path / "ref")) == []
     assert _epochs(tmp_path / "run") == [1, 2, 3]
+
+
+def test_epochs_below_what_was_trained_is_refused(tmp_path, monkeypatch):
+    import netc
+    from netc.runtime import run_folder
+    x, t = make_problem(n=200, seed=3, spread=0.8)
+    real = run_folder.RunFolder.checkpoint
+
+    def interrupting(self, arrays, meta):
+        real(self, arrays, meta)
+        if meta["epoch"] == 2 and meta.get("batch"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder.RunFolder, "checkpoint", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        netc.compile(_trick_spec("momentum")).fit(x[:150], t[:150], out=tmp_path / "run")
+    monkeypatch.undo()
+    for epochs in (1, 2):
+        with pytest.raises(netc.NetcError, match="at least 3"):
+            netc.resume(tmp_path / "run", x[:150], t[:150], epochs=epochs)
+    assert netc.resume(tmp_path / "run", x[:150], t[:150], epochs=3).summary["epochs"] == 3
