@@ -87,6 +87,7 @@ def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: i
         summary = _summary(history, evals[0], seconds)
         if history:
             folder.checkpoint(arrays(done, age), {"epoch": done, "age": age, "final": True, "summary": summary})
+            folder.summary(summary)
         return summary
     except KeyboardInterrupt:
         summary = {**_summary(history, evals[0], time.perf_counter() - t0), "stopped": "interrupted",

@@ -347,6 +347,7 @@ class _Minibatches:
             if stopped == "early":
                 meta["stopped"] = "early"
             self.folder.checkpoint(saved, meta)
+            self.folder.summary(summary)  # (netc train adds its own fields)
         return summary
 
     def _summary(self, stopped: str, t_start: float, restored: bool) -> dict:

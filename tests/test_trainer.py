@@ -281,7 +281,7 @@ def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch, cr
     for k, v in saved.items():
         np.testing.assert_array_equal(loaded.state[k], v)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model.json", "params.npz", "run.json",
-                                                     "spec.net"]
+                                                     "spec.net", "summary.json"]
 
 
 def test_checkpoint_written_every_epoch(tmp_path, monkeypatch):
