@@ -115,26 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, lo: int, hi: int | None = None) -> int:
+    """A whole-number flag in [lo, hi] (hi included), or argparse's error."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {n}")
+    if hi is None and n < lo:
+        raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {n}")
+    if hi is not None and not lo <= n <= hi:
+        raise argparse.ArgumentTypeError(f"{n} is out of range; expected {lo} to {hi}")
     return n
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
 
 
 def _seed(text: str) -> int:
     """A seed flag: a whole number from 0 to 2^31 - 1, as in the train block."""
     from netc.compiler import validate
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= n < validate.SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{n} is out of range; expected 0 to {validate.SEED_LIMIT - 1}")
-    return n
+    return _whole(text, 0, validate.SEED_LIMIT - 1)
 
 
 def _positive_float(text: str) -> float:
