@@ -32,6 +32,9 @@ def builtins_env() -> Env:
     v["grad"] = Builtin("grad", _grad_builtin, "grad(e, x): the derivative of scalar e with respect to x")
     v["jacobian"] = Builtin("jacobian", _jacobian_builtin,
                             "jacobian(y, x): per-example d y/d x, [B, m, n] for y [B, m] and x [B, n]")
+    v["noise_free"] = Builtin("noise_free", _noise_free_builtin,
+                              "noise_free(e): e with every noise replaced by its expected value "
+                              "(what evaluation computes), also while training")
     v["gaussian_init"] = Builtin("gaussian_init", _init("normal", "std"), "gaussian_init(std): N(0, std^2)")
     v["uniform_init"] = Builtin("uniform_init", _init("uniform", "limit"), "uniform_init(limit): U(-limit, limit)")
     v["constant_init"] = Builtin("constant_init", _init("constant", "value"), "constant_init(value)")
@@ -101,6 +104,12 @@ def _grad_builtin(ctx, args, kwargs, loc):
     if isinstance(x, ParamSet):
         return ParamSet(tuple(_grad(ctx.G, e, list(x.nodes))))
     return _grad(ctx.G, e, [as_tensor(ctx.G, x, loc, "grad()")])[0]
+
+
+def _noise_free_builtin(ctx, args, kwargs, loc):
+    from .ops import expected
+    a = bind("noise_free", ["e"], {}, args, kwargs, loc)
+    return expected(ctx.G, [as_tensor(ctx.G, a["e"], loc, "noise_free()")])[0]
 
 
 def _jacobian_builtin(ctx, args, kwargs, loc):

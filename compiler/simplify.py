@@ -255,11 +255,14 @@ def _missing_axis(f: Node) -> int | None:
 
 @rule("contract_sum", ("sum",))
 def contract_sum(G: Graph, n: Node) -> Node | None:
-    """sum over all axes of a product of rank-2 tensors broadcast to rank 3 ->
-    the same sum contracted on the small tensors: P[a,b] Q[b,c] R[a,c] ->
-    sum(P * (R @ Q')), and the two-factor cases. The closed form of a squared
-    Jacobian norm falls out of this without an [a, b, c] tensor."""
-    if n.inputs[0].ndim != 3 or n.attr("axes") != (0, 1, 2) or n.attr("keepdims"):
+    """sum over all axes (or over axes 1 and 2, per example) of a product of
+    rank-2 tensors broadcast to rank 3 -> the same sum contracted on the small
+    tensors: P[a,b] Q[b,c] R[a,c] -> sum(P * (R @ Q')), and the two-factor
+    cases. The closed form of a squared Jacobian norm (its batch total, or its
+    per-example values for `contractive`) falls out of this without an
+    [a, b, c] tensor."""
+    axes = n.attr("axes")
+    if n.inputs[0].ndim != 3 or axes not in ((0, 1, 2), (1, 2)) or n.attr("keepdims"):
         return None
     groups: dict[int, Node] = {}
     for f in _factors(n.inputs[0]):
@@ -269,16 +272,18 @@ def contract_sum(G: Graph, n: Node) -> Node | None:
         groups[ax] = f.inputs[0] if ax not in groups else G("mul", groups[ax], f.inputs[0], loc=n.loc)
     P, Q, R = groups.get(2), groups.get(0), groups.get(1)  # P[a,b], Q[b,c], R[a,c]
     if P is not None and Q is not None and R is not None:
-        inner = G("mul", P, G("matmul", R, G("transpose", Q)), loc=n.loc)
+        inner = G("mul", P, G("matmul", R, G("transpose", Q)), loc=n.loc)  # [a, b]
     elif P is not None and Q is not None:
-        inner = G("mul", P, G("sum", Q, axis=1), loc=n.loc)
+        inner = G("mul", P, G("sum", Q, axis=1), loc=n.loc)  # [a, b]
     elif P is not None and R is not None:
-        inner = G("mul", G("sum", P, axis=1), G("sum", R, axis=1), loc=n.loc)
+        inner = G("mul", G("sum", P, axis=1), G("sum", R, axis=1), loc=n.loc)  # [a]
     elif Q is not None and R is not None:
-        inner = G("mul", Q, G("sum", R, axis=0), loc=n.loc)
+        inner = G("mul", R, G("sum", Q, axis=0), loc=n.loc)  # [a, c]
     else:
         return None
-    return G("sum", inner, loc=n.loc)
+    if axes == (1, 2) and inner.ndim == 2:
+        return G("sum", inner, axis=1, loc=n.loc)
+    return inner if axes == (1, 2) else G("sum", inner, loc=n.loc)
 
 
 def simplify(G: Graph, roots: list[Node], rules: dict[str, Rule] | None = None,

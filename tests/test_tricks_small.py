@@ -1,0 +1,82 @@
+"""Issue 11 items 4 and 5: the contractive penalty as Rifai et al. define it
+(per-example mean, at the noise-free input, closed form), and the smaller
+fixes (Polyak averaging inside epoch 1, `params(...)` selectors in `train`
+keys, saturation relative to the unit's asymptote)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import netc
+from netc.compiler.elaborate import elaborate
+from netc.compiler.evaluate import evaluate
+from netc.compiler.graph import toposort
+from netc.compiler.parse import parse
+
+# ---- contractive(h, x) ------------------------------------------------------
+
+CAE_HEAD = """input x : [6]
+W = param([6, 4])
+b = param([4])
+h = sigmoid(mask(x, drop = 0.5) @ W + b)
+p = contractive(h, x)
+gW = grad(p, W)
+gb = grad(p, b)
+"""
+
+
+def cae_values(rng, B):
+    return {"x": rng.uniform(size=(B, 6)), "W": rng.normal(size=(6, 4)), "b": rng.normal(size=4)}
+
+
+def closed_form(x, W, b):
+    """Rifai et al. (2011): mean over examples of sum_j (h_j (1 - h_j))^2 sum_i W_ij^2, h at the clean x."""
+    h = 1 / (1 + np.exp(-(x @ W + b)))
+    return np.mean(np.sum((h * (1 - h)) ** 2 * np.sum(W ** 2, axis=0), axis=1))
+
+
+@pytest.fixture(scope="module")
+def cae():
+    return elaborate(parse(CAE_HEAD, "cae.net"), "float64")
+
+
+def test_contractive_equals_the_closed_form_at_the_noise_free_input(cae):
+    v = cae_values(np.random.default_rng(0), 32)
+    (p,) = evaluate([cae.named["p"]], v)
+    np.testing.assert_allclose(p, closed_form(v["x"], v["W"], v["b"]), rtol=1e-12)
+
+
+def test_contractive_is_a_mean_over_examples_independent_of_the_batch_size(cae):
+    rng = np.random.default_rng(1)
+    v = cae_values(rng, 128)
+    per_example = np.array([evaluate([cae.named["p"]], {**v, "x": v["x"][i:i + 1]})[0] for i in range(128)])
+    for B in (1, 32, 128):
+        (p,) = evaluate([cae.named["p"]], {**v, "x": v["x"][:B]})
+        np.testing.assert_allclose(p, per_example[:B].mean(), rtol=1e-12)
+
+
+def test_contractive_gradient_matches_finite_differences(cae):
+    v = cae_values(np.random.default_rng(2), 8)
+    gW, gb = evaluate([cae.named["gW"], cae.named["gb"]], v)
+    eps = 1e-6
+    for name, g in (("W", gW), ("b", gb)):
+        num = np.zeros_like(v[name])
+        for idx in np.ndindex(*v[name].shape):
+            up, dn = v[name].copy(), v[name].copy()
+            up[idx] += eps
+            dn[idx] -= eps
+            num[idx] = (closed_form(v["x"], **{**{"W": v["W"], "b": v["b"]}, name: up})
+                        - closed_form(v["x"], **{**{"W": v["W"], "b": v["b"]}, name: dn})) / (2 * eps)
+        np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-9)
+
+
+def test_the_compiled_cae_step_has_no_rank_3_node():
+    src = (Path(__file__).parent.parent / "specs" / "denoising_cae.net").open().read()
+    assert "contractive(h, x)" in src
+    m = netc.compile(src.split("data {")[0] + "train {\n    method = sgd(lr = 0.01)\n    batch = 32\n}\n")
+    prog = m.program
+    nodes = toposort([prog.loss] + [u for _, u in prog.updates])
+    assert not [n for n in nodes if n.ndim >= 3], "a rank-3 node is in the compiled step"
+    assert "contract_sum" in prog.rules_fired
