@@ -1,6 +1,8 @@
 """Polyak averaging of the parameters [PR 3.1]: after a first epoch of burn-in,
 avg <- avg + (w - avg) / k after every update, without temporaries; validation,
-prediction and the final parameters use the average. Its memory is
+prediction and the final parameters use the average. During burn-in there is
+no average yet: a validation inside epoch 1 sees the live parameters
+(`before_evaluation` copies them in), not the initial ones. Its memory is
 `AverageState`, part of the training state."""
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ class PolyakAverage:
             np.subtract(arrays[name], a, out=d)
             d *= 1.0 / av.count
             a += d
+
+    def before_evaluation(self, av: AverageState, arrays: dict, epoch: int) -> None:
+        """An evaluation inside the burn-in epoch: the average is the live parameters so far."""
+        if epoch <= 1:
+            assign(av.arrays, {k: arrays[k] for k in self.params})
 
     def end_epoch(self, av: AverageState, arrays: dict, epoch: int) -> None:
         if epoch == 1:  # burn-in over: the average starts from here

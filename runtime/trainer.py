@@ -306,6 +306,8 @@ class _Minibatches:
         """valid_every: an extra validation inside the epoch; True when out of patience."""
         ts = self.ts
         ts.next_check += self.every
+        if self.average is not None:
+            self.average.before_evaluation(ts.average, ts.arrays, epoch)
         l, e = evaluate(self.prog, self.evaluated, self.valid, self.cfg.eval_batch)
         self.folder.write({"epoch": epoch, "age": ts.age, "valid_loss": l, "valid_error": e, "partial": True})
         self.early.observe(ts.best, e if e is not None else l, epoch, ts.age, self.evaluated)

@@ -80,3 +80,34 @@ def test_the_compiled_cae_step_has_no_rank_3_node():
     nodes = toposort([prog.loss] + [u for _, u in prog.updates])
     assert not [n for n in nodes if n.ndim >= 3], "a rank-3 node is in the compiled step"
     assert "contract_sum" in prog.rules_fired
+
+
+# ---- Polyak averaging: validations inside the burn-in epoch -----------------
+
+MLP = """input  x : [20]
+target t : class(3)
+h = dense(x, 16, act = tanh)
+y = dense(h, 3)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.05)
+    batch = 10
+    epochs = 1
+    valid_every = 100
+    average = polyak
+}
+"""
+
+
+def test_polyak_validations_inside_epoch_1_see_the_live_parameters(tmp_path):
+    import json
+    from problems import make_problem
+    x, t = make_problem(n=400, spread=0.7, seed=1)
+    netc.compile(MLP).fit(x[:300], t[:300], valid=(x[300:], t[300:]), out=tmp_path)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    partial = [r for r in rows if r.get("partial")]
+    end = [r for r in rows if not r.get("partial") and "valid_loss" in r][0]
+    assert [r["age"] for r in partial] == [100, 200, 300]
+    # the last validation inside epoch 1 ran after its last update: the parameters the epoch's end evaluates
+    assert partial[-1]["valid_loss"] == pytest.approx(end["valid_loss"], rel=1e-6)
+    assert partial[0]["valid_loss"] != pytest.approx(partial[1]["valid_loss"], rel=1e-6)
