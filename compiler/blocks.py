@@ -10,6 +10,7 @@ select the same way.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,7 +116,16 @@ def block_value(e: S.Expr):
 
 
 def select_params(params: dict[str, Node], pattern: str, loc: Loc | None) -> tuple[Node, ...]:
-    """Parameters matching a layer name (`h1` = `h1.*`) or a glob (`h*.W`)."""
+    """Parameters matching a layer name (`h1` = `h1.*`) or a glob (`h*.W`); a
+    train key's selector may also be written as the expression selects,
+    `params(h1)` or `params("h*.W")`."""
+    call = re.fullmatch(r"(\w+)\((.*)\)", pattern)
+    if call is not None:
+        if call.group(1) != "params":
+            raise SpecError(f"'{pattern}': a parameter selector is a name, a glob or params(...)", loc)
+        pattern = call.group(2)
+        if len(pattern) >= 2 and pattern[0] == pattern[-1] == '"':
+            pattern = pattern[1:-1]
     if pattern in ("weights", "biases"):
         return tuple(p for p in params.values() if (p.ndim >= 2) == (pattern == "weights"))
     globs = [pattern] if any(c in pattern for c in "*?[") else [pattern, pattern + ".*"]

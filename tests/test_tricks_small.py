@@ -111,3 +111,44 @@ def test_polyak_validations_inside_epoch_1_see_the_live_parameters(tmp_path):
     # the last validation inside epoch 1 ran after its last update: the parameters the epoch's end evaluates
     assert partial[-1]["valid_loss"] == pytest.approx(end["valid_loss"], rel=1e-6)
     assert partial[0]["valid_loss"] != pytest.approx(partial[1]["valid_loss"], rel=1e-6)
+
+
+# ---- params(...) selectors in train keys -------------------------------------
+
+NET2 = """input  x : [20]
+target t : class(3)
+h1 = dense(x, 8, act = tanh)
+h2 = dense(h1, 8, act = tanh)
+y = dense(h2, 3)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.1)
+    batch = 10
+    epochs = 1
+    KEY
+}
+"""
+
+
+@pytest.mark.parametrize("key, frozen", [
+    ("freeze params(h2) = true", {"h2.W", "h2.b"}),
+    ('freeze params("h1.*") = true', {"h1.W", "h1.b"}),
+    ('freeze params("h*.W") = true', {"h1.W", "h2.W"}),
+    ("freeze h2 = true", {"h2.W", "h2.b"}),
+])
+def test_freeze_with_a_params_selector_keeps_exactly_those_parameters(key, frozen):
+    from problems import make_problem
+    x, t = make_problem(n=100)
+    m = netc.compile(NET2.replace("KEY", key))
+    before = {k: np.array(v) for k, v in m.params.items()}
+    m.fit(x, t)
+    same = {k for k, v in m.params.items() if np.array_equal(np.asarray(v), before[k])}
+    assert same == frozen
+
+
+@pytest.mark.parametrize("key", ["decay params(h2) = 0.1", 'decay params("h2.*") = 0.1', "decay h2 = 0.1"])
+def test_decay_with_a_params_selector_applies_to_that_layer(key):
+    from netc.runtime.optimizers import weight_decay
+    m = netc.compile(NET2.replace("KEY", key))
+    l2, _ = weight_decay(m.program.spec, m.train_cfg)
+    assert l2["h2.W"] == 0.1 and l2.get("h1.W", 0.0) == 0.0
