@@ -92,9 +92,9 @@ class Constant(_Strict):
 
 
 class InverseTime(_Strict):
-    """eps_t = eps0 * tau / max(t, tau), t counted in examples [PR eq. 2]."""
+    """eps_t = eps0 * tau / max(t, tau), t counted in updates (minibatches), as PR eq. 2 does."""
     kind: Literal["inverse_time"] = "inverse_time"
-    tau: float = Field(10000, gt=0, description="examples before the rate starts to decay")
+    tau: float = Field(10000, gt=0, description="updates before the rate starts to decay")
 
 
 class StepDecay(_Strict):
