@@ -1,8 +1,10 @@
 """netc: a compiler for neural-network specs.
 
     model = netc.compile("specs/mnist_mlp.net")
-    model.fit(epochs=1)
-    model.predict(x); model.score(x, t); model.save("run"); netc.load("run")
+    model.fit(epochs=1).history_                # fit returns the model
+    model.predict(x); model.predict_proba(x); model.score(x, t)  # labels, probabilities, accuracy
+    model.save("run"); netc.load("run")
+    netc.sklearn.NetcClassifier(spec, epochs=5)  # a scikit-learn estimator (needs scikit-learn)
     model.fit(out="run"); netc.resume("run")  # continue an interrupted run
 """
 from netc.compiler.errors import DataError, NetcError, SpecError

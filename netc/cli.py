@@ -254,7 +254,7 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     progress = None if not args.no_progress else False
     summary = m.fit(epochs=args.epochs, out=out, progress=progress, limit=args.limit, force=args.force,
-                    log=lambda line: print(line, file=sys.stderr, flush=True))
+                    log=lambda line: print(line, file=sys.stderr, flush=True)).summary_
     return _summary(m, out, str(args.spec), summary, t0)
 
 

@@ -60,9 +60,9 @@ def overfit(model: Model, examples: int = 100, max_epochs: int = 300, log=print)
     initial = None
     done, score = 0, math.inf
     while done < max_epochs:
-        s = model.fit(ds.x, ds.t, epochs=min(10, max_epochs - done))
+        s = model.fit(ds.x, ds.t, epochs=min(10, max_epochs - done)).summary_
         done += s["epochs"]
-        score = model.score(ds.x, ds.t) if classes else s["train_loss"]
+        score = 1 - model.score(ds.x, ds.t) if classes else s["train_loss"]
         initial = initial if initial is not None else s["train_loss"]
         log(f"  epoch {done:>4}: " + (f"training error {score * 100:.2f}%" if classes
                                        else f"training loss {score:.4g}"))

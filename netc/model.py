@@ -1,5 +1,6 @@
 """The Python API: compile a spec into a Model that can fit, predict, score,
-save and load."""
+save and load, with scikit-learn's conventions (fit returns the model; predict
+gives labels for class targets; score is higher-is-better)."""
 from __future__ import annotations
 
 import inspect
@@ -14,7 +15,7 @@ from netc.compiler import sources, validate
 from netc.compiler.pipeline import compile_program, parse_and_elaborate, require_backend, to_backend, to_host
 from netc.runtime import checkpoint, data, memory, normalize
 from netc.runtime.config import BATCH_METHODS, DataConfig, TrainConfig, from_block
-from netc.runtime.evaluation import evaluate, predict
+from netc.runtime.evaluation import Head, evaluate, head_of, labels, predict, probabilities, r2
 from netc.runtime.optimizers import lr_scales, optimizer_for
 from netc.runtime.splits import load_splits
 from netc.runtime.state import assign, init_state
@@ -53,9 +54,12 @@ def _check_gpu_settings(cfg: TrainConfig) -> None:
 class Model:
     """A compiled spec with its parameters.
 
-    `fit` trains on the spec's data block or on arrays; `predict` applies the
-    stored input normalization then the network; `save`/`netc.load` round-trip
-    everything through one .npz without pickle.
+    `fit` trains on the spec's data block or on arrays and returns the model,
+    keeping `history_` (the per-epoch metrics rows) and `summary_`; `predict`
+    applies the stored input normalization then the network and gives labels for
+    a class target, the output otherwise; `predict_proba` gives probabilities,
+    `predict_raw` the output itself; `score` is accuracy or R^2 (higher is
+    better); `save`/`netc.load` round-trip everything through one .npz without pickle.
     """
 
     def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
@@ -122,7 +126,14 @@ class Model:
             state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
             self.state = to_backend(state, backend)  # device="gpu": parameters and optimizer state on the device
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
-        self.summary: dict | None = None
+        self.summary: dict | None = None  # the last fit's summary (also `summary_`)
+        self.history_: list[dict] = []  # the last fit's per-epoch metrics rows
+        self.head: Head = head_of(self.program.spec)
+
+    @property
+    def summary_(self) -> dict | None:
+        """What the last fit reported: epochs, losses and errors, time (run.json's summary)."""
+        return self.summary
 
     # -- inspection --------------------------------------------------------------
     @property
@@ -149,8 +160,9 @@ class Model:
     # -- training ------------------------------------------------------------------
     def fit(self, x=None, t=None, *, valid=None, test=None, epochs: int | None = None,
             out: str | Path | None = None, progress: bool | None = False, log=None,
-            limit: int | None = None, force: bool = False) -> dict:
-        """Train. With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
+            limit: int | None = None, force: bool = False) -> "Model":
+        """Train, and return the model (its `summary_` and `history_` say how it went).
+        With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
         `limit` keeps the first `limit` examples of each split (quick smoke runs).
         `out`: the run folder (checkpoints, metrics; `netc.resume(out)` continues it); one
         holding another run is refused unless `force` (then replaced at the first checkpoint)."""
@@ -164,7 +176,8 @@ class Model:
         folder = None
         if out is not None:
             folder = RunFolder.start(validate.path(out, "fit(out=...)"), record, self.text, force)
-        return self._fit(x, t, valid, test, epochs, limit, progress, log, folder, record)
+        self._fit(x, t, valid, test, epochs, limit, progress, log, folder, record)
+        return self
 
     def _record(self, epochs: int | None, limit: int | None, arrays: bool) -> dict:
         """How this run starts (run.json; the checkpoints' field 'run'): enough to start it
@@ -176,11 +189,15 @@ class Model:
 
     def _fit(self, x, t, valid, test, epochs, limit, progress, log, folder, record, saved=None) -> dict:
         """fit's work, for a new run or a resumed one (`saved`, netc/resume.py)."""
+        from netc.runtime.run_folder import RunFolder
+        folder = RunFolder(None) if folder is None else folder
+        self.history_ = list(saved.history) if saved is not None else []
+        _record_rows(folder, self.history_)
         try:
             return self._train(x, t, valid, test, epochs, limit, progress, log, folder, record, saved)
         except KeyboardInterrupt as e:  # before training started (loading data): nothing new was saved
             from netc.runtime.run_folder import Interrupted
-            if isinstance(e, Interrupted) or folder is None:
+            if isinstance(e, Interrupted) or folder.folder is None:
                 raise
             summary = {"epochs": 0, "stopped": "interrupted", "saved": folder.saved}
             folder.summary(summary)
@@ -188,8 +205,7 @@ class Model:
             (log or (lambda s: None))(message)
             raise Interrupted(message, summary) from None
         finally:
-            if folder is not None:
-                folder.close()
+            folder.close()
 
     def _train(self, x, t, valid, test, epochs, limit, progress, log, folder, record, saved) -> dict:
         if x is None:
@@ -281,8 +297,9 @@ class Model:
         return a
 
     # -- use -------------------------------------------------------------------------
-    def predict(self, x) -> np.ndarray:
-        """The output for each row of `x` ([n, features]); 0 rows give an empty [0, k] array."""
+    def predict_raw(self, x) -> np.ndarray:
+        """The network's output for each row of `x` ([n, features]) as the spec computes it
+        (scores where the loss applies the softmax); 0 rows give an empty [0, k] array."""
         if self.program.predict is None:
             raise NetcError("this spec has no output to predict")
         self._state("predict")
@@ -294,14 +311,40 @@ class Model:
         x = x.astype(self.program.spec.graph.float_dtype, copy=False)
         return predict(self.program, self.state, np.ascontiguousarray(x), self.train_cfg.eval_batch)
 
+    def predict(self, x) -> np.ndarray:
+        """Class labels 0..n-1 [n] for a class(n) target (the argmax of the output; one
+        output for class(2): its side of 0.5, or of 0 for a score); else the output [n, k]."""
+        y = self.predict_raw(x)
+        return labels(self.head, y) if self.head.labels else y
+
+    def predict_proba(self, x) -> np.ndarray:
+        """Class probabilities [n, k]: the output if it is a softmax or sigmoid, else the
+        softmax/sigmoid the loss applies to it (`nll(softmax(y), t)`); refused for other
+        outputs. One sigmoid output gives [1 - p, p]."""
+        if self.program.predict is not None and self.head.link is None:
+            probabilities(self.head, np.zeros((0, 1)))  # refuses, before the work
+        return probabilities(self.head, self.predict_raw(x))
+
     def score(self, x, t) -> float:
-        """Error rate for class targets, else the mean loss."""
+        """Higher is better, as scikit-learn's: accuracy (the fraction of labels right) for a
+        class target, else R^2 of the output against `t` (1 is perfect, 0 is the mean's)."""
         self._state("score")
         x = self._features(x, "score(x, t)")
         ds = self._prepare(data.check_arrays(x, t, self._target, "score(x, t)"),
                            self.program.spec.graph.float_dtype)
-        loss, err = evaluate(self.program, self.state, ds, self.train_cfg.eval_batch)
-        return err if err is not None else loss
+        if self.program.errors is not None:
+            _, err = evaluate(self.program, self.state, ds, self.train_cfg.eval_batch)
+            n = len(ds)
+            return (n - round(err * n)) / n if n else float("nan")  # exact: 2 of 3 right is 2 / 3
+        if self.program.predict is None:
+            raise NetcError("score: this spec has no output to score")
+        y = predict(self.program, self.state, ds.x, self.train_cfg.eval_batch)
+        if self.head.labels:
+            return float(np.mean(labels(self.head, y) == ds.t.reshape(-1)))
+        if ds.t is None or ds.t.shape != y.shape:
+            raise DataError(f"score(x, t): the output is {list(y.shape[1:])} per example, the targets "
+                            f"{list(np.shape(t)[1:])}: R^2 compares them column by column")
+        return r2(y, ds.t)
 
     def function(self, name: str = "loss", wrt: list[str] | None = None):
         """A compiled NumPy function of the spec's inputs: `loss` (with the
@@ -334,6 +377,18 @@ class Model:
         arrays.update(self._extra_arrays())
         meta = {**self._meta(), "summary": self.summary}
         return checkpoint.save(path, arrays, json.loads(json.dumps(meta, default=str)))
+
+
+def _record_rows(folder, rows: list[dict]) -> None:
+    """Keep the per-epoch metrics rows the run writes (not the partial validations) in
+    `rows` too: `Model.history_`, with or without a run folder."""
+    write = folder.write
+
+    def both(row: dict) -> None:
+        if not row.get("partial"):
+            rows.append(row)
+        write(row)
+    folder.write = both
 
 
 def _overridden(cfg: TrainConfig, keys: dict) -> TrainConfig:

@@ -74,7 +74,7 @@ def run_trial(job: TrialJob) -> dict:
             shutil.rmtree(run_dir)
         m = Model(job.text, job.file, seed=job.seed, embedded=job.used)
         rec["sampled"] = plain(m.sampled)
-        summary = m.fit(epochs=job.epochs, out=run_dir, limit=job.limit, progress=False)
+        summary = m.fit(epochs=job.epochs, out=run_dir, limit=job.limit, progress=False).summary_
         summary = {**summary, "trial": job.trial, "seed": job.seed,
                    "wall_seconds": time.perf_counter() - t0}
         atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2, default=str).encode()))

@@ -93,17 +93,18 @@ def test_dtype_override():
 def test_fit_on_arrays_learns(problem):
     x, t = problem
     m = netc.compile(SPEC, seed=3)
-    before_loss, before_err = loss_of(m, x, t), m.score(x, t)
+    before_loss, before_acc = loss_of(m, x, t), m.score(x, t)
     lines = []
-    summary = m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), test=(x[150:], t[150:]), log=lines.append)
+    assert m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), test=(x[150:], t[150:]), log=lines.append) is m
+    summary = m.summary_
     after_loss = loss_of(m, x, t)
-    assert before_err > 0.3  # an untrained net is not already good
+    assert before_acc < 0.7  # an untrained net is not already good
     assert after_loss < 0.25 * before_loss
-    assert m.score(x[:150], t[:150]) < 0.10
-    assert m.score(x[150:], t[150:]) < 0.10
+    assert m.score(x[:150], t[:150]) > 0.90
+    assert m.score(x[150:], t[150:]) > 0.90
     assert summary["epochs"] == 5 and summary["age"] == 750 and summary["steps"] == 75
     assert summary["stopped"] == "epochs" and summary["recoveries"] == 0
-    assert summary["valid_error"] == pytest.approx(m.score(x[150:], t[150:]))
+    assert summary["valid_error"] == pytest.approx(1 - m.score(x[150:], t[150:]))
     assert summary["test_error"] == summary["valid_error"]
     assert summary["train_loss"] < before_loss
     assert len([l for l in lines if l.startswith("epoch ")]) == 5
@@ -113,10 +114,10 @@ def test_fit_on_arrays_learns(problem):
 def test_fit_epochs_argument_and_continuation(problem):
     x, t = problem
     m = netc.compile(SPEC)
-    s1 = m.fit(x, t, epochs=1)
+    s1 = m.fit(x, t, epochs=1).summary_
     assert s1["epochs"] == 1 and s1["age"] == 200
     l1 = loss_of(m, x, t)
-    s2 = m.fit(x, t, epochs=2)  # fit again continues from the current parameters
+    s2 = m.fit(x, t, epochs=2).summary_  # fit again continues from the current parameters
     assert s2["epochs"] == 2
     assert loss_of(m, x, t) < l1
 
@@ -125,14 +126,14 @@ def test_predict_and_score(problem):
     x, t = problem
     m = netc.compile(SPEC)
     m.fit(x, t)
-    y = m.predict(x)
+    y = m.predict_raw(x)
     assert y.shape == (200, 3) and np.all(np.isfinite(y))
-    err = m.score(x, t)
-    assert err == pytest.approx(np.mean(np.argmax(y, axis=1) != t))
+    acc = m.score(x, t)
+    assert acc == pytest.approx(np.mean(np.argmax(y, axis=1) == t))
     # a single example, a list, a float64 array: all accepted
-    np.testing.assert_allclose(m.predict(x[:1]), y[:1], rtol=1e-6)
-    np.testing.assert_allclose(m.predict(x[:3].tolist()), y[:3], rtol=1e-6)
-    np.testing.assert_allclose(m.predict(x[:5].astype(np.float64)), y[:5], rtol=1e-5)
+    np.testing.assert_allclose(m.predict_raw(x[:1]), y[:1], rtol=1e-6)
+    np.testing.assert_allclose(m.predict_raw(x[:3].tolist()), y[:3], rtol=1e-6)
+    np.testing.assert_allclose(m.predict_raw(x[:5].astype(np.float64)), y[:5], rtol=1e-5)
 
 
 def test_predict_independent_of_eval_batch(problem):
@@ -142,11 +143,11 @@ def test_predict_independent_of_eval_batch(problem):
     for m in (big, small):
         m.fit(x, t, epochs=1)
     np.testing.assert_array_equal(big.params["h.W"], small.params["h.W"])
-    np.testing.assert_allclose(small.predict(x), big.predict(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small.predict_raw(x), big.predict_raw(x), rtol=1e-5, atol=1e-6)
     assert small.score(x, t) == big.score(x, t)
 
 
-def test_regression_target_scores_the_loss():
+def test_regression_target_scores_r2():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(64, 4)).astype(np.float32)
     w = rng.normal(size=(4, 2)).astype(np.float32)
@@ -156,7 +157,7 @@ def test_regression_target_scores_the_loss():
     before = m.score(x, t)
     m.fit(x, t)
     after = m.score(x, t)
-    assert after < 0.01 * before
+    assert before < 0.5 and after > 0.99  # R^2: higher is better
     assert m.predict(x).shape == (64, 2)
 
 
@@ -180,7 +181,7 @@ def test_save_load_round_trip(problem, tmp_path):
     for k in m.state:
         np.testing.assert_array_equal(m2.state[k], m.state[k])
         assert m2.state[k].dtype == m.state[k].dtype
-    np.testing.assert_array_equal(m2.predict(x), m.predict(x))
+    np.testing.assert_array_equal(m2.predict_raw(x), m.predict_raw(x))
     assert m2.score(x, t) == m.score(x, t)
     assert m2.summary["epochs"] == 2
     assert m2.train_cfg.seed == 11
@@ -217,19 +218,19 @@ def test_normalization_restored_by_load(tmp_path):
     m.fit(x, t, epochs=3)
     assert m.normalizer.kind == "standardize"
     np.testing.assert_allclose(m.normalizer.arrays["mean"], x.mean(axis=0, dtype=np.float64), rtol=1e-5)
-    assert m.score(x, t) < 0.10
+    assert m.score(x, t) > 0.90
     m.save(tmp_path / "m")
     m2 = netc.load(tmp_path / "m")
     assert m2.normalizer.kind == "standardize"
     for k in ("mean", "scale"):
         np.testing.assert_array_equal(m2.normalizer.arrays[k], m.normalizer.arrays[k])
-    np.testing.assert_array_equal(m2.predict(x), m.predict(x))
+    np.testing.assert_array_equal(m2.predict_raw(x), m.predict_raw(x))
     assert m2.score(x, t) == m.score(x, t)
     # and the statistics really matter: the same parameters without them predict differently
     m3 = netc.compile(spec)
     for k in m3.state:
         np.copyto(m3.state[k], m.state[k])
-    assert not np.allclose(m3.predict(x), m.predict(x))
+    assert not np.allclose(m3.predict_raw(x), m.predict_raw(x))
 
 
 # ---------------------------------------------------------------------------- function()
@@ -275,7 +276,7 @@ def test_function_output_matches_predict(problem):
     x, t = problem
     m = netc.compile(SPEC)
     (y,) = m.function("output")(x)
-    np.testing.assert_allclose(y, m.predict(x), rtol=1e-6)
+    np.testing.assert_allclose(y, m.predict_raw(x), rtol=1e-6)
     with pytest.raises(NetcError, match="unknown function"):
         m.function("gradient")
 
@@ -352,7 +353,7 @@ def test_data_block_npz_source(tmp_path, problem):
                                    '    valid = npz("d.npz", x = "feats", t = "labels")[150:]\n}\ntrain {')
     (tmp_path / "s.net").write_text(spec)
     m = netc.compile(tmp_path / "s.net")
-    s = m.fit(epochs=3)
+    s = m.fit(epochs=3).summary_
     assert s["age"] == 450 and s["valid_error"] < 0.15
     # a missing array name is a DataError naming the file, with a suggestion
     (tmp_path / "s2.net").write_text(spec.replace('t = "labels"', 't = "label"'))
@@ -368,9 +369,9 @@ def test_data_block_csv_source(tmp_path, problem):
     spec = SPEC.replace("train {", 'data {\n    train = csv("d.csv")\n}\ntrain {')
     (tmp_path / "s.net").write_text(spec)
     m = netc.compile(tmp_path / "s.net")
-    s = m.fit(epochs=2, limit=120)
+    s = m.fit(epochs=2, limit=120).summary_
     assert s["age"] == 240
-    assert m.score(x, t) < 0.15
+    assert m.score(x, t) > 0.85
 
 
 @pytest.mark.parametrize("kw", [{"epochs": 0}, {"epochs": -1}, {"epochs": 1.5}, {"epochs": True},
@@ -426,8 +427,10 @@ def test_one_feature_input_suggests_the_other_reshape():
 
 
 def test_predict_on_no_rows_is_an_empty_array_of_the_output_shape(trained):
-    y = trained.predict(np.zeros((0, 20), np.float32))
+    y = trained.predict_raw(np.zeros((0, 20), np.float32))
     assert isinstance(y, np.ndarray) and y.shape == (0, 3) and y.dtype == np.float32
+    assert trained.predict(np.zeros((0, 20))).shape == (0,)
+    assert trained.predict_proba(np.zeros((0, 20))).shape == (0, 3)
     with pytest.raises(NetcError, match=r"\[n, 20\]"):
         trained.predict(np.zeros((0, 19)))
 
@@ -435,8 +438,8 @@ def test_predict_on_no_rows_is_an_empty_array_of_the_output_shape(trained):
 def test_constant_output_predicts_and_scores():
     m = netc.compile("input x : [4]\ntarget t : class(2)\ny = dense(x, 2) * 0\nloss = nll(softmax(y), t)\n")
     x, t = np.ones((3, 4), np.float32), np.array([0, 1, 1])
-    np.testing.assert_array_equal(m.predict(x), np.zeros((3, 2), np.float32))
-    assert m.predict(x[:0]).shape == (0, 2)
+    np.testing.assert_array_equal(m.predict_raw(x), np.zeros((3, 2), np.float32))
+    assert m.predict_raw(x[:0]).shape == (0, 2)
     assert m.score(x, t) in (1 / 3, 2 / 3)  # argmax of a tie, but a number, not a crash
     r = netc.compile("input x : [4]\ntarget t : [4]\ny = x * 0\nloss = mse(y, t)\n")
     assert r.predict(np.ones((5, 4))).shape == (5, 4)
@@ -447,3 +450,85 @@ def test_constant_output_predicts_and_scores():
 def test_save_refuses_a_path_that_is_not_one(trained, path):
     with pytest.raises(NetcError):
         trained.save(path)
+
+
+# ---------------------------------------------------------------------------- scikit-learn conventions
+
+def test_fit_returns_the_model_and_keeps_the_history_in_memory(problem, tmp_path):
+    x, t = problem
+    m = netc.compile(SPEC)
+    assert m.history_ == [] and m.summary_ is None
+    assert m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), epochs=3) is m
+    assert [r["epoch"] for r in m.history_] == [1, 2, 3] and m.summary_["epochs"] == 3
+    assert m.history_[-1]["valid_error"] == pytest.approx(m.summary_["valid_error"])
+    assert all(r["train_loss"] > 0 for r in m.history_)
+    assert m.fit(x, t, epochs=2, out=tmp_path / "run") is m  # a run folder too: the same rows as metrics.jsonl
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert m.history_ == [r for r in rows if not r.get("partial")] and len(m.history_) == 2
+
+
+def test_history_of_a_resumed_run_holds_the_epochs_before_it(problem, tmp_path):
+    x, t = problem
+    netc.compile(SPEC).fit(x, t, epochs=2, out=tmp_path / "run")
+    m = netc.resume(tmp_path / "run", x, t, epochs=3)
+    assert [r["epoch"] for r in m.history_] == [1, 2, 3]
+
+
+def test_predict_gives_labels_and_predict_proba_the_softmax_of_the_scores(trained, problem):
+    x, t = problem
+    raw = trained.predict_raw(x)
+    labels = trained.predict(x)
+    assert labels.shape == (len(x),) and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, np.argmax(raw, axis=1))
+    p = trained.predict_proba(x)  # the loss is nll(softmax(y), t): y is scores
+    e = np.exp(raw - raw.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p, e / e.sum(axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-9)
+    np.testing.assert_array_equal(np.argmax(p, axis=1), labels)
+    assert trained.score(x, t) == pytest.approx(np.mean(labels == t))  # accuracy
+
+
+def test_predict_proba_of_a_softmax_output_is_the_output(problem):
+    x, t = problem
+    m = netc.compile(SPEC.replace("y = dense(h, 3)", "y = softmax(dense(h, 3))").replace("softmax(y)", "y"))
+    m.fit(x, t, epochs=1)
+    np.testing.assert_allclose(m.predict_proba(x), m.predict_raw(x), rtol=1e-6)
+    np.testing.assert_array_equal(m.predict(x), np.argmax(m.predict_raw(x), axis=1))
+
+
+@pytest.mark.parametrize("head", ["act = sigmoid", "act = identity"])
+def test_one_sigmoid_output_is_a_binary_classifier(head):
+    x, t = make_problem(classes=2)
+    loss = "cross_entropy(y, one_hot(t, 2)[1:2])" if head == "act = sigmoid" else \
+        "cross_entropy(sigmoid(y), one_hot(t, 2)[1:2])"
+    m = netc.compile(f"input x : [20]\ntarget t : class(2)\ny = dense(x, 1, {head})\nloss = {loss}\n"
+                     "train {\n    method = sgd(lr = 0.1)\n    batch = 10\n    epochs = 5\n}\n")
+    m.fit(x, t)
+    p = m.predict_proba(x)
+    assert p.shape == (len(x), 2)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-9)
+    labels = m.predict(x)
+    np.testing.assert_array_equal(labels, (p[:, 1] > 0.5).astype(np.int64))
+    assert m.score(x, t) == pytest.approx(np.mean(labels == t)) and m.score(x, t) > 0.9
+
+
+def test_predict_proba_is_refused_for_outputs_that_are_not_probabilities():
+    r = netc.compile("input x : [4]\ntarget t : [2]\ny = dense(x, 2)\nloss = mse(y, t)\n")
+    with pytest.raises(NetcError, match=r"predict_proba: the output 'y' is not probabilities.*predict_raw"):
+        r.predict_proba(np.ones((3, 4)))
+    h = netc.compile("input x : [4]\ntarget t : class(2)\ny = dense(x, 2)\nloss = hinge(y, t)\n")
+    assert h.predict(np.ones((3, 4))).shape == (3,)  # labels still: the argmax
+    with pytest.raises(NetcError, match="not probabilities"):
+        h.predict_proba(np.ones((3, 4)))
+
+
+def test_score_of_real_targets_is_r2():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    m = netc.compile("input x : [4]\ntarget t : [2]\ny = dense(x, 2)\nloss = mse(y, t)\n")
+    y = m.predict(x).astype(np.float64)
+    t = y + rng.normal(size=y.shape) * 0.1
+    expect = np.mean([1 - ((t[:, j] - y[:, j]) ** 2).sum() / ((t[:, j] - t[:, j].mean()) ** 2).sum()
+                      for j in range(2)])
+    assert m.score(x, t) == pytest.approx(expect, rel=1e-5)
+    assert m.score(x, y) == pytest.approx(1.0, abs=1e-6)

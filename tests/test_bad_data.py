@@ -296,7 +296,7 @@ def test_fit_and_score_take_float_labels(tmp_path):
     p = tmp_path / "d.csv"
     np.savetxt(p, np.column_stack([x, t]), delimiter=",")
     spec = SPEC.replace("train {", f'data {{\n    train = csv("{p}")\n}}\ntrain {{')
-    assert netc.compile(spec).fit()["epochs"] == 1
+    assert netc.compile(spec).fit().summary_["epochs"] == 1
 
 
 def test_fit_names_the_line_of_a_bad_label(tmp_path):
@@ -318,4 +318,4 @@ def test_predict_refuses_nan_features():
     x, _ = blobs()
     x[3, 0] = np.inf
     with pytest.raises(DataError, match=r"^predict\(x\): record 3: inf in column 0 of 'x'"):
-        netc.compile(SPEC).predict(x)
+        netc.compile(SPEC).predict_raw(x)

@@ -27,16 +27,16 @@ def optimum(x, t):
 def test_batch_method_reaches_the_least_squares_optimum(method):
     x, t = regression()
     m = netc.compile(REG + f"train {{\n    method = {method}\n    dtype = float64\n}}\n")
-    s = m.fit(x, t, epochs=1)
+    s = m.fit(x, t, epochs=1).summary_
     assert s["train_loss"] == pytest.approx(optimum(x, t), rel=1e-6)
 
 
 def test_lbfgs_beats_sgd_for_the_same_number_of_gradient_evaluations():
     x, t = regression()
     m = netc.compile(REG + "train {\n    method = lbfgs(iterations = 15)\n    dtype = float64\n}\n")
-    s = m.fit(x, t, epochs=1)
+    s = m.fit(x, t, epochs=1).summary_
     sgd = netc.compile(REG + "train {\n    method = sgd(lr = 0.01)\n    batch = 200\n    dtype = float64\n}\n")
-    s2 = sgd.fit(x, t, epochs=s["steps"])  # one full-batch gradient per epoch
+    s2 = sgd.fit(x, t, epochs=s["steps"]).summary_  # one full-batch gradient per epoch
     assert s["train_loss"] < 0.1 * s2["train_loss"]
 
 

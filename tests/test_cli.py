@@ -295,10 +295,10 @@ def test_train_tiny_writes_run_directory(tiny, tmp_path, capsys):
 
     m1, m2 = netc.load(out), netc.load(out)
     x, t = make_problem()
-    p1, p2 = m1.predict(x), m2.predict(x)
+    p1, p2 = m1.predict_raw(x), m2.predict_raw(x)
     assert p1.shape == (200, 3)
     np.testing.assert_array_equal(p1, p2)
-    assert m1.score(x[150:], t[150:]) == pytest.approx(summary["test_error"])
+    assert 1 - m1.score(x[150:], t[150:]) == pytest.approx(summary["test_error"])
 
 
 def test_cli_training_equals_api_training(tiny, tmp_path, capsys):
@@ -306,12 +306,12 @@ def test_cli_training_equals_api_training(tiny, tmp_path, capsys):
     assert main(["train", str(tiny), "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
     capsys.readouterr()
     m = netc.compile(tiny)
-    summary = m.fit(epochs=2)
+    summary = m.fit(epochs=2).summary_
     loaded = netc.load(out)
     for k in m.state:
         np.testing.assert_array_equal(loaded.state[k], m.state[k])
     x, _ = make_problem()
-    np.testing.assert_array_equal(loaded.predict(x), m.predict(x))
+    np.testing.assert_array_equal(loaded.predict_raw(x), m.predict_raw(x))
     assert json.loads((out / "summary.json").read_text())["valid_error"] == summary["valid_error"]
 
 

@@ -321,14 +321,14 @@ def test_trainer_runs_the_generated_functions(name):
     text = _gpu_text(next(p for p in SPECS if p.name == name))
     cpu = netc.compile(text)
     gen = _harnessed(text)
-    a = cpu.fit(epochs=1, limit=200)
-    b = gen.fit(epochs=1, limit=200)
+    a = cpu.fit(epochs=1, limit=200).summary_
+    b = gen.fit(epochs=1, limit=200).summary_
     assert b["steps"] == a["steps"] and b["age"] == a["age"]
     for key in ("train_loss", "valid_loss", "valid_error", "test_error"):
         if a.get(key) is not None:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
     x = np.asarray(load_some(cpu))
-    np.testing.assert_allclose(gen.predict(x), cpu.predict(x), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(gen.predict_raw(x), cpu.predict_raw(x), rtol=1e-3, atol=1e-4)
 
 
 def load_some(m):
@@ -483,9 +483,9 @@ def test_gpu_fit_predict_save(tmp_path):
     _cupy_or_skip()
     path = next(p for p in SPECS if p.name == "mnist_mlp.net")
     m = netc.compile(path, device="gpu")
-    s = m.fit(epochs=1, limit=512, out=tmp_path / "run")
+    s = m.fit(epochs=1, limit=512, out=tmp_path / "run").summary_
     assert np.isfinite(s["train_loss"])
-    p = m.predict(np.zeros((5, 784), np.float32))
+    p = m.predict_raw(np.zeros((5, 784), np.float32))
     assert isinstance(p, np.ndarray) and p.shape == (5, 10)
     m.save(tmp_path / "saved")
     assert netc.load(tmp_path / "saved").params.keys() == m.params.keys()

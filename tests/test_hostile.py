@@ -115,7 +115,7 @@ def good(tmp_path_factory):
     m = netc.compile(SPEC, seed=3)
     m.fit(np.tile(X, (4, 1)), np.tile(T, 4), epochs=1)
     path = m.save(d / "run")
-    return members(path), m.predict(X)
+    return members(path), m.predict_raw(X)
 
 
 def refused(path, *fields: str) -> DataError:
@@ -140,7 +140,7 @@ def test_dtype_from_checkpoint_runs_nothing(tmp_path, marker):
     with pytest.raises(NetcError) as e:
         m2 = netc.load(tmp_path / "run")
         m2.function("output")(X)
-        m2.predict(X)
+        m2.predict_raw(X)
     assert isinstance(e.value, DataError)
     assert str(p) in str(e.value) and "'dtype'" in str(e.value)
 
@@ -173,7 +173,7 @@ def test_hostile_values_in_every_checkpoint_field(good, tmp_path, marker):
             tried += 1
             if _harmless(field, value):
                 m = netc.load(path)
-                np.testing.assert_array_equal(m.predict(X), expected)
+                np.testing.assert_array_equal(m.predict_raw(X), expected)
                 m.function("output")(m.normalizer.apply(X))
             else:
                 refused(path, field)
@@ -184,7 +184,7 @@ def test_hostile_values_in_every_checkpoint_field(good, tmp_path, marker):
     evil = {s[:50]: s for s in hostile_strings(marker)}
     m = netc.load(write_zip(tmp_path / "summary.npz", with_meta(ms, {**base, "summary": evil})))
     assert m.summary == evil
-    np.testing.assert_array_equal(m.predict(X), expected)
+    np.testing.assert_array_equal(m.predict_raw(X), expected)
     assert refused_n > 0.8 * tried
     print(f"hostile metadata values: {tried} tried, {refused_n} refused, {tried - refused_n} inert")
 
@@ -386,7 +386,7 @@ def _damaged(good, tmp_path):
 
 def test_malformed_checkpoints_are_refused(good, tmp_path, marker):
     ms, expected = good
-    np.testing.assert_array_equal(netc.load(write_zip(tmp_path / "ok.npz", ms)).predict(X), expected)
+    np.testing.assert_array_equal(netc.load(write_zip(tmp_path / "ok.npz", ms)).predict_raw(X), expected)
     cases = _damaged(good, tmp_path)
     for name, content, fields in cases:
         d = tmp_path / name
@@ -467,15 +467,15 @@ def test_checkpoint_embeds_used_files(tmp_path, monkeypatch):
     (tmp_path / "main.net").write_text(MAIN)
     m = netc.compile(tmp_path / "main.net", seed=1)
     m.save(tmp_path / "run")
-    expected = m.predict(X)
+    expected = m.predict_raw(X)
     (tmp_path / "lib.net").write_text("def act(z) = z\n")  # a changed library does not change the model
-    np.testing.assert_array_equal(netc.load(tmp_path / "run").predict(X), expected)
+    np.testing.assert_array_equal(netc.load(tmp_path / "run").predict_raw(X), expected)
     (tmp_path / "lib.net").unlink()
     monkeypatch.chdir("/")
-    np.testing.assert_array_equal(netc.load(tmp_path / "run").predict(X), expected)
+    np.testing.assert_array_equal(netc.load(tmp_path / "run").predict_raw(X), expected)
     # saved again from the loaded model: still self-contained
     netc.load(tmp_path / "run").save(tmp_path / "run2")
-    np.testing.assert_array_equal(netc.load(tmp_path / "run2").predict(X), expected)
+    np.testing.assert_array_equal(netc.load(tmp_path / "run2").predict_raw(X), expected)
 
 
 def test_checkpoint_embeds_nested_uses(tmp_path, monkeypatch):
@@ -489,12 +489,12 @@ def test_checkpoint_embeds_nested_uses(tmp_path, monkeypatch):
     m = netc.compile("../spec/main.net", seed=2)  # a relative spec path
     assert len(m.program.spec.used) == 3
     m.save(tmp_path / "run")
-    expected = m.predict(X)
+    expected = m.predict_raw(X)
     for f in ("lib/a.net", "lib/b.net", "c.net"):
         (tmp_path / f).unlink()
     for where in (tmp_path / "spec", "/", "/usr/bin"):  # "../spec/main.net" now resolves elsewhere, or nowhere
         monkeypatch.chdir(where)
-        np.testing.assert_array_equal(netc.load(tmp_path / "run").predict(X), expected)
+        np.testing.assert_array_equal(netc.load(tmp_path / "run").predict_raw(X), expected)
 
 
 FORBIDDEN = ("/etc/passwd", "/dev/zero", "/etc/hostname")

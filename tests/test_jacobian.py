@@ -105,7 +105,7 @@ def test_contractive_autoencoder_step_never_forms_batch_hidden_input():
     assert "contract_sum" in prog.rules_fired
     assert "(B, 500, 784" not in prog.step.source and "(B, 784, 500" not in prog.step.source
     x = np.random.default_rng(0).uniform(size=(40, 784)).astype(np.float32)
-    s = m.fit(x, epochs=2)
+    s = m.fit(x, epochs=2).summary_
     assert np.isfinite(s["train_loss"])
 
 

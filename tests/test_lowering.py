@@ -115,14 +115,14 @@ def test_debug_training_matches_normal_training():
         text = net_spec(net, 20, 16, "method = sgd(lr = 0.05, momentum = 0.9, nesterov = true)\nbatch = 16\n"
                                      "epochs = 1\naverage = polyak")
         dbg, normal = netc.compile(text, debug=True), netc.compile(text)
-        s1 = dbg.fit(x, t, valid=(x[:50], t[:50]))
-        s2 = normal.fit(x, t, valid=(x[:50], t[:50]))
+        s1 = dbg.fit(x, t, valid=(x[:50], t[:50])).summary_
+        s2 = normal.fit(x, t, valid=(x[:50], t[:50])).summary_
         assert np.isfinite(s1["train_loss"]), name
         assert s1["train_loss"] == s2["train_loss"], name
         assert s1["valid_loss"] == s2["valid_loss"], name
         for k in normal.state:
             np.testing.assert_array_equal(dbg.state[k], normal.state[k], err_msg=f"{name}: {k}")
-        np.testing.assert_array_equal(dbg.predict(x), normal.predict(x))
+        np.testing.assert_array_equal(dbg.predict_raw(x), normal.predict_raw(x))
 
 
 # ---------------------------------------------------------------------------- updates in place
@@ -149,7 +149,7 @@ def test_state_arrays_keep_identity_through_fit(extra, tmp_path):
     for k in fresh.state:
         np.copyto(fresh.state[k], m.state[k])
     fresh.normalizer = m.normalizer
-    np.testing.assert_array_equal(fresh.predict(x), m.predict(x))
+    np.testing.assert_array_equal(fresh.predict_raw(x), m.predict_raw(x))
     m.fit(x, t, epochs=1)  # and through a second fit
     assert _ids(m.state) == ids
 
@@ -159,7 +159,7 @@ def test_state_identity_through_divergence_recovery():
     m = netc.compile(net_spec("y = dense(x, 3)\nloss = mse(y, plus_minus_one(t))", 20, 0,
                               "method = sgd(lr = 1.0, momentum = 0.5)\nbatch = 10\nepochs = 2"))
     ids = _ids(m.state)
-    s = m.fit(x, t)
+    s = m.fit(x, t).summary_
     assert s["recoveries"] > 0
     assert _ids(m.state) == ids
 

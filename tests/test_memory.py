@@ -139,7 +139,7 @@ def test_the_buffers_counted_are_those_bind_allocates():
 
 def test_a_model_compiled_without_allocating_refuses_to_train():
     m = netc.compile(SMALL.replace("METHOD", "method = sgd(lr = 0.1)").replace("STOP", ""), allocate=False)
-    for call in (lambda: m.fit(np.zeros((4, 8)), np.zeros((4, 8))), lambda: m.predict(np.zeros((1, 8))),
+    for call in (lambda: m.fit(np.zeros((4, 8)), np.zeros((4, 8))), lambda: m.predict_raw(np.zeros((1, 8))),
                  lambda: m.save("x"), lambda: m.params):
         with pytest.raises(NetcError, match="allocate=False"):
             call()
@@ -187,7 +187,7 @@ def test_a_loaded_model_needs_only_what_using_it_needs(tmp_path, monkeypatch):
     with pytest.raises(NetcError, match="to train at batch 32"):
         netc.compile(layers(2, 1024))
     loaded = netc.load(tmp_path / "m")
-    assert loaded.predict(np.ones((3, 1024))).shape == (3, 1024)
+    assert loaded.predict_raw(np.ones((3, 1024))).shape == (3, 1024)
     with pytest.raises(NetcError, match="refused before allocating"):
         loaded.fit(np.ones((4, 1024)), np.ones((4, 1024)))
     monkeypatch.setenv(memory.ENV, "20M")

@@ -410,13 +410,13 @@ def test_zca_spec_trains_end_to_end_and_predicts_identically_after_load(tmp_path
     m.fit(x, t, epochs=1)
     assert m.normalizer.kind == "zca" and float(m.normalizer.arrays["eps"]) == 0.1
     np.testing.assert_allclose(m.normalizer.arrays["mean"], x.mean(axis=0, dtype=np.float64), rtol=1e-5)
-    p = m.predict(x)
+    p = m.predict_raw(x)
     m.save(tmp_path / "m")
     m2 = netc.load(tmp_path / "m")
     assert m2.normalizer.kind == "zca"
     for k, v in m.normalizer.arrays.items():
         np.testing.assert_array_equal(m2.normalizer.arrays[k], v)
-    np.testing.assert_array_equal(m2.predict(x), p)
+    np.testing.assert_array_equal(m2.predict_raw(x), p)
 
 
 def test_spec_dims_reduction_sets_the_input_width(tmp_path):
@@ -424,9 +424,9 @@ def test_spec_dims_reduction_sets_the_input_width(tmp_path):
     spec = SPEC.replace("NORM", "[log, pca(dims = 6)]")  # 10 features -> 6 = input x : [6]
     m = netc.compile(spec)
     m.fit(x, t, epochs=1)
-    assert m.predict(x).shape == (len(x), 3)
+    assert m.predict_raw(x).shape == (len(x), 3)
     m.save(tmp_path / "m")
-    np.testing.assert_array_equal(netc.load(tmp_path / "m").predict(x), m.predict(x))
+    np.testing.assert_array_equal(netc.load(tmp_path / "m").predict_raw(x), m.predict_raw(x))
     with pytest.raises(DataError, match=r"into 5, but input 'x' is declared \[6\]"):
         netc.compile(SPEC.replace("NORM", "pca(dims = 5)")).fit(x, t, epochs=1)
     with pytest.raises(DataError, match=r"10 features"):

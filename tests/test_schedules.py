@@ -79,7 +79,7 @@ def test_the_probe_rate_is_set_before_compiling_and_overrides_auto(tmp_path):
     found = lr_probe(lambda **kw: netc.compile(text, **kw), x, t, start=1e4, log=lines.append)
     assert "diverges" in lines[0] and found is not None and found < 1e4
     m = netc.compile(text, train={"lr": 0.05})
-    s = m.fit(x, t, epochs=1, out=tmp_path)
+    s = m.fit(x, t, epochs=1, out=tmp_path).summary_
     assert s["lr"] == 0.05 and [json.loads(l)["lr"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0.05]
     with pytest.raises(netc.NetcError, match="train settings"):
         netc.compile(text, train={"lr": "fast"})

@@ -35,7 +35,7 @@ WAITING: dict[str, str] = {}
 def test_spec_trains_a_few_steps(path):
     model = netc.compile(path)
     before = {k: v.copy() for k, v in model.params.items()}
-    summary = model.fit(epochs=1, limit=300)
+    summary = model.fit(epochs=1, limit=300).summary_
     assert summary["epochs"] == 1 and summary["age"] == 300
     assert math.isfinite(summary["train_loss"])
     assert any((model.params[k] != before[k]).any() for k in before), "no parameter moved"

@@ -64,15 +64,15 @@ def test_divergence_recovery_finishes_finite():
     x, t = make_problem()
     # lr = 0.01 trains this model well (checked below); 1.0 is 100x too large
     good = netc.compile(spec(LINEAR_MSE, "method = sgd(lr = 0.01)\nbatch = 10\nepochs = 3"))
-    assert good.fit(x, t)["recoveries"] == 0 and good.score(x, t) < 0.1
+    assert good.fit(x, t).summary_["recoveries"] == 0 and 1 - good.score(x, t) < 0.1
     m = netc.compile(spec(LINEAR_MSE, "method = sgd(lr = 1.0)\nbatch = 10\nepochs = 3"))
     lines = []
-    s = m.fit(x, t, log=lines.append)
+    s = m.fit(x, t, log=lines.append).summary_
     assert s["recoveries"] > 0
     assert s["epochs"] == 3
     assert np.isfinite(s["train_loss"])
     assert all(np.all(np.isfinite(v)) for v in m.state.values())
-    assert np.all(np.isfinite(m.predict(x)))
+    assert np.all(np.isfinite(m.predict_raw(x)))
     assert any("divided the learning rate by 3" in l for l in lines)
 
 
@@ -81,10 +81,10 @@ def test_divergence_recovery_gives_a_useful_model(net):
     x, t = make_problem()
     m = netc.compile(spec(net, "method = sgd(lr = 1.0)\nbatch = 10\nepochs = 3"))
     initial = float(m.function("loss")(x, t)[0])
-    s = m.fit(x, t)
+    s = m.fit(x, t).summary_
     assert s["recoveries"] > 0
     assert s["train_loss"] < initial
-    assert m.score(x, t) < 0.2
+    assert 1 - m.score(x, t) < 0.2
 
 
 def test_divergence_gives_up_with_a_user_error():
@@ -114,14 +114,14 @@ def test_early_stopping_restores_best_epoch(tmp_path):
                                      "stop = early(patience = 100000, grow = 2.0)"))
     rec = EpochRecorder(m)
     out = tmp_path / "run"
-    s = m.fit(x[:150], t[:150], valid=(x[150:], valid_t), log=rec, out=out)
+    s = m.fit(x[:150], t[:150], valid=(x[150:], valid_t), log=rec, out=out).summary_
     rows = metrics(out)
     errors = [r["valid_error"] for r in rows]
     assert len(errors) == 6 and s["stopped"] == "epochs"  # patience never runs out here
     best = int(np.argmin(errors))  # the first of equal minima
     assert best < len(errors) - 1 and errors[-1] > min(errors), errors
     assert s["best_epoch"] == best + 1
-    assert m.score(x[150:], valid_t) == min(errors)
+    assert 1 - m.score(x[150:], valid_t) == pytest.approx(min(errors))
     assert s["valid_error"] == min(errors)
     for k in m.params:
         np.testing.assert_array_equal(m.params[k], rec.states[best][k])
@@ -149,20 +149,20 @@ def test_early_stopping_stops_when_patience_runs_out(tmp_path):
     m = netc.compile(spec(NOISY_MLP, "method = sgd(lr = 0.3)\nbatch = 10\nepochs = 30\n"
                                      "stop = early(patience = 300, grow = 2.0)"))
     out = tmp_path / "run"
-    s = m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), out=out)
+    s = m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), out=out).summary_
     rows = metrics(out)
     ages, errors = [r["age"] for r in rows], [r["valid_error"] for r in rows]
     assert s["stopped"] == "early"
     assert s["epochs"] == len(rows) < 30
     assert len(rows) == _expected_stop(ages, errors, 300, 2.0)
-    assert m.score(x[150:], t[150:]) == min(errors)
+    assert 1 - m.score(x[150:], t[150:]) == pytest.approx(min(errors))
 
 
 def test_early_stopping_without_valid_set_runs_all_epochs():
     x, t = make_problem()
     m = netc.compile(spec(MLP, "method = sgd(lr = 0.1)\nbatch = 50\nepochs = 4\n"
                                "stop = early(patience = 10, grow = 2.0)"))
-    s = m.fit(x, t)
+    s = m.fit(x, t).summary_
     assert s["epochs"] == 4 and s["stopped"] == "epochs"
 
 
@@ -177,7 +177,7 @@ def test_polyak_is_mean_of_iterates_after_first_epoch():
     rec = EpochRecorder(plain)
     plain.fit(x, t, log=rec)
     avg = netc.compile(spec(MLP, train + "\naverage = polyak"))
-    s = avg.fit(x, t, valid=(x, t))
+    s = avg.fit(x, t, valid=(x, t)).summary_
     assert s["epochs"] == 6
     for k in plain.params:
         expected = np.mean([st[k] for st in rec.states[1:]], axis=0)  # epochs 2..6
@@ -185,7 +185,7 @@ def test_polyak_is_mean_of_iterates_after_first_epoch():
         if k.endswith(".W"):
             assert not np.allclose(avg.params[k], rec.states[-1][k])  # not the last iterate
     # validation during the run already used the averaged parameters
-    assert s["valid_error"] == pytest.approx(avg.score(x, t))
+    assert s["valid_error"] == pytest.approx(1 - avg.score(x, t))
 
 
 def test_polyak_with_minibatches_scores_well(tmp_path):
@@ -193,10 +193,10 @@ def test_polyak_with_minibatches_scores_well(tmp_path):
     m = netc.compile(spec(MLP, "method = sgd(lr = 0.1, momentum = 0.5)\nbatch = 10\nepochs = 4\n"
                                "average = polyak"))
     rec = EpochRecorder(m)
-    s = m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), log=rec, out=tmp_path / "run")
+    s = m.fit(x[:150], t[:150], valid=(x[150:], t[150:]), log=rec, out=tmp_path / "run").summary_
     assert not np.array_equal(m.params["h.W"], rec.states[-1]["h.W"])
-    assert m.score(x[150:], t[150:]) < 0.1
-    assert s["valid_error"] == pytest.approx(m.score(x[150:], t[150:]))
+    assert 1 - m.score(x[150:], t[150:]) < 0.1
+    assert s["valid_error"] == pytest.approx(1 - m.score(x[150:], t[150:]))
     loaded = netc.load(tmp_path / "run")
     np.testing.assert_array_equal(loaded.params["h.W"], m.params["h.W"])
 
@@ -319,7 +319,7 @@ def test_keyboard_interrupt_after_epoch_leaves_its_checkpoint(tmp_path):
     meta = json.loads((out / "model.json").read_text())
     assert meta["epoch"] == 1 and meta["age"] == 200
     assert [r["epoch"] for r in metrics(out)] == [1]
-    np.testing.assert_array_equal(loaded.predict(x), m.predict(x))
+    np.testing.assert_array_equal(loaded.predict_raw(x), m.predict_raw(x))
 
 
 def test_keyboard_interrupt_mid_epoch_keeps_last_completed_epoch(tmp_path, monkeypatch):
@@ -371,7 +371,7 @@ def test_validation_every_n_examples_and_early_stop_inside_an_epoch(tmp_path):
     m = netc.compile(spec(MLP, "method = sgd(lr = 0.05)\nbatch = 10\nepochs = 5\n"
                                 "valid_every = 50\nstop = early(patience = 150, grow = 1.0)"))
     lines = []
-    s = m.fit(x[:300], t[:300], valid=(x[300:], valid_t), out=tmp_path, log=lines.append)
+    s = m.fit(x[:300], t[:300], valid=(x[300:], valid_t), out=tmp_path, log=lines.append).summary_
     rows = metrics(tmp_path)
     partial = [r for r in rows if r.get("partial")]
     assert any("raised to 100" in l for l in lines)  # at least the validation set's size
