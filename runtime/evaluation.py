@@ -73,8 +73,8 @@ LINKS = ("softmax", "sigmoid")  # the functions that turn an output into probabi
 class Head:
     """What the spec's output is, read from the spec (not guessed from numbers):
     whether `predict` gives labels, and how `predict_proba` gets probabilities.
-    `link` is softmax/sigmoid when the output is one (`applied`) or when the loss
-    applies one to the raw output (`nll(softmax(y), t)`: y is scores)."""
+    `link` is the softmax/sigmoid the loss applies to the output (`nll(softmax(y), t)`:
+    y is scores), else the one the output is (`applied`)."""
     classes: int | None  # the class(n) target's n; None: real targets, or no target
     width: int | None  # k for an [B, k] output
     link: str | None
@@ -96,11 +96,11 @@ def head_of(spec) -> Head:
         return Head(classes, None, None, False, "output")
     width = out.shape[1] if out.ndim == 2 and out.shape[0] is None else None
     name = out.name or next((k for k, v in spec.named.items() if v is out), "output")
+    for n in ([] if spec.loss is None else toposort([spec.loss])):  # the loss's probabilities first:
+        if _is_link(n) and n.inputs[0].id == out.id:  # nll(softmax(y), t) with a sigmoid y is a softmax model
+            return Head(classes, width, n.op, False, name)
     if _is_link(out):
         return Head(classes, width, out.op, True, name)
-    for n in ([] if spec.loss is None else toposort([spec.loss])):
-        if _is_link(n) and n.inputs[0].id == out.id:
-            return Head(classes, width, n.op, False, name)
     return Head(classes, width, None, False, name)
 
 

@@ -532,3 +532,11 @@ def test_score_of_real_targets_is_r2():
                       for j in range(2)])
     assert m.score(x, t) == pytest.approx(expect, rel=1e-5)
     assert m.score(x, y) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_predict_proba_follows_the_loss_when_it_applies_a_softmax_to_a_sigmoid_output(problem):
+    x, t = problem
+    m = netc.compile(SPEC.replace("y = dense(h, 3)", "y = dense(h, 3, act = sigmoid)"))
+    raw = m.predict_raw(x)
+    e = np.exp(raw - raw.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(m.predict_proba(x), e / e.sum(axis=1, keepdims=True), rtol=1e-6)
