@@ -30,18 +30,19 @@ class Optimizer:
     nesterov: bool = False
     eps: float = 1e-8  # adagrad's guard
     mu: float = 0.02  # sdlm's Levenberg-Marquardt term [EB 9.1]
-    tau0: float = 10.0  # vsgd's initial memory size
     alpha: float = 0.01  # adaptive: rate of change of the rate [EB 4.7]
     beta: float = 1.0
     delta: float = 0.05
     lr0: float = 0.01  # adaptive: the starting rate
+    vsgd_curvature: str = "unit"  # vsgd: "diagonal" (each weight's bbprop h) or "unit" (its unit's fan-in sum)
     l2: dict = field(default_factory=dict)  # param name -> lambda (weight decay, lambda * sum w^2)
     l1: dict = field(default_factory=dict)
 
     @property
     def needs_curvature_state(self) -> bool:
-        """A `{param}.curvature` state the trainer re-estimates before each epoch (bbprop)."""
-        return _rule(self.kind).curvature_state
+        """A compiled bbprop function the trainer runs between steps: sdlm re-estimates its
+        `{param}.curvature` state before each epoch, vsgd initializes its averages."""
+        return _rule(self.kind).curvature_function
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Shared:
 class UpdateRule:
     per_param: Callable  # (G, opt, p, g, eps_p, scale, i, shared) -> [(leaf, new value)]
     shared: Callable | None = None  # (G, opt, params, grads, loss, output, shared) -> None
-    curvature_state: bool = False
+    curvature_function: bool = False  # the trainer runs the bbprop diagonal outside the step
 
 
 def build_updates(G: Graph, opt: Optimizer, params: list[Node], grads: list[Node],
@@ -185,13 +186,28 @@ def _vsgd_curvature(G: Graph, opt: Optimizer, params, grads, loss, output, share
 
 def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float, i: int,
           shared: Shared) -> list[tuple[Node, Node]]:
-    """vSGD, "no more pesky learning rates" (Schaul, Zhang & LeCun 2013), with the
-    bbprop diagonal as the curvature estimate:
+    """vSGD-l, "no more pesky learning rates" (Schaul, Zhang & LeCun 2013), with the
+    bbprop diagonal as the curvature estimate and the minibatch gradient as the sample:
     g_ <- (1-1/tau) g_ + g/tau, v_ <- (1-1/tau) v_ + g^2/tau, h_ <- (1-1/tau) h_ + h/tau,
-    eta = g_^2 / (h_ v_), tau <- (1 - g_^2/v_) tau + 1."""
+    eta = g_^2 / (h_ v_), tau <- (1 - g_^2/v_) tau + 1.
+    The averages start from n0 minibatches, v_ and h_ scaled up by the slow-start
+    constant C and tau = n0 (the trainer's `vsgd_start`, runtime/optimizers.py), as
+    the paper and its reference code do: starting them at zero makes the first rate
+    1/h, a full diagonal Newton step. `lr` (1 unless a divergence cut it) and
+    lr_scale multiply eta."""
     h_now = shared.curvature[i]
-    tau = _state(G, p, "tau", init={"dist": "constant", "value": opt.tau0})
+    if opt.vsgd_curvature == "unit" and len(p.shape) == 2:
+        # each weight sees its unit's fan-in total: the trace of the unit's Gauss-Newton
+        # block, an upper bound on its largest eigenvalue (the diagonal alone under-
+        # estimates it by up to the fan-in when inputs are correlated, and then diverges)
+        h_now = G("broadcast", G("sum", h_now, axis=(0,), keepdims=True), shape=p.shape)
+    tau_s = _state(G, p, "tau")
     gb, vb, hb = _state(G, p, "g_avg"), _state(G, p, "v_avg"), _state(G, p, "h_avg")
+    # a gradient farther from g_ than one standard deviation slows the averages (tau + 1),
+    # as the reference code's outlier detection does
+    dev = G("sub", g, gb)
+    outlier = G("gt", G("mul", dev, dev), G("sub", vb, G("mul", gb, gb)))
+    tau = G("add", G("maximum", tau_s, 1.0), outlier)  # tau_s = 0: never initialized (a bare step)
     inv = G("div", 1.0, tau)
     keep = G("sub", 1.0, inv)
     gb_new = G("add", G("mul", keep, gb), G("mul", inv, g))
@@ -201,14 +217,14 @@ def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float,
     ratio = G("div", g2, G("add", vb_new, 1e-12))
     eta = G("div", ratio, G("add", hb_new, 1e-8))
     tau_new = G("add", G("mul", G("sub", 1.0, ratio), tau), 1.0)
-    step = G("mul", G("mul", eta, scale) if scale != 1 else eta, g)
-    return [(gb, gb_new), (vb, vb_new), (hb, hb_new), (tau, tau_new), (p, G("sub", p, step))]
+    step = G("mul", G("mul", eta, eps_p), g)
+    return [(gb, gb_new), (vb, vb_new), (hb, hb_new), (tau_s, tau_new), (p, G("sub", p, step))]
 
 
 RULES: dict[str, UpdateRule] = {
     "sgd": UpdateRule(_sgd),
     "adagrad": UpdateRule(_adagrad),
-    "sdlm": UpdateRule(_sdlm, curvature_state=True),
-    "vsgd": UpdateRule(_vsgd, shared=_vsgd_curvature),
+    "sdlm": UpdateRule(_sdlm, curvature_function=True),
+    "vsgd": UpdateRule(_vsgd, shared=_vsgd_curvature, curvature_function=True),
     "adaptive": UpdateRule(_sgd, shared=_adaptive_rate),
 }

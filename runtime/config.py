@@ -57,10 +57,22 @@ class SDLM(_Strict):
 
 
 class VSGD(_Strict):
-    """vSGD, no hand-set rate (Schaul, Zhang & LeCun 2013), with bbprop curvature. (check)"""
+    """vSGD, learning-rate free (Schaul, Zhang & LeCun 2013), with bbprop curvature: the
+    running averages start from n0 minibatches, v and h scaled up by the slow-start C."""
     kind: Literal["vsgd"] = "vsgd"
-    lr: float = Field(1.0, gt=0, description="a factor on the automatic rates (1 = as derived)")
-    tau0: float = Field(10.0, gt=1, description="initial memory size")
+    n0: int = Field(10, ge=1, description="minibatches sampled before the first update to start the averages "
+                                          "(and the initial memory tau)")
+    C: float = Field(2.0, ge=1, description="slow-start constant: the first rates are 1/C of the estimate")
+    curvature: Literal["unit", "diagonal"] = Field(
+        "unit", description="diagonal: each weight's own bbprop curvature (the paper's vSGD-l); unit: the sum "
+                            "over its unit's fan-in, a bound on the unit's largest eigenvalue (correlated "
+                            "inputs make the diagonal diverge)")
+    lr: None = Field(None, description="(refused: vsgd sets every weight's rate itself)")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _no_rate(cls, v):
+        raise ValueError("vsgd is learning-rate free (it sets every weight's rate itself): remove lr")
 
 
 class Adaptive(_Strict):
@@ -181,7 +193,8 @@ TRANSFORMS = {"every": Every, "off": Never, "none": Never}
 class TrainConfig(_Strict):
     method: SGD | AdaGrad | SDLM | VSGD | Adaptive | LBFGS | CG = Field(
         default_factory=SGD, description="sgd(lr, momentum, nesterov), adagrad(lr), sdlm(lr, mu, gamma, samples), "
-                                         "vsgd(), adaptive(lr, alpha, beta, delta), lbfgs(iterations, memory), "
+                                         "vsgd(n0, C, curvature), adaptive(lr, alpha, beta, delta), "
+                                         "lbfgs(iterations, memory), "
                                          "cg(iterations)")
     batch: int = Field(32, ge=1, description="minibatch size B; 1 = true stochastic updates [PR 3.1: 32]")
     epochs: int = Field(10, ge=1, description="passes over the training set (at most, with early stopping)")
@@ -278,6 +291,7 @@ def from_block(model: type[_Strict], entries: list[BlockEntry] | None, source: s
             errors.append(err)
     if groups:
         values["groups"] = groups
+    _refuse_rates(values, locs, source, errors)
     try:
         cfg = model(**values)
     except ValidationError as v:
@@ -289,6 +303,16 @@ def from_block(model: type[_Strict], entries: list[BlockEntry] | None, source: s
     if errors:
         raise errors[0] if len(errors) == 1 else ErrorList(errors)
     return cfg
+
+
+def _refuse_rates(values: dict, locs: dict, source, errors: list) -> None:
+    """vsgd is learning-rate free: a train-level `lr` or a `schedule` would be ignored."""
+    if getattr(values.get("method"), "kind", None) != "vsgd":
+        return
+    for key in ("lr", "schedule"):
+        if key in values:
+            errors.append(SpecError(f"'{key}' with vsgd: vsgd is learning-rate free (it sets every weight's "
+                                    f"rate itself); remove '{key}'", locs[key], source))
 
 
 def _convert(key: str, value, loc: Loc, source):

@@ -100,8 +100,11 @@ class DivergenceWatch:
             raise Diverged(f"training diverged (loss {loss:g}) at age {age} with learning rate {lr:g}"
                            + (f"; the first non-finite values are in {where}" if where else ""))
         if ws.recoveries > MAX_RECOVERIES:
+            opt = getattr(self.program, "optimizer", None)
+            advice = ("vsgd sets its own rates: check the inputs' scale and the initialization"
+                      if opt is not None and opt.kind == "vsgd" else "lower method.lr")
             raise Diverged(f"training diverged {ws.recoveries} times (loss {loss:g}); the rate is now {lr:g}: "
-                           f"lower method.lr")
+                           + advice)
         assign(arrays, ws.healthy)
         self.log(f"loss {loss:g} at age {age}: diverging; restored the last healthy state and divided "
                  f"the learning rate by 3 (now {lr / 3:g})")

@@ -1,6 +1,10 @@
-"""The largest eigenvalue of the loss's Hessian by the power method on
-Hessian-vector products [EB 5, 9.3]: eta_opt ~ 1/lambda_max, and a rate above
-2/lambda_max diverges."""
+"""The largest eigenvalue of the matrix the update multiplies by, by the power
+method on Hessian-vector products [EB 5, 9.3]: eta_opt ~ 1/lambda_max, and a
+rate above 2/lambda_max diverges.
+
+For w <- w - eps P g (P diagonal: lr_scale, and SDLM's 1/(h + mu)) that matrix
+is P H, not H: its eigenvalues are those of the symmetric P^1/2 H P^1/2, on
+which the power method runs."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,19 +13,29 @@ from netc.compiler.pipeline import Program, hessian_vector_function
 
 
 def largest_eigenvalue(program: Program, state: dict, x: np.ndarray, t: np.ndarray | None,
-                       iterations: int = 50, seed: int = 0, tol: float = 1e-4) -> float:
-    """|lambda_max| of the Hessian of the mean loss on (x, t), at the current parameters."""
+                       iterations: int = 50, seed: int = 0, tol: float = 1e-4,
+                       precondition: list[np.ndarray] | None = None) -> float:
+    """|lambda_max| of P H, H the Hessian of the mean loss on (x, t) at the current
+    parameters, P a positive diagonal per parameter (default: the identity)."""
     hv_fn = hessian_vector_function(program)
     names = list(program.spec.params)
     rng = np.random.default_rng(seed)
+    root = None if precondition is None else [np.sqrt(np.asarray(p, dtype=np.float64)) for p in precondition]
     v = [rng.normal(size=state[n].shape).astype(state[n].dtype) for n in names]
     data = [x] + ([t] if program.spec.targets else [])
     data = data[:len(hv_fn.feeds) - len(names)]
+
+    def apply(u):  # P^1/2 H P^1/2 u
+        if root is not None:
+            u = [(a * r).astype(state[n].dtype) for a, r, n in zip(u, root, names)]
+        hu = [h.copy() for h in hv_fn(state, *data, *u)]
+        return hu if root is None else [(h * r).astype(state[n].dtype) for h, r, n in zip(hu, root, names)]
+
     lam = 0.0
     for _ in range(iterations):
         norm = np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in v))
         v = [a / norm for a in v]
-        hv = [h.copy() for h in hv_fn(state, *data, *v)]
+        hv = apply(v)
         new = np.sqrt(sum(float(np.sum(h.astype(np.float64) ** 2)) for h in hv))
         v = hv
         if abs(new - lam) <= tol * max(new, 1e-30):

@@ -30,7 +30,7 @@ from .divergence import Diverged, DivergenceWatch  # noqa: F401 - Diverged is pa
 from .early_stopping import EarlyStopping
 from .evaluation import call, epoch_line, evaluate, feeds_for, predict  # noqa: F401 - evaluate, predict: API
 from .learning_rate import LearningRate
-from .optimizers import method_of
+from .optimizers import Sampler, lr_scales, method_of, preconditioner
 from .presentation import epoch_order
 from .progress import Progress
 from .run_folder import Interrupted, RunFolder  # noqa: F401 - Interrupted is part of this module's API
@@ -201,8 +201,7 @@ class _Minibatches:
         bar = Progress(len(train), f"epoch {epoch}/{epochs}", enabled=self.run.progress)
         if ts.cursor is None:  # a new epoch: the curvature, then the order of the batches
             ts.cursor = EpochCursor([])
-            if self.prog.curvature is not None:
-                self._estimate_curvature()
+            self._prepare_method(ts)
             ts.cursor.order = list(epoch_order(
                 len(train), cfg.batch, ts.rng, shuffle=cfg.shuffle,
                 labels=train.t if train.t is not None and train.t.ndim == 1 else None,
@@ -373,32 +372,28 @@ class _Minibatches:
 
     # -- before and between epochs ----------------------------------------------------------
     def _eigen_rate(self, ts: TrainState, examples: int) -> float:
+        """1/lambda_max of P H, P the diagonal the update multiplies the gradient by
+        (lr_scale; sdlm's 1/(h + mu), estimated first) [runtime/eigen.py]."""
         from .eigen import largest_eigenvalue
         train = self.train
+        self._prepare_method(ts)
+        precondition = preconditioner(self.cfg, lr_scales(self.prog.spec, self.cfg), ts.arrays, self.params)
         idx = np.sort(ts.rng.choice(len(train), size=min(examples, len(train)), replace=False))
         t = None if train.t is None else train.t[idx]
-        lam = largest_eigenvalue(self.prog, ts.arrays, train.x[idx], t, seed=self.cfg.seed)
+        lam = largest_eigenvalue(self.prog, ts.arrays, train.x[idx], t, seed=self.cfg.seed,
+                                 precondition=precondition)
         if not np.isfinite(lam) or lam <= 0:
             raise NetcError(f"lr = auto(eigen): the Hessian's largest eigenvalue came out {lam}; set lr by hand")
-        self.log(f"lr = auto(eigen): lambda_max {lam:.6g} on {len(idx)} examples -> lr {1 / lam:.6g}")
+        of = " of D^-1 H" if self.cfg.method.kind == "sdlm" else ""
+        self.log(f"lr = auto(eigen): lambda_max {lam:.6g}{of} on {len(idx)} examples -> lr {1 / lam:.6g}")
         return 1.0 / lam
 
-    def _estimate_curvature(self) -> None:
-        """SDLM [EB 9.1]: before each epoch, h <- (1 - gamma) h + gamma * bbprop(batch)
-        over `samples` random training examples."""
-        m, train, ts, prog = self.cfg.method, self.train, self.ts, self.prog
-        idx = ts.rng.choice(len(train), size=min(m.samples, len(train)), replace=False)
-        fn = prog.curvature
-        batch = max(1, min(self.cfg.batch, 100)) if self.cfg.batch > 1 else 25
-        with np.errstate(all="ignore"):
-            for lo in range(0, len(idx), batch):
-                sel = idx[lo:lo + batch]
-                t = None if train.t is None else train.t[sel]
-                curv = call(fn, ts.arrays, prog, train.x[sel], t)  # fed by name
-                for name, c in zip(self.params, curv):
-                    h = ts.arrays[f"{name}.curvature"]
-                    h *= 1 - m.gamma
-                    h += m.gamma * c
+    def _prepare_method(self, ts: TrainState) -> None:
+        """Before an epoch: SDLM's curvature estimate, vSGD's starting averages."""
+        prepare = method_of(self.cfg).prepare
+        if prepare is not None and self.prog.curvature is not None:
+            sampler = Sampler(self.prog, self.train.x, self.train.t, self.cfg.batch, ts.rng)
+            prepare(sampler, ts.arrays, self.cfg.method)
 
 
 def _valid_every(cfg: TrainConfig, valid: Dataset | None) -> int | None:
