@@ -163,3 +163,17 @@ def test_auto_eigen_under_sdlm_uses_the_preconditioned_matrix():
     got = float(line.split("lambda_max ")[1].split()[0])
     assert abs(got - want) <= 0.05 * want, (got, want, unscaled)
     assert m.summary["lr"] == pytest.approx(1 / got, rel=1e-3)
+
+
+def test_the_shipped_second_order_spec_trains_within_its_stability_limit():
+    """`netc train specs/second_order.net --epochs 1 --limit 5000`: no recovery, and it
+    learns (before: eps = 1/lambda_max(H) sat ~10x past 2/lambda_max(D^-1 H); 47.5%
+    test error after the epoch)."""
+    from pathlib import Path
+    spec = (Path(__file__).parent.parent / "specs" / "second_order.net").read_text()
+    m = netc.compile(spec)
+    lines = []
+    m.fit(epochs=1, limit=5000, log=lines.append)
+    assert any("of D^-1 H" in line for line in lines)
+    assert m.summary["recoveries"] == 0
+    assert m.summary["test_error"] < 0.3
