@@ -116,3 +116,17 @@ def test_jacobian_errors_name_the_place():
     with pytest.raises(SpecError) as e:
         build("V = param([4, 3])\nh = tanh(tanh(x @ W) @ V)\nJ = jacobian(h, x)\n")
     assert "two matrix products" in e.value.message
+
+
+@pytest.mark.parametrize("body", ["h = sigmoid(x @ W + b)", "h = tanh(x @ W)", "input m : [5]\nh = sigmoid((x * m) @ W + b)"])
+def test_per_example_squared_norm_is_contracted_and_exact(body):
+    s = build(body + "\np = sum(jacobian(h, x) ^ 2, axis = [1, 2])\n")
+    p = s.named["p"]
+    fired = {}
+    (q,) = simplify(s.graph, [p], fired=fired)
+    assert fired.get("contract_sum") == 1 and q.shape == (None,)
+    assert all(n.ndim < 3 for n in toposort([q])), "a rank-3 node survived simplification"
+    v = values(np.random.default_rng(4))
+    want, got = evaluate([p], v)[0], evaluate([q], v)[0]
+    assert want.shape == (3,)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
