@@ -74,7 +74,7 @@ def main() -> None:
     from netc.diagnostics import _train_set
     ds = _train_set(m, args.examples)
     print(f"lr-probe on {len(ds)} examples:")
-    r = lr_probe(lambda **kw: netc.compile(probe_spec, **kw), ds.x, ds.t, start=3.0, log=print)
+    r = lr_probe(lambda **kw: netc.compile(probe_spec, **kw), ds.x, ds.t, start=10.0, log=print)
     if r is None:
         raise SystemExit("lr-probe found no rate that trains")
     print(f"target: training loss <= {args.target} (measured on 1000 training examples every 1000 examples)")
