@@ -300,21 +300,24 @@ class Model:
     def predict_raw(self, x) -> np.ndarray:
         """The network's output for each row of `x` ([n, features]) as the spec computes it
         (scores where the loss applies the softmax); 0 rows give an empty [0, k] array."""
+        return self._output(x, "predict_raw(x)")
+
+    def _output(self, x, what: str) -> np.ndarray:
         if self.program.predict is None:
             raise NetcError("this spec has no output to predict")
         self._state("predict")
-        x = self._features(x, "predict(x)")
+        x = self._features(x, what)
         out = self.program.output
         if len(x) == 0:
             return np.empty((0,) + tuple(d or 0 for d in out.shape[1:]), out.dtype)
-        x = self.normalizer.apply(data.check_arrays(x, what="predict(x)").x)
+        x = self.normalizer.apply(data.check_arrays(x, what=what).x)
         x = x.astype(self.program.spec.graph.float_dtype, copy=False)
         return predict(self.program, self.state, np.ascontiguousarray(x), self.train_cfg.eval_batch)
 
     def predict(self, x) -> np.ndarray:
         """Class labels 0..n-1 [n] for a class(n) target (the argmax of the output; one
         output for class(2): its side of 0.5, or of 0 for a score); else the output [n, k]."""
-        y = self.predict_raw(x)
+        y = self._output(x, "predict(x)")
         return labels(self.head, y) if self.head.labels else y
 
     def predict_proba(self, x) -> np.ndarray:
@@ -323,7 +326,7 @@ class Model:
         outputs. One sigmoid output gives [1 - p, p]."""
         if self.program.predict is not None and self.head.link is None:
             probabilities(self.head, np.zeros((0, 1)))  # refuses, before the work
-        return probabilities(self.head, self.predict_raw(x))
+        return probabilities(self.head, self._output(x, "predict_proba(x)"))
 
     def score(self, x, t) -> float:
         """Higher is better, as scikit-learn's: accuracy (the fraction of labels right) for a

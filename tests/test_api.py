@@ -392,22 +392,22 @@ def trained(problem):
     return m
 
 
-@pytest.mark.parametrize("call", ["predict", "score"])
+@pytest.mark.parametrize("call", ["predict", "predict_proba", "predict_raw", "score"])
 @pytest.mark.parametrize("x, shown", [(np.ones((5, 19)), r"\[5, 19\]"), (np.ones((5, 4, 5)), r"\[5, 4, 5\]"),
                                       (np.ones((5, 20, 1)), r"\[5, 20, 1\]")],
                          ids=["19 features", "3-D", "3-D of 20"])
 def test_wrong_shape_is_refused_naming_the_expected_shape(trained, call, x, shown):
-    args = (x,) if call == "predict" else (x, np.zeros(len(x), np.int64))
+    args = (x, np.zeros(len(x), np.int64)) if call == "score" else (x,)
     with pytest.raises(NetcError, match=rf"^{call}\(x.*\[n, 20\].*{shown}") as e:
         getattr(trained, call)(*args)
     assert "input 'x'" in str(e.value)
 
 
-@pytest.mark.parametrize("call", ["predict", "score"])
+@pytest.mark.parametrize("call", ["predict", "predict_proba", "predict_raw", "score"])
 @pytest.mark.parametrize("x", [np.array([[object()] * 20] * 2, dtype=object), np.full((2, 20), "1.0"),
                                np.ones((2, 20), complex)], ids=["object", "str", "complex"])
 def test_non_numeric_arrays_are_refused(trained, call, x):
-    args = (x,) if call == "predict" else (x, np.zeros(len(x), np.int64))
+    args = (x, np.zeros(len(x), np.int64)) if call == "score" else (x,)
     with pytest.raises(NetcError, match=rf"^{call}\(x.*dtype"):
         getattr(trained, call)(*args)
 

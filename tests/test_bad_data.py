@@ -318,4 +318,4 @@ def test_predict_refuses_nan_features():
     x, _ = blobs()
     x[3, 0] = np.inf
     with pytest.raises(DataError, match=r"^predict\(x\): record 3: inf in column 0 of 'x'"):
-        netc.compile(SPEC).predict_raw(x)
+        netc.compile(SPEC).predict(x)
