@@ -1,5 +1,5 @@
 """The `netc` command: check | compile | train | search | gradcheck | lr-probe |
-overfit | fmt | doc.
+overfit | fmt | export | doc.
 
 Exit codes, so that a script can tell them apart:
 0 success; 1 an internal error (a bug in netc: please report it); 2 a user
@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 if the file is already formatted, 3 (with a diff on stderr) if not")
     g.add_argument("--write", action="store_true", help="rewrite the file in place if formatting changes it")
 
+    c = sub.add_parser("export", help="write a trained predictor (input normalization included) as ONNX")
+    c.add_argument("run", help="a run folder or a params.npz (from netc train or Model.save)")
+    c.add_argument("--format", choices=["onnx"], default="onnx")
+    c.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
+
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
     c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "ops"], default="prelude")
     return p
@@ -163,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
                 "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
-                "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search}[args.command](args) or 0
+                "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search,
+                "export": cmd_export}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
@@ -340,6 +346,15 @@ def cmd_overfit(args) -> int:
 def cmd_fmt(args) -> int:
     from netc.compiler.format import fmt_file
     return 0 if fmt_file(args.spec, check=args.check, write=args.write) else EXIT_CHECK
+
+
+def cmd_export(args) -> int:
+    from netc.export_onnx import export, require_onnx
+    from netc.model import load
+    require_onnx()  # before loading: say what to install first
+    path, signature = export(load(args.run), args.out, format=args.format)
+    print(f"wrote {path}: {signature}")
+    return 0
 
 
 def cmd_doc(args) -> int:
