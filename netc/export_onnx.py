@@ -29,7 +29,8 @@ import numpy as np
 
 from netc.compiler.errors import NetcError
 from netc.compiler.node import Node, toposort
-from netc.compiler.ops import expected
+from netc.compiler.ops import _sum_to_axes, expected
+from netc.compiler.pipeline import to_host
 
 __all__ = ["OPSET", "TRANSLATE", "require_onnx", "to_onnx", "export", "signature"]
 
@@ -248,7 +249,6 @@ def _argmax(b, n, a):
 
 
 def _sum_to(b, n, a):
-    from netc.compiler.ops import _sum_to_axes
     lead, kept = _sum_to_axes(n.inputs[0].shape, n.attr("shape"))
     if not lead + kept:
         return b.op("Identity", [a[0]])
@@ -358,22 +358,9 @@ def to_onnx(model, *, opset: int = OPSET):
     if any(n.name in spec.targets for n in read):
         raise NetcError("ONNX export: the output reads a target")
     feeds = [n for n in spec.inputs.values() if any(r.id == n.id for r in read)]
-    graph_inputs, b = [], _Builder(onnx, {k: np.asarray(v) for k, v in model.state.items()},
-                                   feeds[0].name if feeds else None)
-    for f in feeds:
-        if f.name in OUTPUTS:
-            raise NetcError(f"ONNX export: input '{f.name}' has the name of an output; rename it in the spec")
-        norm = model.normalizer if first is not None and f.id == first.id else None
-        width = norm.in_width if norm is not None else None
-        shape = [BATCH] + list(f.shape[1:]) if f.shape and f.shape[0] is None else list(f.shape)
-        if width is not None and len(shape) == 2:
-            shape[1] = width
-        in_dtype = dtype if norm is not None and norm.kind != "none" else f.dtype
-        graph_inputs.append(helper.make_tensor_value_info(f.name, _onnx_type(onnx, in_dtype), shape))
-        x = f.name
-        if norm is not None and norm.kind != "none":
-            x = b.cast(_normalization(b, norm, x, dtype), dtype, f.dtype)
-        b.names[f.id] = x
+    state = {k: np.asarray(to_host(v)) for k, v in model.state.items()}  # a device="gpu" model's too
+    b = _Builder(onnx, state, feeds[0].name if feeds else None)
+    graph_inputs = [_graph_input(b, model, f, first is not None and f.id == first.id) for f in feeds]
     for n in order:
         if n.id in b.names:
             continue
@@ -398,6 +385,22 @@ def to_onnx(model, *, opset: int = OPSET):
     proto.ir_version = min(proto.ir_version, 8)  # readable by onnxruntime >= 1.15
     onnx.checker.check_model(proto)
     return proto
+
+
+def _graph_input(b: _Builder, model, f: Node, normalized: bool):
+    """The graph input for the spec's input `f`: raw features (the width the normalizer was
+    fitted on) followed by the normalizer's nodes where `normalized` (the first input, as
+    Model.predict_raw normalizes it)."""
+    if f.name in OUTPUTS:
+        raise NetcError(f"ONNX export: input '{f.name}' has the name of an output; rename it in the spec")
+    dtype = model.program.spec.graph.float_dtype
+    norm = model.normalizer if normalized and model.normalizer.kind != "none" else None
+    shape = [BATCH] + list(f.shape[1:]) if f.shape and f.shape[0] is None else list(f.shape)
+    if norm is not None and norm.in_width is not None and len(shape) == 2:
+        shape[1] = norm.in_width
+    info = b.helper.make_tensor_value_info(f.name, _onnx_type(b.onnx, dtype if norm else f.dtype), shape)
+    b.names[f.id] = f.name if norm is None else b.cast(_normalization(b, norm, f.name, dtype), dtype, f.dtype)
+    return info
 
 
 def _outputs(b: _Builder, model, out: Node, dtype: str) -> list[tuple]:
