@@ -1,5 +1,5 @@
 """The `netc` command: check | compile | train | search | gradcheck | lr-probe |
-overfit | fmt | export | doc.
+overfit | fmt | export | report | doc.
 
 Exit codes, so that a script can tell them apart:
 0 success; 1 an internal error (a bug in netc: please report it); 2 a user
@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["onnx"], default="onnx")
     c.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
 
+    c = sub.add_parser("report", help="one HTML page (figures embedded) of runs and searches: curves, "
+                                      "per-layer statistics, weights; needs netc[report]")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="a run folder (netc train --out) or a search folder")
+    c.add_argument("--out", help="the HTML file to write (default: RUN/report.html, the first RUN)")
+
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
     c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "ops"], default="prelude")
     return p
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
                 "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
                 "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search,
-                "export": cmd_export}[args.command](args) or 0
+                "export": cmd_export, "report": cmd_report}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
@@ -354,6 +359,13 @@ def cmd_export(args) -> int:
     require_onnx()  # before loading: say what to install first
     path, signature = export(load(args.run), args.out, format=args.format)
     print(f"wrote {path}: {signature}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from netc.report import write_report
+    out = write_report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    print(f"report: {out}")
     return 0
 
 
