@@ -177,3 +177,15 @@ def test_the_shipped_second_order_spec_trains_within_its_stability_limit():
     assert any("of D^-1 H" in line for line in lines)
     assert m.summary["recoveries"] == 0
     assert m.summary["test_error"] < 0.3
+
+
+def test_vsgd_giving_up_after_divergences_does_not_advise_lowering_a_rate_it_has_not():
+    from netc.runtime.divergence import MAX_RECOVERIES, Diverged, DivergenceWatch
+    from netc.runtime.learning_rate import RateState
+    m = netc.compile(VSGD_REG + "train {\n    method = vsgd()\n}\n")
+    watch = DivergenceWatch(m.program, True, lambda line: None)
+    ws = watch.start(m.state)
+    ws.recoveries = MAX_RECOVERIES
+    with pytest.raises(Diverged) as e:
+        watch.recover(ws, RateState(1.0), m.state, 1e9, 10)
+    assert "method.lr" not in str(e.value) and "vsgd sets its own rates" in str(e.value)
