@@ -29,6 +29,7 @@ from .search_store import best_so_far
 
 HINTON_LIMIT = 12   # Hinton diagrams drawn per run
 HISTOGRAM_LIMIT = 24  # weight arrays in the histogram figure
+ACTIVATION_EXAMPLES = 1000  # the activations at the end: on this many examples
 CURVES = (("train_loss", "training loss", True), ("valid_error", "validation error", False),
           ("test_error", "test error", False), ("lr", "learning rate", True))
 LAYER_STATS = (("mean", "activation mean", False), ("std", "activation std", False),
@@ -46,6 +47,8 @@ class Run:
     summary: dict
     params: dict[str, np.ndarray] = field(default_factory=dict)
     checkpoint_note: str | None = None
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+    activations_note: str | None = None
 
 
 @dataclass
@@ -113,7 +116,37 @@ def read_run(folder: Path, label: str) -> Run:
                 run.params[name] = ck.read(f"state/{name}", shape=tuple(shape))
     except NetcError as e:
         run.checkpoint_note = f"the checkpoint could not be read: {e.message}"
+        return run
+    run.activations, run.activations_note = final_activations(folder)
     return run
+
+
+def final_activations(folder: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Each named layer's activations at the end, on the first ACTIVATION_EXAMPLES examples
+    of the run's validation set (else its training set), read again through its data block;
+    ({}, why not) when the run was trained on arrays or its data cannot be read."""
+    from netc.compiler.pipeline import to_host
+    from netc.model import load
+    from netc.runtime.splits import load_source
+    record = _json(folder / "run.json")
+    if record.get("data") != "spec" or not isinstance(record.get("base"), str):
+        return {}, "no activations: the run was not trained on its spec's data block"
+    try:
+        m = load(folder)
+        spec = m.program.spec
+        src = m.data_cfg.valid or m.data_cfg.train
+        layers = [k for k, n in spec.named.items() if n.ndim >= 2 and n.shape[0] is None and k != "loss"]
+        if src is None or len(spec.inputs) != 1 or not layers:
+            return {}, "no activations: the spec has no data block with one input, or no named layer"
+        ds = load_source(src, Path(record["base"]), next(iter(spec.targets.values()), None))
+        x = m.normalizer.apply(ds.x[:ACTIVATION_EXAMPLES]).astype(spec.graph.float_dtype, copy=False)
+        fn = m.program.function([spec.named[k] for k in layers], list(spec.inputs.values()), name="activations")
+        values = fn(m.state, np.ascontiguousarray(x))
+    except (NetcError, OSError, ValueError) as e:
+        return {}, f"no activations: {getattr(e, 'message', None) or e}"
+    which = "validation" if m.data_cfg.valid is not None else "training"
+    note = f"on the first {len(x)} examples of the {which} set"
+    return {k: np.asarray(to_host(v)) for k, v in zip(layers, values)}, note
 
 
 def read_search(folder: Path, label: str) -> Search:
@@ -284,6 +317,12 @@ def _run_section(run: Run) -> list[str]:
     hist = weight_histograms(run)
     if hist:
         parts += ["<h3>Weights at the end</h3>", _img(hist, f"weight histograms of {run.label}")]
+    if run.activations:
+        acts = dict(list(run.activations.items())[:HISTOGRAM_LIMIT])
+        parts += ["<h3>Activations at the end</h3>", f'<p class="note">{_e(run.activations_note)}</p>',
+                  _img(plots.histograms(acts, "activations at the end"), f"activation histograms of {run.label}")]
+    elif run.activations_note:
+        parts.append(f'<p class="note">{_e(run.activations_note)}</p>')
     return parts
 
 

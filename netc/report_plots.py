@@ -33,6 +33,12 @@ def pyplot():
     return plt
 
 
+def _ticker():
+    pyplot()
+    from matplotlib import ticker
+    return ticker
+
+
 def _text(s, limit: int = 48) -> str:
     s = str(s)
     s = s if len(s) <= limit else s[:limit - 1] + "\u2026"
@@ -156,6 +162,7 @@ def best_so_far(points: list[tuple[int, float]], all_points: list[tuple[int, flo
         ax.scatter(*zip(*all_points), s=14, color="lightgray", label="each trial")
     if points:
         ax.step(*zip(*points), where="post", color="C3", label="best so far")
+    ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
     ax.set_xlabel("trials finished (k)", fontsize=8)
     ax.set_ylabel(_text(metric), fontsize=8)
     ax.set_title("best so far", fontsize=10)
@@ -174,6 +181,7 @@ def scatters(panels: list[tuple[str, list, list[float], bool]], metric: str) -> 
             ax.scatter(xs, ys, s=16)
             if log and xs and _positive(xs):
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(_ticker().NullFormatter())  # within a decade they overlap
         else:
             cats = sorted({str(x) for x in xs})
             ax.scatter([cats.index(str(x)) for x in xs], ys, s=16)

@@ -134,16 +134,17 @@ def page_file(made) -> Path:
 def test_runs_and_a_search_in_one_page(page_file):
     page = page_file.read_text()
     pngs = images(page)
-    # curves (once), and per run: statistics, filters (16 = 4 x 4), 3 Hinton diagrams, histograms;
-    # the search: best-so-far and the scatter plots
-    assert len(pngs) == 1 + 2 * (1 + 1 + 3 + 1) + 2
+    # curves (once), and per run: statistics, filters (16 = 4 x 4), 3 Hinton diagrams, weight and
+    # activation histograms; the search: best-so-far and the scatter plots
+    assert len(pngs) == 1 + 2 * (1 + 1 + 3 + 1 + 1) + 2
     from PIL import Image  # matplotlib's own dependency
     import io
     for data in pngs:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
     for text in ("Learning curves", "Per-layer statistics", "First-layer filters", "Hinton diagrams",
-                 "Weights at the end", "Search search", "best trial", "loguniform(0.001, 0.1)", "run_b"):
+                 "Weights at the end", "Activations at the end", "on the first 40 examples of the validation set",
+                 "Search search", "best trial", "loguniform(0.001, 0.1)", "run_b"):
         assert text in page
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # self-contained
 
@@ -153,7 +154,7 @@ def test_default_out_is_the_first_run(made, capsys):
     assert main(["report", str(made / "run_a")]) == 0
     assert "run_a/report.html" in capsys.readouterr().out
     page = (made / "run_a" / "report.html").read_text()
-    assert len(images(page)) == 7
+    assert len(images(page)) == 8
 
 
 def _hostile_run(made: Path, name: str) -> Path:
@@ -187,7 +188,7 @@ def test_strings_from_the_run_folder_are_escaped(made):
     p.feed(page)
     assert set(p.tags) <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "table",
                            "tr", "th", "td", "img", "div"}
-    assert len(images(page)) == 7
+    assert len(images(page)) == 8
 
 
 @needs_mpl
@@ -200,6 +201,25 @@ def test_a_damaged_checkpoint_still_gives_the_curves(made):
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "could not be read" in page and len(images(page)) == 2  # curves and statistics, no weights
+
+
+@needs_mpl
+def test_without_its_data_a_run_still_reports_its_weights(made):
+    """A run trained on arrays (the API), and one whose data moved: no activations, said why."""
+    import netc
+    x, t = make_problem(n=60, features=16)
+    netc.compile(made / "tiny.net").fit(x, t, epochs=1, out=made / "arrays")
+    moved = made / "moved"
+    if moved.exists():
+        shutil.rmtree(moved)
+    shutil.copytree(made / "run_a", moved)
+    record = json.loads((moved / "run.json").read_text())
+    record["base"] = str(made / "gone")
+    (moved / "run.json").write_text(json.dumps(record))
+    for run, why in (("arrays", "not trained on its spec&#x27;s data block"), ("moved", "no activations: ")):
+        assert main(["report", str(made / run)]) == 0
+        page = (made / run / "report.html").read_text()
+        assert why in page and "Activations at the end" not in page and len(images(page)) == 7
 
 
 def test_not_a_run_folder_is_a_user_error(tmp_path, capsys):
