@@ -225,7 +225,7 @@ def first_layer_filters(run: Run) -> tuple[bytes, str] | None:
             if side >= 4 and side * side == w.shape[0] and w.shape[1] > 0:
                 note = (f"{name}: the first {min(w.shape[1], plots.FILTERS_MAX)} of {w.shape[1]} units, each "
                         f"as a {side} x {side} image (input width {w.shape[0]}); gray 0, white positive")
-                return plots.filters(w, side, name), note
+                return plots.filters(w, side), note
             return None
     return None
 

@@ -102,20 +102,21 @@ def curves(panels: list[Panel], x_label: str) -> bytes:
     return _png(fig)
 
 
-def filters(w: np.ndarray, side: int, title: str) -> bytes:
-    """The first FILTERS_MAX columns of a (side*side, units) weight matrix, each as a side x side image."""
+def filters(w: np.ndarray, side: int) -> bytes:
+    """The first FILTERS_MAX columns of a (side*side, units) weight matrix, each as a side x side
+    image (the page names the matrix)."""
     plt = pyplot()
     units = min(w.shape[1], FILTERS_MAX)
     cols = min(units, 8)
     rows = math.ceil(units / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < units:
             f = np.nan_to_num(w[:, k].reshape(side, side).astype(np.float64))
             m = float(np.abs(f).max()) or 1.0
             ax.imshow(f, cmap="gray", vmin=-m, vmax=m, interpolation="nearest")
-    fig.suptitle(_text(title, 80), fontsize=9)
+    fig.subplots_adjust(wspace=0.08, hspace=0.08)
     return _png(fig)
 
 
