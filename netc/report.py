@@ -15,6 +15,7 @@ import base64
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,6 +250,18 @@ def _is_log(dist: str) -> bool:
     return dist.startswith("loguniform") or "log = true" in dist
 
 
+def _range(dist: str) -> tuple[float, float] | None:
+    """The ends of a searched range, from search.json's text of it (`loguniform(0.001, 0.1)`); None for a choice."""
+    m = re.match(r"^\s*(\w+)\(\s*([^,()]+),\s*([^,()]+)", dist)
+    if m is None or m.group(1) == "choice":
+        return None
+    try:
+        lo, hi = float(m.group(2)), float(m.group(3))
+    except ValueError:
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo < hi else None
+
+
 def search_figures(s: Search) -> list[bytes]:
     _, curve = best_so_far(s.records)
     steps = [(c["k"], c["metric"]) for c in curve if c["metric"] is not None]
@@ -260,7 +273,8 @@ def search_figures(s: Search) -> list[bytes]:
     for name in names:
         pts = [(r["sampled"][name], r["metric"]) for r in ok if name in r["sampled"]]
         if pts:
-            panels.append((name, [p[0] for p in pts], [p[1] for p in pts], _is_log(s.space.get(name, ""))))
+            dist = s.space.get(name, "")
+            panels.append(plots.Scatter(name, [p[0] for p in pts], [p[1] for p in pts], _is_log(dist), _range(dist)))
     if panels:
         figs.append(plots.scatters(panels, s.metric))
     return figs

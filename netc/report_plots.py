@@ -172,14 +172,28 @@ def best_so_far(points: list[tuple[int, float]], all_points: list[tuple[int, flo
     return _png(fig)
 
 
-def scatters(panels: list[tuple[str, list, list[float], bool]], metric: str) -> bytes:
-    """The metric against each searched value [PR 3.4]: (name, values, metrics, log x);
-    values that are not all numbers are drawn as categories."""
+@dataclass
+class Scatter:
+    """The metric (ys) against one searched value (xs), with its range's ends when it has one."""
+    name: str
+    xs: list
+    ys: list[float]
+    log: bool = False
+    range: tuple[float, float] | None = None
+
+
+def scatters(panels: list[Scatter], metric: str) -> bytes:
+    """The metric against each searched value [PR 3.4], the range's ends dashed (a best
+    value near one may lie beyond it); values that are not all numbers are drawn as categories."""
     fig, axes = _grid(len(panels))
-    for ax, (name, xs, ys, log) in zip(axes, panels):
+    for ax, p in zip(axes, panels):
+        name, xs, ys, log = p.name, p.xs, p.ys, p.log
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
         if numeric:
             ax.scatter(xs, ys, s=16)
+            if p.range is not None and (not log or p.range[0] > 0):
+                for end in p.range:
+                    ax.axvline(end, color="gray", linestyle="--", linewidth=1)
             if log and xs and _positive(xs):
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(_ticker().NullFormatter())  # within a decade they overlap

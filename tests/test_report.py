@@ -222,6 +222,34 @@ def test_without_its_data_a_run_still_reports_its_weights(made):
         assert why in page and "Activations at the end" not in page and len(images(page)) == 7
 
 
+@needs_mpl
+def test_a_damaged_search_folder_with_hostile_names(tmp_path):
+    """Failed trials, a line cut short, names and values from the user: drawn, counted, escaped."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    space = {"method.lr": "loguniform(0.001, 0.1)", HOSTILE: "choice(a, b)", "batch": "uniform(8, 64)"}
+    (folder / "search.json").write_text(json.dumps({"metric": HOSTILE, "space": space}))
+    recs = [{"trial": k, "status": "ok", "metric": m, "sampled": {"method.lr": lr, HOSTILE: f"<i>{k % 2}", "batch": 8 * k}}
+            for k, m, lr in ((1, 0.3, 0.002), (2, 0.1, 0.05), (4, 0.2, 0.01))]
+    recs.append({"trial": 3, "status": "failed", "metric": None, "sampled": {}, "error": HOSTILE})
+    (folder / "trials.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + '\n{"trial": 5, "sta')
+    assert main(["report", str(folder)]) == 0
+    page = (folder / "report.html").read_text()
+    assert "<script" not in page and "<i>" not in page and "&lt;i&gt;0" in page  # the best trial's value
+    assert "&lt;script&gt;" in page and len(images(page)) == 2
+    for row in ("<th>failed</th><td>1</td>", "<th>ok</th><td>3</td>", "<th>best trial</th><td>2</td>",
+                "<th>unreadable lines in trials.jsonl</th><td>1</td>"):
+        assert row in page
+
+
+def test_searched_ranges_are_read_from_their_text():
+    from netc.report import _is_log, _range
+    assert _is_log("loguniform(0.001, 0.1)") and _is_log("uniform(1, 10, log = true)")
+    assert not _is_log("uniform(1, 10)") and not _is_log("choice(1, 2)")
+    assert _range("loguniform(0.001, 0.1)") == (0.001, 0.1) and _range("int(8, 64)") == (8.0, 64.0)
+    assert _range("choice(1, 2)") is None and _range("uniform(nan, 1)") is None and _range("") is None
+
+
 def test_not_a_run_folder_is_a_user_error(tmp_path, capsys):
     if not HAVE_MPL:
         pytest.skip("matplotlib is not installed")
