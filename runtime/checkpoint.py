@@ -244,6 +244,7 @@ class Checkpoint:
 
     def __init__(self, file: Path, zf: zipfile.ZipFile, meta: dict, entries: dict[str, Entry]):
         self.file, self._zf, self.meta, self.entries = file, zf, meta, entries
+        self._raw = None  # the file object the archive reads, closed with it
 
     def error(self, field: str, message: str) -> DataError:
         return DataError(f"{self.file}: field {_field(field)}: {message}")
@@ -270,7 +271,9 @@ class Checkpoint:
         return a
 
     def close(self) -> None:
-        self._zf.close()
+        self._zf.close()  # a ZipFile does not close a file object it was given
+        if self._raw is not None:
+            self._raw.close()
 
     def __enter__(self):
         return self
@@ -310,6 +313,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
             raise DataError(f"{file}: not a netc checkpoint (field '{META}' is missing)")
         arrays = {k[2:]: e for k, e in entries.items() if k.startswith("a/")}
         ck = Checkpoint(file, zf, {}, arrays)
+        ck._raw = f
         ck.meta = check_meta(_meta(ck, meta_entry), file)
         return ck
     except BaseException:
