@@ -9,7 +9,7 @@ import pytest
 
 import netc
 from netc.compiler.errors import SpecError
-from netc.compiler.pipeline import hessian_vector_function
+from test_eigen import exact_hessian
 
 MNIST_NET = """input x : [784]
 target t : class(10)
@@ -126,23 +126,6 @@ def test_sdlm_curvature_is_the_gauss_newton_diagonal_from_the_first_epoch():
     m.fit(x, t, epochs=1)
     for n, d in want.items():
         np.testing.assert_allclose(m.state[f"{n}.curvature"], d, rtol=1e-4, atol=1e-9, err_msg=n)
-
-
-def exact_hessian(m, x, t):
-    hv = hessian_vector_function(m.program)
-    names = list(m.program.spec.params)
-    sizes = [m.state[n].size for n in names]
-    N = sum(sizes)
-    H = np.zeros((N, N))
-    for j in range(N):
-        e = np.zeros(N)
-        e[j] = 1.0
-        parts, k = [], 0
-        for n, s in zip(names, sizes):
-            parts.append(e[k:k + s].reshape(m.state[n].shape))
-            k += s
-        H[:, j] = np.concatenate([a.reshape(-1) for a in hv(m.state, x, t, *parts)])
-    return H
 
 
 def test_auto_eigen_under_sdlm_uses_the_preconditioned_matrix():

@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 from sklearn.base import clone  # noqa: E402
+from test_api import SPEC  # noqa: E402
 from sklearn.metrics import accuracy_score, r2_score  # noqa: E402
 from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -41,18 +42,7 @@ def mlp_regressor(n_features: int, n_outputs: int) -> str:
             f"y = dense(h, {n_outputs})\nloss = mse(y, t)\n")
 
 
-FIXED = """\
-input x : [20]
-target t : class(3)
-h = dense(x, 16, act = tanh)
-y = dense(h, 3)
-loss = nll(softmax(y), t)
-train {
-    method = sgd(lr = 0.1, momentum = 0.5)
-    batch = 10
-    epochs = 5
-}
-"""
+FIXED = SPEC  # the fixed-width classifier of test_api.py
 
 
 @parametrize_with_checks([NetcClassifier(mlp_classifier, epochs=10, lr=0.1, batch=16),
