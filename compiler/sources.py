@@ -48,7 +48,10 @@ def is_file(text: str) -> bool:
 
 def decode(data: bytes, shown: str, loc: Loc | None = None, file: str | None = None) -> str:
     """UTF-8 text with universal newlines; a bad byte is a SpecError at `loc`,
-    or with `file` at the byte itself."""
+    or with `file` at the byte itself. A leading byte-order mark (what some
+    Windows editors write) is dropped: it is not part of the text."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
