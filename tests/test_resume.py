@@ -378,6 +378,7 @@ def test_epochs_extend_a_finished_run_exactly(tmp_path):
     netc.compile(text).fit(x[:150], t[:150], epochs=2, out=tmp_path / "two")
     again = netc.resume(tmp_path / "two", x[:150], t[:150])  # finished: nothing changes
     assert again.resumed == "finished" and json.loads((tmp_path / "two" / "model.json").read_text())["epoch"] == 2
+    assert [r["epoch"] for r in again.history_ if "epoch" in r] == [1, 2]  # a finished run still says how it went
     m = netc.resume(tmp_path / "two", x[:150], t[:150], epochs=4)
     assert m.resumed == "continued" and m.summary["epochs"] == 4
     ref, got = _arrays(tmp_path / "four"), _arrays(tmp_path / "two")
