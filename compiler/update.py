@@ -28,7 +28,10 @@ class Optimizer:
     kind: str = "sgd"  # a key of RULES
     momentum: bool = False  # a momentum hyper is fed (sgd)
     nesterov: bool = False
-    eps: float = 1e-8  # adagrad's guard
+    eps: float = 1e-8  # adagrad's, adam's and rmsprop's guard (added to the root)
+    beta1: float = 0.9  # adam's moment decays
+    beta2: float = 0.999
+    rho: float = 0.9  # rmsprop's mean-square decay
     mu: float = 0.02  # sdlm's Levenberg-Marquardt term [EB 9.1]
     alpha: float = 0.01  # adaptive: rate of change of the rate [EB 4.7]
     beta: float = 1.0
@@ -52,6 +55,7 @@ class Shared:
     lr: Node
     updates: list[tuple[Node, Node]] = field(default_factory=list)
     curvature: list[Node] | None = None
+    scalars: dict[str, Node] = field(default_factory=dict)  # e.g. adam's bias corrections
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,40 @@ def _adagrad(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> lis
     return [(acc, acc_new), (p, G("sub", p, step))]
 
 
+def _adam_corrections(G: Graph, opt: Optimizer, params, grads, loss, output, shared: Shared) -> None:
+    """beta^t for t the update count, kept as running products (state, so a resumed
+    run continues the same t): 1/(1 - beta1^t) and 1/(1 - beta2^t) undo the moments'
+    bias toward their zero start [Kingma & Ba 2015, Alg. 1]."""
+    one = {"dist": "constant", "value": 1.0}
+    for k, beta in (("1", opt.beta1), ("2", opt.beta2)):
+        power = G("state", name=f"adam.beta{k}_power", shape=(), dtype=G.float_dtype, init=one)
+        new = G("mul", power, float(beta))
+        shared.updates.append((power, new))
+        shared.scalars[f"correction{k}"] = G("div", 1.0, G("sub", 1.0, new))
+
+
+def _adam(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float, i: int,
+          shared: Shared) -> list[tuple[Node, Node]]:
+    """m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
+    w <- w - eps (m c1) / (sqrt(v c2) + e), c the bias corrections [Kingma & Ba 2015, Alg. 1]:
+    the first step moves each weight by about eps, whatever the gradient's scale."""
+    m, v = _state(G, p, "moment1"), _state(G, p, "moment2")
+    m_new = G("add", G("mul", opt.beta1, m), G("mul", 1.0 - opt.beta1, g))
+    v_new = G("add", G("mul", opt.beta2, v), G("mul", 1.0 - opt.beta2, G("mul", g, g)))
+    m_hat = G("mul", m_new, shared.scalars["correction1"])
+    v_hat = G("mul", v_new, shared.scalars["correction2"])
+    step = G("div", G("mul", eps_p, m_hat), G("add", G("sqrt", v_hat), opt.eps))
+    return [(m, m_new), (v, v_new), (p, G("sub", p, step))]
+
+
+def _rmsprop(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
+    """ms <- rho ms + (1-rho) g^2, w <- w - eps g / (sqrt(ms) + e) [Tieleman & Hinton 2012]."""
+    ms = _state(G, p, "mean_sq")
+    ms_new = G("add", G("mul", opt.rho, ms), G("mul", 1.0 - opt.rho, G("mul", g, g)))
+    step = G("div", G("mul", eps_p, g), G("add", G("sqrt", ms_new), opt.eps))
+    return [(ms, ms_new), (p, G("sub", p, step))]
+
+
 def _sdlm(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
     """eta_k = eps / (h_k + mu) with h a running Gauss-Newton diagonal kept by the trainer [EB 9.1]."""
     h = _state(G, p, "curvature")
@@ -224,6 +262,8 @@ def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float,
 RULES: dict[str, UpdateRule] = {
     "sgd": UpdateRule(_sgd),
     "adagrad": UpdateRule(_adagrad),
+    "adam": UpdateRule(_adam, shared=_adam_corrections),
+    "rmsprop": UpdateRule(_rmsprop),
     "sdlm": UpdateRule(_sdlm, curvature_function=True),
     "vsgd": UpdateRule(_vsgd, shared=_vsgd_curvature, curvature_function=True),
     "adaptive": UpdateRule(_sgd, shared=_adaptive_rate),

@@ -46,6 +46,26 @@ class AdaGrad(_Strict):
     eps: float = Field(1e-8, gt=0, description="guard against dividing by zero")
 
 
+class Adam(_Strict):
+    """Adam (Kingma & Ba 2015, Algorithm 1, bias correction included): m <- b1 m + (1-b1) g,
+    v <- b2 v + (1-b2) g^2, w <- w - lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)."""
+    kind: Literal["adam"] = "adam"
+    lr: float = Field(0.001, gt=0, description="alpha, the step size (the paper's and Keras's default)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="decay of the first-moment (mean) average")
+    beta2: float = Field(0.999, ge=0, lt=1, description="decay of the second-moment (uncentered variance) average")
+    eps: float = Field(1e-8, gt=0, description="added to sqrt(v_hat) (outside the root, as in the paper)")
+
+
+class RMSprop(_Strict):
+    """RMSprop (Tieleman & Hinton 2012, lecture 6.5): ms <- rho ms + (1-rho) g^2,
+    w <- w - lr g / (sqrt(ms) + eps), eps outside the root as in adam and adagrad here
+    (PyTorch's and Keras's placement)."""
+    kind: Literal["rmsprop"] = "rmsprop"
+    lr: float = Field(0.001, gt=0, description="the global rate")
+    rho: float = Field(0.9, ge=0, lt=1, description="decay of the mean-square average (Hinton's 0.9)")
+    eps: float = Field(1e-8, gt=0, description="added to sqrt(ms): bounds the step where gradients are tiny")
+
+
 class SDLM(_Strict):
     """Stochastic diagonal Levenberg-Marquardt: eta_k = lr / (<d2E/dw_k^2> + mu) [EB 9.1],
     the curvature a running Gauss-Newton diagonal (bbprop) re-estimated before each epoch."""
@@ -171,7 +191,7 @@ class Polyak(_Strict):
     kind: Literal["polyak"] = "polyak"
 
 
-METHODS = {"sgd": SGD, "adagrad": AdaGrad, "sdlm": SDLM, "vsgd": VSGD, "adaptive": Adaptive, "lbfgs": LBFGS,
+METHODS = {"sgd": SGD, "adagrad": AdaGrad, "adam": Adam, "rmsprop": RMSprop, "sdlm": SDLM, "vsgd": VSGD, "adaptive": Adaptive, "lbfgs": LBFGS,
            "cg": CG}
 BATCH_METHODS = ("lbfgs", "cg")
 SCHEDULES = {"constant": Constant, "inverse_time": InverseTime, "step": StepDecay, "exponential": Exponential,
@@ -191,8 +211,10 @@ TRANSFORMS = {"every": Every, "off": Never, "none": Never}
 
 
 class TrainConfig(_Strict):
-    method: SGD | AdaGrad | SDLM | VSGD | Adaptive | LBFGS | CG = Field(
-        default_factory=SGD, description="sgd(lr, momentum, nesterov), adagrad(lr), sdlm(lr, mu, gamma, samples), "
+    method: SGD | AdaGrad | Adam | RMSprop | SDLM | VSGD | Adaptive | LBFGS | CG = Field(
+        default_factory=SGD, description="sgd(lr, momentum, nesterov), adagrad(lr, eps), "
+                                         "adam(lr, beta1, beta2, eps), rmsprop(lr, rho, eps), "
+                                         "sdlm(lr, mu, gamma, samples), "
                                          "vsgd(n0, C, curvature), adaptive(lr, alpha, beta, delta), "
                                          "lbfgs(iterations, memory), "
                                          "cg(iterations)")
@@ -225,6 +247,9 @@ class TrainConfig(_Strict):
                                                                           "alpha, beta, gamma every N updates [RV]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
+    test_every: Literal["end", "epoch"] = Field(
+        "end", description="end: the test set is evaluated once, on the final parameters (nothing "
+                           "is tuned on it); epoch: also at each epoch's end (metrics.jsonl)")
     checkpoint_every: Annotated[int, Field(ge=1)] | Seconds = Field(
         default_factory=Seconds, description="with a run folder, a checkpoint inside an epoch every N examples, "
                                              "or seconds(N) (default seconds(60)); always one at each epoch's "
@@ -244,7 +269,8 @@ class Source(_Strict):
 class DataConfig(_Strict):
     train: Source | None = Field(None, description='training set, e.g. mnist("train")[0:50000], csv("f.csv"), npz("f.npz")')
     valid: Source | None = Field(None, description="validation set (early stopping, model selection)")
-    test: Source | None = Field(None, description="test set, reported at the end of each epoch")
+    test: Source | None = Field(None, description="test set, evaluated once at the end "
+                                                "(train key test_every = epoch: each epoch too)")
     normalize: Any = Field(
         "none", description="input normalization fitted on the training set: center, standardize, "
                             "pca(dims | variance), whiten(eps, dims | variance), zca(eps) [EB 4.3], "
@@ -306,8 +332,15 @@ def from_block(model: type[_Strict], entries: list[BlockEntry] | None, source: s
 
 
 def _refuse_rates(values: dict, locs: dict, source, errors: list) -> None:
-    """vsgd is learning-rate free: a train-level `lr` or a `schedule` would be ignored."""
-    if getattr(values.get("method"), "kind", None) != "vsgd":
+    """vsgd is learning-rate free: a train-level `lr` or a `schedule` would be ignored.
+    adam and rmsprop divide by a running gradient scale, not by curvature: lr = auto(eigen)
+    (1/lambda_max of the matrix the step multiplies by) does not describe their step."""
+    kind = getattr(values.get("method"), "kind", None)
+    if kind in ("adam", "rmsprop") and isinstance(values.get("lr"), Auto):
+        errors.append(SpecError(f"lr = auto(eigen) with {kind}: {kind} divides each step by a running "
+                                f"gradient scale, so the Hessian's largest eigenvalue does not bound its "
+                                f"rate; give a number (default {METHODS[kind]().lr:g})", locs["lr"], source))
+    if kind != "vsgd":
         return
     for key in ("lr", "schedule"):
         if key in values:

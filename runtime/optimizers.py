@@ -37,7 +37,8 @@ class Method:
 
 
 def _extra(m) -> dict:
-    out = {k: getattr(m, k) for k in ("eps", "mu", "alpha", "beta", "delta") if hasattr(m, k)}
+    out = {k: getattr(m, k) for k in ("eps", "mu", "alpha", "beta", "delta", "beta1", "beta2", "rho")
+           if hasattr(m, k)}
     if m.kind == "vsgd":
         out["vsgd_curvature"] = m.curvature
     return out
@@ -58,6 +59,8 @@ def _decay_only(m, lr: float, l2: dict, l1: dict) -> Optimizer:
 METHODS: dict[str, Method] = {
     "sgd": Method("sgd", config.SGD, _stochastic("sgd"), hypers=lambda m: {"momentum": m.momentum}),
     "adagrad": Method("adagrad", config.AdaGrad, _stochastic("adagrad")),
+    "adam": Method("adam", config.Adam, _stochastic("adam")),
+    "rmsprop": Method("rmsprop", config.RMSprop, _stochastic("rmsprop")),
     "sdlm": Method("sdlm", config.SDLM, _stochastic("sdlm"), prepare=lambda s, a, m: sdlm_curvature(s, a, m)),
     "vsgd": Method("vsgd", config.VSGD, _stochastic("vsgd"), prepare=lambda s, a, m: vsgd_start(s, a, m)),
     "adaptive": Method("adaptive", config.Adaptive, _stochastic("adaptive")),
