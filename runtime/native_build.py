@@ -1,0 +1,185 @@
+"""Compile generated C into a shared object, cached on disk, loaded with ctypes.
+
+The native backend compiles its C once per (source, compiler, flags, CPU): the
+cache key is the sha256 of all four, so a cache hit is a stat and a dlopen, and
+a new compiler, new flags or a different CPU (-march=native) never reuse a
+stale object. Writes are atomic (a private temporary file, then rename), so
+processes compiling the same source at once, or one killed mid-compile, never
+leave a truncated .so under the final name. A failed compile raises
+NativeBuildError with the compiler's own message and keeps the source it
+failed on. No -ffast-math: it would let gcc drop the NaN/inf handling and
+reassociate the float32 math that tests/test_c_math.py bounds;
+-fno-math-errno only stops libm calls from setting errno (what lets gcc inline
+sqrtf and vectorize it), which changes no value.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..compiler.errors import NetcError
+
+FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
+                          "-fno-math-errno", "-fno-semantic-interposition", "-std=gnu11")
+SCHEME = "netc-native-1"  # bump when the way a source becomes a .so changes
+PROBE = "int netc_probe(int x) { return x + 1; }\n"
+
+
+class NativeBuildError(NetcError):
+    """The C compiler is missing or failed on generated source (not the spec's fault)."""
+
+    exit_code = 1
+
+
+def cache_dir() -> Path:
+    """NETC_CACHE_DIR, else ~/.cache/netc/native (XDG_CACHE_HOME honoured)."""
+    env = os.environ.get("NETC_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "netc" / "native"
+
+
+def compiler_command() -> list[str] | None:
+    """The C compiler as an argv prefix: $CC (may carry words, e.g. `ccache gcc`), else cc, else gcc."""
+    env = os.environ.get("CC", "").strip()
+    if env:
+        words = shlex.split(env)
+        return words if shutil.which(words[0]) else None
+    for name in ("cc", "gcc"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(cmd: tuple[str, ...]) -> str:
+    try:
+        r = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise NativeBuildError(f"the C compiler {' '.join(cmd)!r} does not run: {e}") from None
+    first = (r.stdout or r.stderr).strip().splitlines()[:1]
+    real = shutil.which(cmd[0]) or cmd[0]
+    return f"{' '.join(cmd)} ({os.path.realpath(real)}): {first[0] if first else '?'}"
+
+
+def compiler_identity() -> str:
+    """Path and `--version` first line of the compiler (part of the cache key)."""
+    cmd = compiler_command()
+    if cmd is None:
+        raise _no_compiler()
+    return _identity(tuple(cmd))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> str:
+    """The CPU's model and feature flags: -march=native objects are only valid on them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+        return f"{platform.machine()} {platform.processor()}"
+    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    flags = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
+    return f"{model.group(1) if model else '?'} | {' '.join(sorted(flags.group(1).split())) if flags else '?'}"
+
+
+def cache_key(source: str, flags: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for part in (SCHEME, compiler_identity(), "\x1f".join(flags), cpu_flags(), source):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _no_compiler() -> NativeBuildError:
+    cc = os.environ.get("CC")
+    what = f"CC={cc!r} is not an executable" if cc else "no C compiler (cc or gcc) on PATH"
+    return NativeBuildError(f"the native backend needs a C compiler: {what}",
+                            hint="install gcc (or set CC), or use --backend numpy")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:40] or "netc"
+
+
+def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> Path:
+    """The shared object compiled from `source`: from the cache, or compiled into it."""
+    cmd = compiler_command()
+    if cmd is None:
+        raise _no_compiler()
+    flags = FLAGS if flags is None else tuple(flags)
+    key = cache_key(source, flags)
+    d = cache_dir()
+    final = d / f"{_safe(name)}-{key[:32]}.so"
+    if final.is_file():
+        return final
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", dir=d)
+    os.close(fd)
+    c_file, so_file = Path(tmp + ".c"), Path(tmp + ".so")
+    try:
+        c_file.write_text(source)
+        try:
+            r = subprocess.run([*cmd, *flags, "-o", str(so_file), str(c_file)],
+                               capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise NativeBuildError(f"the C compiler {' '.join(cmd)!r} did not run: {e}") from None
+        if r.returncode != 0 or not so_file.is_file():
+            kept = d / f"{_safe(name)}-{key[:32]}.failed.c"
+            os.replace(c_file, kept)
+            msg = (r.stderr or r.stdout).strip().replace(str(c_file), str(kept))
+            if len(msg) > 4000:
+                msg = "...\n" + msg[-4000:]
+            raise NativeBuildError(
+                f"the C compiler failed on generated code (exit {r.returncode}); source kept at "
+                f"{kept}\n{' '.join(cmd + list(flags))}\n{msg}",
+                hint="this is a netc bug (please report it with the kept source); "
+                     "--backend numpy runs without the compiler")
+        os.replace(so_file, final)  # atomic: readers see no file or a whole one
+        return final
+    finally:
+        for p in (Path(tmp), c_file, so_file):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def load(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
+    """Build (or find) `source`'s shared object and dlopen it. An object that will
+    not load (damaged on disk) is removed and compiled again, once."""
+    path = build(source, name, flags)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        path = build(source, name, flags)
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError as e:
+            raise NativeBuildError(f"the compiled object {path} does not load: {e}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_ok(cmd: tuple[str, ...]) -> bool:
+    try:
+        return load(PROBE, "probe").netc_probe(41) == 42
+    except (NativeBuildError, AttributeError):
+        return False
+
+
+def compiler_available() -> bool:
+    """Whether a C compiler is there and builds a loadable OpenMP object with FLAGS
+    (a cache hit after the first call on this machine)."""
+    cmd = compiler_command()
+    return cmd is not None and _probe_ok(tuple(cmd))

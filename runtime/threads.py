@@ -1,0 +1,98 @@
+"""One thread decision for the native step's GEMMs and its elementwise loops.
+
+The step runs its GEMMs and its OpenMP loops one after another, never nested, so
+both get the same count, and that count is the cores this process may use
+(affinity and cgroup quota), not the machine's. With MKL on its GNU threading
+layer (runtime/blas.py) the two share libgomp's one pool; OpenBLAS keeps its
+own pthreads pool, sized the same, so the two never ask for more threads than
+cores. Small problems run single-threaded: a step whose arithmetic is a few
+MFLOP is decided by the microseconds of waking a pool, and loops shorter than
+`par_min` elements stay on the calling thread (the generated
+`if(N >= netc_par_min)` clause).
+
+Precedence: an explicit count (the train key `threads`) > NETC_THREADS > auto.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+from ..compiler.errors import NetcError
+
+PAR_MIN = 32768  # elements: below this a loop is cheaper on one thread (bench/c_math.py)
+SMALL_STEP_FLOPS = 4e6  # a step under this many flops runs single-threaded in auto
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    threads: int  # OpenMP loops
+    blas_threads: int  # the BLAS's own count
+    par_min: int  # shortest loop worth a parallel region
+    why: str  # one line: where the count came from
+
+
+def available_cores() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(float(quota) / float(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def _count(value, what: str) -> int | None:
+    """A positive thread count, None for auto (None, "auto", 0); anything else is refused."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    try:
+        n = int(str(value).strip()) if not isinstance(value, bool) else -1
+    except ValueError:
+        n = -1
+    if n < 0 or (isinstance(value, float) and value != int(value)):
+        raise NetcError(f"{what} must be a whole number of threads >= 1 or auto, got {value!r}")
+    return n or None
+
+
+def decide(requested=None, step_flops: float | None = None, env=None) -> ThreadPlan:
+    """The thread plan: `requested` is the train key `threads` (int, "auto" or None);
+    `step_flops` (the step's arithmetic, when the caller knows it) lets auto keep
+    tiny steps on one thread."""
+    env = os.environ if env is None else env
+    par_min = PAR_MIN
+    if env.get("NETC_PAR_MIN"):
+        par_min = _count(env["NETC_PAR_MIN"], "NETC_PAR_MIN") or PAR_MIN
+    n = _count(requested, "train key `threads`")
+    if n is not None:
+        return ThreadPlan(n, n, par_min, f"threads = {n} (train key)")
+    n = _count(env.get("NETC_THREADS"), "NETC_THREADS")
+    if n is not None:
+        return ThreadPlan(n, n, par_min, f"NETC_THREADS={n}")
+    cores = available_cores()
+    if step_flops is not None and step_flops < SMALL_STEP_FLOPS:
+        return ThreadPlan(1, 1, par_min, f"1 thread: a {step_flops / 1e6:.2g} MFLOP step is overhead-bound")
+    return ThreadPlan(cores, cores, par_min, f"{cores} threads (the cores this process may use)")
+
+
+def setup(lib: ctypes.CDLL, plan: ThreadPlan | None = None, blas=None) -> ThreadPlan:
+    """Give a loaded native object its BLAS and threads (`netc_runtime_init`, from
+    compiler/c_runtime.py); set the BLAS's own thread count to match."""
+    plan = plan or decide()
+    if blas is None:
+        from .blas import find_blas
+        blas = find_blas()
+    if blas is None:
+        raise NetcError("the native backend found no BLAS (NumPy's OpenBLAS, MKL or a system cblas)",
+                        hint="reinstall numpy, pip install netc[mkl], or use --backend numpy")
+    blas.set_threads(plan.blas_threads)
+    init = lib.netc_runtime_init
+    init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
+    init.restype = ctypes.c_int
+    init(blas.sgemm, blas.dgemm, int(blas.ilp64), plan.threads, plan.par_min)
+    return plan
