@@ -257,3 +257,21 @@ def preconditioner(cfg: config.TrainConfig, scales: dict[str, float], arrays: di
             p = p / (_host(arrays[f"{n}.curvature"]) + cfg.method.mu)
         out.append(p)
     return out
+
+
+def eigen_rate(cfg: config.TrainConfig, lam: float) -> tuple[float, str]:
+    """lr = auto(eigen): half the stability limit of the method's iteration along the
+    top eigenvector of P H (eigenvalue `lam`), and how it was chosen.
+
+    On a quadratic, w <- w - eps P g diverges for eps lam > 2, so eps = 1/lam [EB 5].
+    Heavy-ball momentum mu (v <- mu v - eps g, w <- w + v) is stable for eps lam < 2(1 + mu):
+    eps = (1 + mu)/lam, also the middle of the band where that direction converges fastest
+    (rate sqrt(mu)). Nesterov's form is stable for eps lam < 2(1 + mu)/(1 + 2 mu)."""
+    mu = getattr(cfg.method, "momentum", 0.0) or 0.0
+    if not mu:
+        return 1.0 / lam, ""
+    if getattr(cfg.method, "nesterov", False):
+        factor, limit = (1 + mu) / (1 + 2 * mu), "2(1 + mu)/(1 + 2 mu)/lambda_max, Nesterov"
+    else:
+        factor, limit = 1 + mu, "2(1 + mu)/lambda_max, heavy ball"
+    return factor / lam, f" (momentum {mu:g}: half the stability limit {limit})"

@@ -30,7 +30,7 @@ from .divergence import Diverged, DivergenceWatch  # noqa: F401 - Diverged is pa
 from .early_stopping import EarlyStopping
 from .evaluation import call, epoch_line, evaluate, feeds_for, predict  # noqa: F401 - evaluate, predict: API
 from .learning_rate import LearningRate
-from .optimizers import Sampler, lr_scales, method_of, preconditioner
+from .optimizers import Sampler, eigen_rate, lr_scales, method_of, preconditioner
 from .presentation import epoch_order
 from .progress import Progress
 from .run_folder import Interrupted, RunFolder  # noqa: F401 - Interrupted is part of this module's API
@@ -385,8 +385,9 @@ class _Minibatches:
         if not np.isfinite(lam) or lam <= 0:
             raise NetcError(f"lr = auto(eigen): the Hessian's largest eigenvalue came out {lam}; set lr by hand")
         of = " of D^-1 H" if self.cfg.method.kind == "sdlm" else ""
-        self.log(f"lr = auto(eigen): lambda_max {lam:.6g}{of} on {len(idx)} examples -> lr {1 / lam:.6g}")
-        return 1.0 / lam
+        rate, how = eigen_rate(self.cfg, lam)
+        self.log(f"lr = auto(eigen): lambda_max {lam:.6g}{of} on {len(idx)} examples -> lr {rate:.6g}{how}")
+        return rate
 
     def _prepare_method(self, ts: TrainState) -> None:
         """Before an epoch: SDLM's curvature estimate, vSGD's starting averages."""
