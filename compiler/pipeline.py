@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from . import lower_numpy
+from . import free_dims, lower_numpy
 from .curvature import gauss_newton_diag
 from .differentiate import grad
 from .elaborate import elaborate
@@ -30,11 +30,11 @@ from .spec import Spec
 from .update import Optimizer, build_updates, regularized_objective
 
 __all__ = ["STAGES", "BACKENDS", "Function", "Program", "compile_program", "parse_and_elaborate",
-           "hessian_vector_function", "emit", "fused_stats", "require_backend", "to_backend", "to_host",
+           "hessian_vector_function", "bind_sizes", "emit", "fused_stats", "require_backend", "to_backend", "to_host",
            "dump", "dot"]
 
 STAGES = ("elaborate", "simplify", "differentiate", "simplify_grads")
-BACKENDS = ("numpy", "cuda")
+BACKENDS = ("numpy", "cuda", "native")
 HYPER_ORDER = ("lr", "momentum", "step")
 NAMED = ("train_step", "evaluate", "predict", "curvature", "value_and_grad")
 
@@ -140,6 +140,9 @@ def _lower(outputs, updates, name, feeds, backend, debug) -> Function:
     if backend == "cuda":
         from . import lower_cuda
         return lower_cuda.lower(outputs, updates, name, feeds=feeds)
+    if backend == "native":
+        from . import lower_c
+        return lower_c.lower(outputs, updates, name, feeds=feeds)
     return lower_numpy.lower(outputs, updates, name, feeds=feeds, debug=debug)
 
 
@@ -196,9 +199,21 @@ _NAMED_BUILDERS = {"train_step": _train_step, "evaluate": _evaluate, "predict": 
 
 def parse_and_elaborate(text: str, file: str, dtype: str = "float32", check_block=None,
                         read_use=None) -> Spec:
-    """`read_use(path, shown, loc) -> text` reads a `use`d file (default: the elaborator's)."""
+    """`read_use(path, shown, loc) -> text` reads a `use`d file (default: the elaborator's).
+    A spec with sizes from the data (`_`) is checked with stand-in sizes; `Spec.free`
+    lists them, to bind with `bind_sizes` once the data is known (free_dims.py)."""
     kw = {} if read_use is None else {"read_use": read_use}
-    return elaborate(parse(text, file), dtype, check_block, **kw)
+    module = parse(text, file)
+    free = free_dims.scan(module)
+    if not free:
+        return elaborate(module, dtype, check_block, **kw)
+    return free_dims.elaborate_unbound(lambda run: elaborate(module, dtype, check_block, probe_run=run, **kw),
+                                       free, text)
+
+
+def bind_sizes(text: str, values: list) -> str:
+    """The spec text with each `_` (a free_dims.FreeDim of `Spec.free`) replaced by its size."""
+    return free_dims.bind_text(text, values)
 
 
 def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,

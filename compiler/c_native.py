@@ -1,0 +1,141 @@
+"""C for one fused kernel on the CPU: compiler/c_kernel.py's expressions inside
+plain loops (a static function the native step calls in order).
+
+Elementwise kernels are nested loops over the iteration shape, the innermost
+one `#pragma omp simd` (unit stride on the written buffer, so GCC vectorizes
+it); reductions loop over their output points, each reduction step a loop over
+the reduced points (sums with a simd reduction). The prelude maps the op
+table's C names onto the CPU: float calls to their float versions (vector math
+from compiler/c_math.py where it exists), `fmax`/`fmin` to selects that
+propagate NaN as NumPy's maximum/minimum do (the reference every backend is
+checked against), and declares the BLAS GEMMs called through pointers.
+"""
+from __future__ import annotations
+
+from .c_kernel import CTYPE, CKernel, Scope, prod
+from .kernel_ir import ident
+
+# libm names the op table's templates use, with one argument (float -> f suffix)
+UNARY = ("exp", "log", "tanh", "fabs", "sqrt", "log1p", "expm1")
+
+
+def prelude() -> str:
+    """The translation unit's head: the vector math (compiler/c_math.py, which maps
+    the op table's libm names onto float versions) and the runtime hooks
+    (compiler/c_runtime.py: the GEMM shims, the thread count)."""
+    from .c_runtime import C_RUNTIME
+    try:
+        from .c_math import C_MATH
+    except ImportError:  # not there yet: libm, NaN-propagating max/min
+        C_MATH = _LIBM
+    return ("#include <stdbool.h>\n#include <stddef.h>\n#include <string.h>\n"
+            "#define __restrict__ restrict\n" + C_MATH + "\n" + C_RUNTIME + "\n")
+
+
+def _libm() -> str:
+    lines = ["#include <math.h>", "#define NETC_INF INFINITY", "#define NETC_NAN NAN"]
+    for f in UNARY:
+        lines.append(f"#define {f}(x) _Generic((x), float: {f}f, default: {f})(x)")
+    lines += [
+        "static inline float netc_fmaxf(float a, float b) { return (a > b || a != a) ? a : b; }",
+        "static inline double netc_fmax(double a, double b) { return (a > b || a != a) ? a : b; }",
+        "static inline float netc_fminf(float a, float b) { return (a < b || a != a) ? a : b; }",
+        "static inline double netc_fmin(double a, double b) { return (a < b || a != a) ? a : b; }",
+        "#define fmax(a, b) _Generic((a), float: netc_fmaxf, default: netc_fmax)((a), (b))",
+        "#define fmin(a, b) _Generic((a), float: netc_fminf, default: netc_fmin)((a), (b))",
+        "#define pow(a, b) _Generic((a), float: powf, default: pow)((a), (b))",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_LIBM = _libm()
+
+
+class NativeKernel(CKernel):
+    """A kernel as a static C function: nested loops (elementwise) or a loop over
+    output points with a loop per reduction step (reduce). `preset` (an Ex key ->
+    the leaf holding its value) names values another step already stored, and `skip` the
+    members not written here (the velocity a GEMM wrote: compiler/c_fusion.py)."""
+
+    preset: dict = {}
+    skip: frozenset = frozenset()
+
+    def function(self) -> str:
+        K = self.K
+        body = self._elementwise() if K.kind == "elementwise" else self._reduce()
+        return ("\n".join(self.head()) + f"\nstatic void {self.name}({self.param_list()}) {{\n"
+                + "\n".join(body) + "\n}\n")
+
+
+    def _elementwise(self) -> list[str]:
+        K = self.K
+        out: list[str] = []
+        ind = "    "
+        dims = [(d, s) for d, s in enumerate(K.space)]
+        loops = [(d, s) for d, s in dims if s != 1]
+        for d, s in dims:
+            if s == 1:
+                out.append(f"{ind}const long long i{d} = 0; (void)i{d};")
+        for j, (d, s) in enumerate(loops):
+            if j == len(loops) - 1:
+                out.append(f"{ind}#pragma omp simd")
+            out.append(f"{ind}for (long long i{d} = 0; i{d} < {prod([s])}; ++i{d}) {{")
+            ind += "    "
+        sc = Scope(self, ind)
+        for key, leaf in self.preset.items():  # read where a GEMM stored it
+            sc.names[key] = f"{self.buf[leaf.id]}[{self.offset(leaf.shape, ident(leaf.shape))}]"
+        for m, ex in K.e_out:
+            if m.id in self.write_target and m.id not in self.skip:
+                self.write(m, ex, ident(m.shape), sc)
+        out += sc.lines
+        for j in range(len(loops)):
+            ind = ind[:-4]
+            out.append(f"{ind}}}")
+        return out
+
+    def _reduce(self) -> list[str]:
+        K = self.K
+        S, axes = K.space, K.axes
+        odims = [(d, S[d]) for d in range(len(S)) if d not in axes]
+        rdims = [(d, S[d]) for d in axes]
+        out = Scope(self, "    ")
+        out.emit(f"const long long no_ = {prod([s for _, s in odims])};")
+        out.emit(f"const long long nk_ = {prod([s for _, s in rdims])};")
+        out.emit("for (long long o_ = 0; o_ < no_; ++o_) {")
+        body = Scope(self, "        ")
+        self._zero(body, odims + rdims)
+        self.decompose(body, "o_", odims, "qo_")
+        for k, (kind, r, x, j) in enumerate(K.steps):
+            t = CTYPE[x.dtype]
+            a = f"acc{k}_"
+            body.emit(self.acc_init(kind, t, a))
+            if kind in ("sum", "sumexp") and len([s for _, s in rdims if s != 1]) <= 1:
+                body.emit(f"#pragma omp simd reduction(+:{a})")
+            body.emit("for (long long r_ = 0; r_ < nk_; ++r_) {")
+            loop = Scope(self, "            ")
+            self.decompose(loop, "r_", rdims, "qr_")
+            loop.emit(self.acc_update(kind, r, a, self.expr(x, loop), "r_"))
+            body.lines += loop.lines
+            body.emit("}")
+            self.acc_done(body, kind, r, j, a, f"r{k}_", "nk_")
+        s_writes = [(m, ex) for m, ex in K.s_out if m.id in self.write_target]
+        if s_writes:
+            body.emit("for (long long r_ = 0; r_ < nk_; ++r_) {")
+            loop = Scope(self, "            ")
+            self.decompose(loop, "r_", rdims, "qr_")
+            for m, ex in s_writes:
+                self.write(m, ex, ident(S), loop)
+            body.lines += loop.lines
+            body.emit("}")
+        o_writes = [(m, ex) for m, ex in K.o_out if m.id in self.write_target]
+        osc = Scope(self, "        ")
+        for m, ex in o_writes:
+            self.write(m, ex, tuple(K.omap[m.id]), osc)
+        return out.lines + body.lines + osc.lines + ["    }"]
+
+    @staticmethod
+    def _zero(sc: Scope, dims) -> None:
+        """Size-1 iteration dims have no loop: their index is 0 wherever it is named."""
+        for d, s in dims:
+            if s == 1:
+                sc.emit(f"const long long i{d} = 0; (void)i{d};")

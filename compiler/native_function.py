@@ -1,0 +1,133 @@
+"""A function compiled to native code (compiler/lower_c.py): the same interface
+as the NumPy one, `fn(state, *feeds) -> outputs`, state NumPy-owned.
+
+The C is compiled in the background as soon as it is rendered (the step, the
+evaluation and the prediction of a spec compile side by side: a compiler run
+is a subprocess) and loaded at the first call, through runtime/native_build.py
+(cached on disk by source, compiler, flags and CPU) and given its BLAS and
+thread count (runtime/blas.py, runtime/threads.py). Binding a state dict for a
+batch size allocates the buffers as NumPy arrays and a table of their
+addresses once; a call then sets the feeds' addresses and hyper-parameters and
+makes one C call per segment.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import NetcError
+from .lower_numpy import Function
+
+_POOL: list = []  # the one background executor (created on first use)
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(4, thread_name_prefix="netc-cc"))
+        return _POOL[0]
+
+
+def compiler_available() -> bool:
+    from ..runtime import native_build
+    return native_build.compiler_available()
+
+
+class NativeRuntime:
+    """What the generated glue (`make(rt, S, B)`) calls: NumPy arrays for buffers,
+    addresses for the C side, the loaded segment functions."""
+    xp = np
+
+    def __init__(self, fns: list):
+        self.fns = fns
+
+    @staticmethod
+    def empty(shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def table(n: int):
+        return (ctypes.c_void_p * max(n, 1))()
+
+    @staticmethod
+    def hypers(n: int):
+        return (ctypes.c_double * n)()
+
+    @staticmethod
+    def address(a) -> int:
+        return a.__array_interface__["data"][0]
+
+    @staticmethod
+    def upload(x, buf):
+        """`x` itself where the C side can read it in place, else `buf` holding it."""
+        if type(x) is np.ndarray and x.dtype == buf.dtype and x.shape == buf.shape and x.flags.c_contiguous:
+            return x
+        np.copyto(buf, x, casting="unsafe")
+        return buf
+
+    @staticmethod
+    def copyto(dst, src) -> None:
+        np.copyto(dst, src)
+
+    @staticmethod
+    def fill(buf, value) -> None:
+        buf.fill(value)
+
+
+def _load(c_text: str, name: str, segments: list[str]):
+    from ..runtime import native_build, threads
+    lib = native_build.load(c_text, name=f"netc_{name}")
+    threads.setup(lib)
+    fns = []
+    for s in segments:
+        f = getattr(lib, s)
+        f.argtypes = [ctypes.c_longlong, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_double)]
+        f.restype = None
+        fns.append(f)
+    return lib, fns
+
+
+@dataclass
+class NativeFunction(Function):
+    """A function lowered to C: `fn(state, *feeds)` on NumPy state. `c_source` is
+    the translation unit (what `netc compile --emit c` prints with the glue)."""
+    c_source: str = field(default="", repr=False)
+    segments: list = field(default_factory=list, repr=False)
+    fused_gemms: list = field(default_factory=list, repr=False)  # GEMMs that write their velocity
+    plan: object = field(default=None, repr=False)
+    _future: Future | None = field(default=None, repr=False)
+    _loaded: tuple | None = field(default=None, repr=False)
+
+    def start(self) -> "NativeFunction":
+        """Compile in the background (a cache hit costs a hash and a dlopen)."""
+        if self._future is None and self._loaded is None:
+            self._future = _pool().submit(_load, self.c_source, self.name, self.segments)
+        return self
+
+    def ready(self) -> "NativeFunction":
+        """Wait for the compiled object (raises the compiler's NetcError)."""
+        if self._loaded is None:
+            self.start()
+            try:
+                self._loaded = self._future.result()
+            except NetcError:
+                raise
+            except OSError as e:
+                raise NetcError(f"the native {self.name} could not be loaded ({e}); use --backend numpy") from None
+        return self
+
+    def new_step(self, state: dict, batch: int):
+        self.ready()
+        rt = NativeRuntime(self._loaded[1])
+        return self._make(rt, state, batch)
+
+    def emit(self) -> str:
+        glue = "\n".join("// " + line for line in self.source.rstrip("\n").split("\n"))
+        fused = "".join(f"// fused: GEMM {f} writes its velocity (beta = momentum, alpha = -rate)\n"
+                        for f in self.fused_gemms)
+        return self.c_source + fused + "\n// ---- host glue (Python): make(rt, S, B) -> step(*feeds) ----\n" + glue + "\n"
