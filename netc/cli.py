@@ -1,5 +1,5 @@
 """The `netc` command: check | compile | train | search | gradcheck | lr-probe |
-overfit | fmt | export | report | doc.
+overfit | fmt | export | report | predict | doc.
 
 Exit codes, so that a script can tell them apart:
 0 success; 1 an internal error (a bug in netc: please report it); 2 a user
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="run directory (default runs/<spec name>-N)")
     c.add_argument("--limit", type=int, help="use only the first N examples of each split (smoke runs)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    c.add_argument("--json", action="store_true", help="print the run's summary as JSON (what DIR/summary.json "
+                   "holds) instead of the table, for scripts")
     c.add_argument("--debug", action="store_true", help="fill buffers with NaN before use")
     c.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                    help="gpu: run the fused CUDA kernels through CuPy (pip install 'netc[gpu]')")
@@ -114,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run", help="a run folder or a params.npz (from netc train or Model.save)")
     c.add_argument("--format", choices=["onnx"], default="onnx")
     c.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
+
+    c = sub.add_parser("predict", help="a trained model's predictions for a data file, as CSV (default: "
+                                       "to stdout) or .npy; labels for class targets, outputs otherwise")
+    c.add_argument("run", help="a run folder or a params.npz (from netc train or Model.save)")
+    c.add_argument("data", help="the examples: a .csv (features, or with the run's target column), an .npz "
+                                "(array x), an .npy, or an IDX file (.gz, -ubyte)")
+    c.add_argument("--out", metavar="FILE", help="write FILE.csv or FILE.npy (default: CSV on stdout)")
+    c.add_argument("--proba", action="store_true", help="class probabilities (predict_proba) instead of labels")
 
     c = sub.add_parser("report", help="one HTML page (figures embedded) of runs and searches: curves, "
                                       "per-layer statistics, weights; needs netc[report]")
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
                 "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
                 "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search,
-                "export": cmd_export, "report": cmd_report}[args.command](args) or 0
+                "export": cmd_export, "report": cmd_report, "predict": cmd_predict}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
@@ -266,7 +276,7 @@ def cmd_train(args) -> int:
     progress = None if not args.no_progress else False
     summary = m.fit(epochs=args.epochs, out=out, progress=progress, limit=args.limit, force=args.force,
                     log=lambda line: print(line, file=sys.stderr, flush=True)).summary_
-    return _summary(m, out, str(args.spec), summary, t0)
+    return _summary(m, out, str(args.spec), summary, t0, args)
 
 
 def _resume(args) -> int:
@@ -275,23 +285,23 @@ def _resume(args) -> int:
     given += [f for f in ("force", "debug") if getattr(args, f)] + (["device"] if args.device != "cpu" else [])
     if given:
         raise NetcError(f"netc train --resume DIR takes the spec and its settings from the run folder; "
-                        f"drop {', '.join('--' + f for f in given)} (only --epochs "
-                        f"and --no-progress go with --resume)")
+                        f"drop {', '.join('--' + f for f in given)} (only --epochs, "
+                        f"--no-progress and --json go with --resume)")
     from netc.resume import resume
     out, t0 = Path(args.resume), time.perf_counter()
     m = resume(out, epochs=args.epochs, progress=None if not args.no_progress else False,
                log=lambda line: print(line, file=sys.stderr, flush=True))
     if m.resumed == "finished":
-        print(json.dumps(m.summary, indent=2, default=str))
+        _print_summary(args, m, out, _read_summary(out) or m.summary or {}, already=True)
         return 0
-    return _summary(m, out, m.file, m.summary, t0)
+    return _summary(m, out, m.file, m.summary, t0, args)
 
 
-def _summary(m, out: Path, spec: str, summary: dict, t0: float) -> int:
+def _summary(m, out: Path, spec: str, summary: dict, t0: float, args) -> int:
     summary = {"spec": spec, **summary, "compile_seconds": m.program.seconds,
                "wall_seconds": time.perf_counter() - t0, "seed": m.train_cfg.seed}
     _write_json(out / "summary.json", summary)
-    print(json.dumps(summary, indent=2))
+    _print_summary(args, m, out, summary)
     return 0
 
 
@@ -306,6 +316,25 @@ def _fresh_run_dir(stem: str) -> Path:
     while (base / f"{stem}-{k}").exists():
         k += 1
     return base / f"{stem}-{k}"
+
+def _read_summary(out: Path) -> dict | None:
+    """The run folder's summary.json (netc train's, with the spec and timings), or None."""
+    try:
+        s = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return s if isinstance(s, dict) else None
+
+
+def _print_summary(args, m, out: Path, summary: dict, already: bool = False) -> None:
+    """The end of a run: the table and the next commands (netc/summary.py), or with --json
+    the summary object itself (summary.json's content) for scripts."""
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    from netc.summary import example_data, render
+    print(render(summary, out, data=example_data(m), already=already))
+
 
 
 def _write_json(path: Path, obj) -> None:
@@ -374,6 +403,19 @@ def cmd_doc(args) -> int:
     if args.topic == "train":
         print("train { ... } keys:\n" + describe(TrainConfig))
     elif args.topic == "data":
+def cmd_predict(args) -> int:
+    from netc.model import load
+    from netc.predict import check_out, predictions, read_examples, write
+    out = check_out(args.out)  # before loading anything
+    m = load(args.run)
+    y, columns = predictions(m, read_examples(Path(args.data), m), args.proba)
+    write(y, columns, out)
+    if out is not None:
+        shown = ", ".join(columns[:4]) + (", ..." if len(columns) > 4 else "")
+        print(f"wrote {out}: {len(y)} records ({shown})", file=sys.stderr)
+    return 0
+
+
         print("data { ... } keys:\n" + describe(DataConfig))
     elif args.topic == "search":
         from netc.search import SearchConfig

@@ -10,6 +10,7 @@ import numpy as np
 from .data import Dataset
 from .nonfinite import check_start
 from .evaluation import epoch_line, evaluate, feeds_for
+from .final_scores import final_scores, per_epoch
 from .optimizers import Method
 from .run_folder import Interrupted
 from .train_state import rng_words
@@ -75,7 +76,7 @@ def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: i
             unflatten(w)
             row = {"epoch": epoch, "age": evals[0] * len(train), "train_loss": f, "evaluations": evals[0]}
             for name, ds in (("valid", valid), ("test", test)):
-                if ds is not None:
+                if ds is not None and per_epoch(cfg, name):  # the test set: at the end, unless test_every = epoch
                     row[f"{name}_loss"], row[f"{name}_error"] = evaluate(prog, state, ds, cfg.eval_batch)
             row["seconds"] = time.perf_counter() - e0
             history.append(row)
@@ -84,7 +85,8 @@ def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: i
             done, age = epoch, row["age"]
             folder.checkpoint(arrays(epoch, age), {"epoch": epoch, "age": age, "final": False})
         seconds = time.perf_counter() - t0
-        summary = _summary(history, evals[0], seconds)
+        summary = {**_summary(history, evals[0], seconds),
+                   **final_scores(prog, state, {"valid": valid, "test": test}, cfg.eval_batch)}
         if history:
             folder.checkpoint(arrays(done, age), {"epoch": done, "age": age, "final": True, "summary": summary})
             folder.summary(summary)

@@ -29,6 +29,7 @@ from .data import Dataset
 from .divergence import Diverged, DivergenceWatch  # noqa: F401 - Diverged is part of this module's API
 from .early_stopping import EarlyStopping
 from .evaluation import call, epoch_line, evaluate, feeds_for, predict  # noqa: F401 - evaluate, predict: API
+from .final_scores import final_scores, per_epoch
 from .learning_rate import LearningRate
 from .optimizers import Sampler, eigen_rate, lr_scales, method_of, preconditioner
 from .presentation import epoch_order
@@ -186,7 +187,7 @@ class _Minibatches:
             if ts.cursor is not None:  # in memory, the last completed epoch, not a half-trained state
                 assign(ts.arrays, ts.watch.healthy)
                 ts.age = ts.watch.healthy_age
-            summary = {**self._summary("interrupted", t_start, False), "saved": self.folder.saved}
+            summary = {**self._summary("interrupted", t_start), "saved": self.folder.saved}
             self.folder.summary(summary)
             message = f"interrupted: {self.folder.saved_text()}"
             self.log(message)
@@ -317,7 +318,7 @@ class _Minibatches:
         row = {"epoch": epoch, "age": ts.age, "steps": ts.step, "train_loss": epoch_loss,
                "lr": self.rate.at(ts.rate, ts.age, ts.step)}
         for name, ds in (("valid", self.valid), ("test", self.test)):
-            if ds is not None:
+            if ds is not None and per_epoch(cfg, name):  # the test set: at the end only, unless test_every = epoch
                 l, e = evaluate(self.prog, self.evaluated, ds, cfg.eval_batch)
                 row[f"{name}_loss"] = l
                 row[f"{name}_error"] = e
@@ -338,7 +339,7 @@ class _Minibatches:
         restored = self.early.restore(ts.best, ts.arrays)
         if not restored and ts.average is not None:
             assign(ts.arrays, ts.average.arrays)
-        summary = self._summary(stopped, t_start, restored)
+        summary = self._summary(stopped, t_start, final=True)
         if self.history:
             if restored or ts.average is not None:
                 saved.update({f"live/{k}": v for k, v in live.items()})
@@ -351,7 +352,7 @@ class _Minibatches:
             self.folder.summary(summary)  # (netc train adds its own fields)
         return summary
 
-    def _summary(self, stopped: str, t_start: float, restored: bool) -> dict:
+    def _summary(self, stopped: str, t_start: float, final: bool = False) -> dict:
         ts, history = self.ts, self.history
         last = history[-1] if history else {}
         summary = {
@@ -363,11 +364,9 @@ class _Minibatches:
             "seconds": time.perf_counter() - t_start,
             "examples_per_second": ts.age / self.train_seconds if self.train_seconds > 0 else None,
         }
-        if restored:  # report the restored (best) parameters' scores
-            for name, ds in (("valid", self.valid), ("test", self.test)):
-                if ds is not None:
-                    summary[f"{name}_loss"], summary[f"{name}_error"] = evaluate(self.prog, ts.arrays, ds,
-                                                                                 self.cfg.eval_batch)
+        if final:  # the final (best, averaged) parameters' scores; the test set's only evaluation by default
+            summary.update(final_scores(self.prog, ts.arrays, {"valid": self.valid, "test": self.test},
+                                        self.cfg.eval_batch))
         return summary
 
     # -- before and between epochs ----------------------------------------------------------

@@ -271,7 +271,7 @@ SUMMARY_KEYS = {"spec", "epochs", "train_loss", "valid_error", "test_error", "se
 
 def test_train_tiny_writes_run_directory(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", str(tiny), "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["train", str(tiny), "--out", str(out), "--epochs", "2", "--no-progress", "--json"]) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     summary = json.loads((out / "summary.json").read_text())
@@ -331,7 +331,7 @@ def test_train_seed_override_is_reproducible(tiny, tmp_path, capsys):
 
 def test_train_tiny_subprocess_and_debug(tiny, tmp_path):
     out = tmp_path / "run"
-    rc, stdout, err = run_netc("train", tiny, "--out", out, "--epochs", "1", "--debug", "--no-progress")
+    rc, stdout, err = run_netc("train", tiny, "--out", out, "--epochs", "1", "--debug", "--no-progress", "--json")
     assert rc == 0, err
     assert np.isfinite(json.loads(stdout)["train_loss"])
     assert "Traceback" not in err

@@ -1,0 +1,124 @@
+"""`netc predict RUN DATA [--out FILE.csv|.npy] [--proba]`: a trained model's
+predictions for the records of a data file, written as CSV or .npy.
+
+What comes out is what `Model.predict` gives (labels 0..n-1 for a class(n)
+target, the output otherwise) or, with --proba, `Model.predict_proba`; the
+input normalization the run fitted is applied, as the model does. DATA is
+read by the loaders the data block uses (runtime/data.py), so a bad file is
+refused the same way, naming the file and the record: a CSV (features only,
+or with the run's target column, which is dropped), an .npz (array `x`), an
+.npy array, or an IDX file (gzipped or not; uint8 images scaled to [0, 1]
+as mnist() reads them)."""
+from __future__ import annotations
+
+import io
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from netc.compiler.atomic import atomic_write
+from netc.compiler.errors import DataError, NetcError
+from netc.runtime import data
+
+OUT_FORMATS = (".csv", ".npy")
+IDX_SUFFIXES = (".gz", ".idx", ".idx1-ubyte", ".idx3-ubyte")
+
+
+def input_width(model) -> int | None:
+    """The values per record the model reads (before its normalization changes them)."""
+    xs = list(model.program.spec.inputs.values())[:1]
+    if model.normalizer.in_width is not None:
+        return model.normalizer.in_width
+    if not xs or any(d is None for d in xs[0].shape[1:]):
+        return None
+    return math.prod(xs[0].shape[1:])
+
+
+def _run_target(model):
+    """The target column the run's CSV sources name (csv(..., target = ...); default the last)."""
+    cfg = model.data_cfg
+    for src in (cfg.train, cfg.valid, cfg.test):
+        if src is not None and src.kind == "csv":
+            return src.kwargs.get("target", -1)
+    return -1
+
+
+def read_examples(path: Path, model) -> data.Dataset:
+    """The records of `path` as features [n, width] (DataError naming the file otherwise)."""
+    name = path.name.lower()
+    width = input_width(model)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    if name.endswith(".csv"):
+        ds = data.csv(path, target=None)
+        if width is not None and ds.x.shape[1] == width + 1:  # the labelled file: drop the target column
+            ds = data.csv(path, target=_run_target(model))
+            ds = data.Dataset(ds.x, None, ds.name, ds.source, ds.lines)
+    elif name.endswith(".npz"):
+        ds = data.npz(path, x="x", t=None)
+    elif name.endswith(".npy"):
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npy array of numbers (nothing is unpickled): {e}") from None
+        if not isinstance(a, np.ndarray):
+            raise DataError(f"{path}: an .npz archive, not an .npy array; name it .npz")
+        ds = data.arrays(a, name=str(path))
+    elif name.endswith(IDX_SUFFIXES) or "-ubyte" in name:
+        a = data.read_idx(path)
+        x = a.astype(np.float32) * np.float32(1 / 255) if a.dtype == np.uint8 else a
+        ds = data.arrays(x, name=str(path))
+    else:
+        raise DataError(f"{path}: unknown data format; netc predict reads .csv, .npz (array x), .npy "
+                        f"and IDX files (.gz, -ubyte)")
+    if width is not None and ds.x.shape[1] != width:
+        raise DataError(f"{path}: each record has {ds.x.shape[1]} values, the model reads {width} "
+                        f"(input '{next(iter(model.program.spec.inputs))}')")
+    return ds
+
+
+def predictions(model, ds: data.Dataset, proba: bool) -> tuple[np.ndarray, list[str]]:
+    """The array to write and its column names."""
+    if proba:
+        y = model.predict_proba(ds.x)
+        return y, [f"p_{j}" for j in range(y.shape[1])]
+    y = model.predict(ds.x)
+    if y.ndim == 1:
+        return y, ["label" if model.head.labels else model.head.output]
+    y = y.reshape(len(y), -1)
+    return y, [f"{model.head.output}_{j}" for j in range(y.shape[1])]
+
+
+def check_out(out: str | None) -> Path | None:
+    """The --out file, checked before any work: a .csv or .npy path in an existing folder."""
+    if out is None:
+        return None
+    p = Path(out)
+    if p.suffix.lower() not in OUT_FORMATS:
+        raise NetcError(f"--out {out}: write predictions to a .csv or .npy file")
+    if not p.parent.is_dir():
+        raise NetcError(f"--out {out}: no folder {p.parent}")
+    if p.is_dir():
+        raise NetcError(f"--out {out}: is a folder")
+    return p
+
+
+def csv_text(y: np.ndarray, columns: list[str]) -> str:
+    """A header line, then one line per record (labels as integers, numbers as %.9g: float32 exact)."""
+    buf = io.StringIO()
+    fmt = "%d" if y.dtype.kind in "iub" else "%.9g"
+    buf.write(",".join(columns) + "\n")
+    if len(y):
+        np.savetxt(buf, y.reshape(len(y), -1), fmt=fmt, delimiter=",")
+    return buf.getvalue()
+
+
+def write(y: np.ndarray, columns: list[str], out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(csv_text(y, columns))
+    elif out.suffix.lower() == ".npy":
+        atomic_write(out, lambda f: np.save(f, y, allow_pickle=False))
+    else:
+        atomic_write(out, lambda f: f.write(csv_text(y, columns).encode()))

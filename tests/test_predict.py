@@ -1,0 +1,144 @@
+"""`netc predict RUN DATA`: the saved model's predictions for a data file (labels for
+class targets, outputs otherwise, probabilities with --proba), the run's input
+normalization applied, written as CSV or .npy; bad files refused naming the file
+and the record; `python -m netc`."""
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import netc
+from netc.cli import main
+from problems import make_problem
+
+CLASSIFIER = ("input x : [20]\ntarget t : class(3)\nh = dense(x, 16, act = tanh)\ny = dense(h, 3)\n"
+              "loss = nll(softmax(y), t)\n")
+DATA = ('data {\n    train = csv("d.csv")[0:150]\n    valid = csv("d.csv")[150:200]\n'
+        "    normalize = standardize\n}\n")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained run whose data is a labelled CSV (the target is its last column), normalized
+    inputs (so that predictions on raw data are wrong unless normalization is applied)."""
+    d = tmp_path_factory.mktemp("predict")
+    x, t = make_problem()
+    x = x * 30 + 100  # far from standardized
+    np.savetxt(d / "d.csv", np.column_stack([x, t]), delimiter=",", fmt="%.6g")
+    (d / "c.net").write_text(CLASSIFIER + DATA + "train {\n    method = sgd(lr = 0.1)\n    batch = 10\n"
+                                                 "    epochs = 3\n}\n")
+    assert main(["train", str(d / "c.net"), "--out", str(d / "run"), "--no-progress", "--json"]) == 0
+    x = np.loadtxt(d / "d.csv", delimiter=",")[:, :-1].astype(np.float32)
+    return d, x, t
+
+
+def _csv(path):
+    header, *rows = path.read_text().splitlines()
+    return header.split(","), np.array([[float(c) for c in r.split(",")] for r in rows])
+
+
+def test_labels_from_a_labelled_csv_match_the_model(run, capsys):
+    d, x, t = run
+    model = netc.load(d / "run")
+    assert main(["predict", str(d / "run"), str(d / "d.csv"), "--out", str(d / "p.csv")]) == 0
+    columns, got = _csv(d / "p.csv")
+    assert columns == ["label"]
+    np.testing.assert_array_equal(got[:, 0], model.predict(x))
+    assert (got[:, 0] == t).mean() > 0.9  # normalization applied: the model is right on its own data
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_features_only_npy_and_proba(run, tmp_path):
+    d, x, _ = run
+    np.save(tmp_path / "x.npy", x)
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", fmt="%.9g")
+    assert main(["predict", str(d / "run"), str(tmp_path / "x.npy"), "--proba", "--out", str(tmp_path / "p.npy")]) == 0
+    p = np.load(tmp_path / "p.npy", allow_pickle=False)
+    np.testing.assert_allclose(p, netc.load(d / "run").predict_proba(x), rtol=1e-6)
+    assert main(["predict", str(d / "run"), str(tmp_path / "x.csv"), "--proba", "--out", str(tmp_path / "p.csv")]) == 0
+    columns, q = _csv(tmp_path / "p.csv")
+    assert columns == ["p_0", "p_1", "p_2"]
+    np.testing.assert_allclose(q, p, rtol=1e-6)
+
+
+def test_npz_and_stdout(run, tmp_path, capsys):
+    d, x, _ = run
+    np.savez(tmp_path / "x.npz", x=x[:7])
+    assert main(["predict", str(d / "run"), str(tmp_path / "x.npz")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "label" and len(lines) == 8
+    assert [int(v) for v in lines[1:]] == list(netc.load(d / "run").predict(x[:7]))
+
+
+def test_real_outputs_and_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(30, 2, 3), dtype=np.uint8)
+    raw = bytes([0, 0, 0x08, 3]) + b"".join(int(v).to_bytes(4, "big") for v in img.shape) + img.tobytes()
+    (tmp_path / "imgs-idx3-ubyte.gz").write_bytes(gzip.compress(raw))
+    m = netc.compile("input x : [6]\ntarget t : [2]\ny = dense(x, 2)\nloss = mse(y, t)\n")
+    x = img.reshape(30, 6).astype(np.float32) / 255
+    m.fit(x, rng.normal(size=(30, 2)).astype(np.float32), epochs=1)
+    m.save(tmp_path / "m")
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "imgs-idx3-ubyte.gz"),
+                 "--out", str(tmp_path / "y.csv")]) == 0
+    columns, y = _csv(tmp_path / "y.csv")
+    assert columns == ["y_0", "y_1"]
+    np.testing.assert_allclose(y, m.predict(x), rtol=1e-6, atol=1e-7)  # pixels read as mnist() reads them
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("1,2,3\n", "each record has 3 values, the model reads 20"),
+    ("\n".join(",".join(["1"] * 20) for _ in range(3)) + "\n" + ",".join(["1"] * 19 + ["x"]) + "\n",
+     "line 4: could not parse 'x' as a number in column 20"),
+    ("\n".join(",".join(["1"] * 20) for _ in range(2)) + "\n" + ",".join(["1"] * 19 + ["nan"]) + "\n",
+     "line 3"),
+])
+def test_bad_data_names_the_file_and_the_record(run, tmp_path, capsys, content, expected):
+    d, _, _ = run
+    (tmp_path / "bad.csv").write_text(content)
+    assert main(["predict", str(d / "run"), str(tmp_path / "bad.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bad.csv'}" in err and expected in err and "Traceback" not in err
+
+
+def test_user_errors_exit_2_before_any_work(run, tmp_path, capsys):
+    d, _, _ = run
+    for argv, expected in ([[str(d / "run"), str(d / "d.csv"), "--out", str(tmp_path / "p.txt")], ".csv or .npy"],
+                           [[str(d / "run"), str(d / "c.net")], "unknown data format"],
+                           [[str(d / "run"), str(tmp_path / "none.csv")], "no such file"],
+                           [[str(tmp_path / "norun"), str(d / "d.csv")], "norun"],
+                           [[str(d / "run"), str(d / "d.csv"), "--out", str(tmp_path / "no" / "p.csv")], "no folder"]):
+        assert main(["predict", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+
+
+def test_proba_is_refused_for_outputs_that_are_not_probabilities(tmp_path, capsys):
+    m = netc.compile("input x : [3]\ntarget t : [1]\ny = dense(x, 1)\nloss = mse(y, t)\n")
+    m.save(tmp_path / "m")
+    np.save(tmp_path / "x.npy", np.ones((4, 3), np.float32))
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "x.npy"), "--proba"]) == 2
+    assert "predict_raw" in capsys.readouterr().err
+
+
+def test_python_dash_m_netc(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "netc", "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("netc ")
+    (tmp_path / "bad.net").write_text("input x : [3]\ny = dense(x, 2\n")
+    p = subprocess.run([sys.executable, "-m", "netc", "check", str(tmp_path / "bad.net")], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "bad.net:" in p.stderr
+
+
+def test_check_warns_when_there_is_no_loss(tmp_path, capsys):
+    (tmp_path / "fwd.net").write_text("input x : [3]\ny = dense(x, 2)\n")
+    assert main(["check", str(tmp_path / "fwd.net")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no loss" in err and "netc train refuses" in err
+    (tmp_path / "ok.net").write_text("input x : [3]\ntarget t : [2]\ny = dense(x, 2)\nloss = mse(y, t)\n")
+    assert main(["check", str(tmp_path / "ok.net")]) == 0
+    assert "warning" not in capsys.readouterr().err
