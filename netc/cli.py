@@ -391,18 +391,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from netc.report import write_report
-    out = write_report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
-    print(f"report: {out}")
-    return 0
-
-
-def cmd_doc(args) -> int:
-    from netc.runtime.config import DataConfig, TrainConfig, describe
-    if args.topic == "train":
-        print("train { ... } keys:\n" + describe(TrainConfig))
-    elif args.topic == "data":
 def cmd_predict(args) -> int:
     from netc.model import load
     from netc.predict import check_out, predictions, read_examples, write
@@ -416,6 +404,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from netc.report import write_report
+    out = write_report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_doc(args) -> int:
+    from netc.runtime.config import DataConfig, TrainConfig, describe
+    if args.topic == "train":
+        print("train { ... } keys:\n" + describe(TrainConfig))
+    elif args.topic == "data":
         print("data { ... } keys:\n" + describe(DataConfig))
     elif args.topic == "search":
         from netc.search import SearchConfig
