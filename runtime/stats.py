@@ -8,8 +8,17 @@ about 1e-3).
 (tanh: +-1, sigmoid: 0 and 1, a constant multiple or shift of those, a clip
 such as hard_tanh: its bounds): the fraction of activations within 0.5% of the
 range from either end, |tanh| > 0.99. Units without asymptotes (linear,
-rectifiers, softmax) report none; `dead` covers rectifiers."""
+rectifiers, softmax) report none; `dead` covers rectifiers.
+
+A run computes them on a sample, the first SAMPLE examples of the training
+set, with one compiled function (`Probe`), at the first and the last epoch and
+every `every(...)`-th between, so that they cost about a tenth of training at
+most (on a small training set the sample is a large share of an epoch).
+"""
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,33 +29,18 @@ from netc.compiler.pipeline import Function, Program
 SATURATED = 0.005  # within this fraction of the unit's range from an asymptote
 
 
-def _functions(program: Program) -> tuple[Function | None, Function | None, list[str]]:
-    """The named layers' activations and the parameters' gradients (memoized by the Program)."""
+def _activations(program: Program) -> tuple[Function | None, list[str]]:
+    """The named layers' activations (memoized by the Program)."""
     spec = program.spec
     layers = _layers(program)
     acts = program.function([spec.named[k] for k in layers], list(spec.inputs.values()),
                             name="activations") if layers else None
-    names = list(spec.params)
-    grads = program.function([program.grads[k] for k in names], spec.feeds, name="gradients") if names else None
-    return acts, grads, layers
+    return acts, layers
 
 
 def _layers(program: Program) -> list[str]:
     spec = program.spec
     return [k for k, n in spec.named.items() if n.ndim >= 2 and n.shape[0] is None and k != "loss"]
-
-
-def _extra_functions(program: Program, layers: list[str]):
-    """Pre-activations (layers that have one) and d loss / d activation (memoized by the Program)."""
-    spec = program.spec
-    pres = {k: p for k in layers if (p := pre_activation(spec.named[k])) is not None}
-    pre_fn = program.function(list(pres.values()), list(spec.inputs.values()),
-                              name="pre_activations") if pres else None
-    grad_fn = None
-    if spec.loss is not None and layers:
-        gs = _grad(spec.graph, spec.loss, [spec.named[k] for k in layers])
-        grad_fn = program.function(gs, spec.feeds, name="activation_gradients")
-    return pre_fn, list(pres), grad_fn
 
 
 def pre_activation(layer: Node) -> Node | None:
@@ -100,38 +94,90 @@ def unit_range(n: Node) -> tuple[float, float] | None:
     return None
 
 
-def layer_stats(program: Program, state: dict, x: np.ndarray, t: np.ndarray | None,
-                before_last_step: dict | None = None) -> dict:
-    acts_fn, grads_fn, layers = _functions(program)
-    out: dict = {"layers": {}, "params": {}}
-    has_t = t is not None or not program.spec.targets
-    feeds = [x] + ([t] if program.spec.targets else [])
-    with np.errstate(all="ignore"):
-        if acts_fn is not None:
-            for name, a in zip(layers, acts_fn(state, x)):
-                a = a.astype(np.float64)
-                row = {"mean": float(a.mean()), "std": float(a.std()),
-                       "saturated": saturated(a, unit_range(program.spec.named[name])),
-                       "dead": float(np.mean(np.all(a == 0, axis=0)))}  # units never active on the batch
-                out["layers"][name] = row
-            pre_fn, pre_layers, agrad_fn = _extra_functions(program, layers)
-            if pre_fn is not None:
-                for name, p in zip(pre_layers, pre_fn(state, x)):
-                    p = np.asarray(p, np.float64)
-                    out["layers"][name].update(pre_mean=float(p.mean()), pre_std=float(p.std()))
-            if agrad_fn is not None and has_t:
-                for name, g in zip(layers, agrad_fn(state, *feeds)):
-                    g = np.asarray(g, np.float64)
-                    out["layers"][name]["grad_rms"] = float(np.sqrt(np.mean(g * g))) if g.size else 0.0
-        if grads_fn is not None and has_t:
-            for name, g in zip(program.spec.params, grads_fn(state, *feeds)):
+SAMPLE = 500  # the statistics' examples: the first of the training set
+BUDGET = 0.1  # the statistics see at most about this share of the examples training does
+
+
+def every(n_train: int, sample: int) -> int:
+    """Epochs between two statistics rows: every epoch when the sample is at most a
+    tenth of the training set, else often enough that the statistics cost about a
+    tenth of training (1,347 examples, sample 500: every 4th). A function of the
+    data's size alone, so a resumed run writes the same rows."""
+    return max(1, math.ceil(sample / (BUDGET * max(n_train, 1))))
+
+
+def due(epoch: int, epochs: int, stride: int) -> bool:
+    """The first and the last epoch always, and every `stride`-th."""
+    return epoch in (1, epochs) or epoch % stride == 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the statistics compute, compiled once for a run as one function: the
+    layers' activations, pre-activations, d loss / d activations and the parameters'
+    gradients share one forward and one backward pass."""
+    program: Program
+    layers: list[str]
+    pre_layers: list[str]
+    with_t: Function | None  # all four groups (needs the targets a spec has)
+    without_t: Function | None  # activations and pre-activations (no targets given)
+
+    @staticmethod
+    def of(program: Program) -> "Probe":
+        spec = program.spec
+        layers = _layers(program)
+        pres = {k: p for k in layers if (p := pre_activation(spec.named[k])) is not None}
+        acts = [spec.named[k] for k in layers] + list(pres.values())
+        inputs = list(spec.inputs.values())
+        without_t = program.function(acts, inputs, name="layer_statistics") if acts else None
+        agrads = _grad(spec.graph, spec.loss, [spec.named[k] for k in layers]) \
+            if spec.loss is not None and layers else []
+        pgrads = [program.grads[k] for k in spec.params] if spec.loss is not None else []
+        outs = acts + agrads + pgrads
+        with_t = program.function(outs, spec.feeds, name="layer_statistics") \
+            if outs and (agrads or pgrads) else None
+        return Probe(program, layers, list(pres), with_t, without_t)
+
+    def __call__(self, state: dict, x: np.ndarray, t: np.ndarray | None,
+                 before_last_step: dict | None = None) -> dict:
+        spec = self.program.spec
+        out: dict = {"layers": {}, "params": {}}
+        has_t = t is not None or not spec.targets
+        fn = self.with_t if has_t and self.with_t is not None else self.without_t
+        if fn is None:
+            return out
+        values = list(fn(state, *([x] + ([t] if spec.targets and fn is self.with_t else []))))
+        n_l, n_p = len(self.layers), len(self.pre_layers)
+        acts, pres, rest = values[:n_l], values[n_l:n_l + n_p], values[n_l + n_p:]
+        with np.errstate(all="ignore"):
+            for name, a in zip(self.layers, acts):
+                a = np.asarray(a, np.float64)
+                out["layers"][name] = {"mean": float(a.mean()), "std": float(a.std()),
+                                       "saturated": saturated(a, unit_range(spec.named[name])),
+                                       "dead": float(np.mean(np.all(a == 0, axis=0)))}  # never active on the batch
+            for name, p in zip(self.pre_layers, pres):
+                p = np.asarray(p, np.float64)
+                out["layers"][name].update(pre_mean=float(p.mean()), pre_std=float(p.std()))
+            if fn is not self.with_t:
+                return out
+            agrads = rest[:len(rest) - len(spec.params)] if spec.loss is not None else []
+            for name, g in zip(self.layers, agrads):
+                g = np.asarray(g, np.float64)
+                out["layers"][name]["grad_rms"] = float(np.sqrt(np.mean(g * g))) if g.size else 0.0
+            for name, g in zip(spec.params, rest[len(agrads):]):
                 w = state[name]
                 norm = float(np.linalg.norm(w))
                 row = {"norm": norm, "grad_norm": float(np.linalg.norm(g))}
                 if before_last_step is not None and name in before_last_step:
                     row["update_ratio"] = float(np.linalg.norm(w - before_last_step[name]) / max(norm, 1e-30))
                 out["params"][name] = row
-    return out
+        return out
+
+
+def layer_stats(program: Program, state: dict, x: np.ndarray, t: np.ndarray | None,
+                before_last_step: dict | None = None) -> dict:
+    """The statistics of one batch (a run keeps its Probe instead of compiling it each epoch)."""
+    return Probe.of(program)(state, x, t, before_last_step)
 
 
 def saturated(a: np.ndarray, bounds: tuple[float, float] | None) -> float | None:
@@ -146,7 +192,7 @@ def saturated(a: np.ndarray, bounds: tuple[float, float] | None) -> float | None
 def first_nonfinite_layer(program: Program, state: dict, x) -> str | None:
     """The first named layer, in spec order, with a NaN or an infinity on this batch,
     with its .net location: where a divergence shows first."""
-    acts_fn, _, layers = _functions(program)
+    acts_fn, layers = _activations(program)
     if acts_fn is None:
         return None
     with np.errstate(all="ignore"):

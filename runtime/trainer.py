@@ -36,7 +36,7 @@ from .presentation import epoch_order
 from .progress import Progress
 from .run_folder import Interrupted, RunFolder  # noqa: F401 - Interrupted is part of this module's API
 from .state import assign, copy_state, hosted
-from .stats import layer_stats
+from . import stats
 from .train_state import EpochCursor, TrainState
 
 
@@ -130,6 +130,11 @@ class _Minibatches:
         self.train_seconds = 0.0 if saved is None else saved.train_seconds
         self.stopped = None if saved is None else saved.stopped
         self.before_last = None  # the parameters before an epoch's last step (update ratios)
+        self.probe: stats.Probe | None = None  # the statistics' function, compiled at first use
+        self.stats_every = stats.every(len(train), min(len(train), stats.SAMPLE))
+        self.stats_now = False  # this epoch ends with statistics
+        self.bound: dict = {}  # batch size -> the step bound to ts.arrays (_bound)
+        self.hyper_names = tuple(prog.step.feeds[1 + bool(prog.spec.targets):])  # the step's feeds after the data
         every = cfg.checkpoint_every
         self.ck_examples = every if isinstance(every, int) else None
         self.ck_seconds = None if isinstance(every, int) else every.args[0]
@@ -211,6 +216,7 @@ class _Minibatches:
             bar.update(sum(len(b) for b in ts.cursor.order[:ts.cursor.index]))
         c = ts.cursor
         self.before_last = None
+        self.stats_now = cfg.stats and stats.due(epoch, epochs, self.stats_every)
         stop = self._steps(epoch, bar, t0)
         bar.close()
         ts.cursor = None
@@ -266,19 +272,20 @@ class _Minibatches:
                 "batch": c.index if c is not None else 0, "batches": len(c.order) if c is not None else 0}
         if stopped:
             meta["stopped"] = stopped
+        if self.folder.folder is None:  # no run folder: nothing to save
+            return
         self.folder.checkpoint(ts.to_arrays(), meta)
         self.ck_age, self.ck_time = ts.age, time.monotonic()
 
     def _step(self, epoch: int, last: bool, idx: np.ndarray, bar: Progress) -> bool:
         ts, prog, cfg, hyper, c = self.ts, self.prog, self.cfg, self.hyper, self.ts.cursor
-        if cfg.stats and last:
+        if self.stats_now and last:
             self.before_last = copy_state(ts.arrays, self.params)
         xb, tb = self.batches.get(idx)
         data_feeds = feeds_for(prog, xb, tb)
-        step = prog.step
         hyper["lr"] = self.rate.at(ts.rate, ts.age, ts.step)
         hyper["step"] = (cfg.seed << 32) + ts.step  # noise streams: one per run seed and step
-        outs = step(ts.arrays, *data_feeds, *[hyper[k] for k in step.feeds[len(data_feeds):]])
+        outs = self._bound(len(idx))(*data_feeds, *[hyper[k] for k in self.hyper_names])
         if ts.missed is not None:
             emphasis.record(ts.missed, idx, outs[1])  # the errors last seen
         loss = float(outs[0])
@@ -297,10 +304,21 @@ class _Minibatches:
         c.seen += n
         if self.average is not None:
             self.average.after_step(ts.average, ts.arrays, epoch)
-        bar.update(n, loss=c.loss_sum / max(c.seen, 1))
+        if bar.enabled:  # the running loss's text only where it is drawn
+            bar.update(n, loss=c.loss_sum / max(c.seen, 1))
+        else:
+            bar.update(n)
         if self.every is not None and ts.age >= ts.next_check:
             return self._validate_within(epoch)
         return False
+
+    def _bound(self, n: int):
+        """The train step bound to the training state for batches of n (Function.bind,
+        kept here: one dictionary lookup per step instead of the call's own search)."""
+        fn = self.bound.get(n)
+        if fn is None:
+            fn = self.bound[n] = self.prog.step.bind(self.ts.arrays, n)
+        return fn
 
     def _validate_within(self, epoch: int) -> bool:
         """valid_every: an extra validation inside the epoch; True when out of patience."""
@@ -322,10 +340,11 @@ class _Minibatches:
                 l, e = evaluate(self.prog, self.evaluated, ds, cfg.eval_batch)
                 row[f"{name}_loss"] = l
                 row[f"{name}_error"] = e
-        if cfg.stats:
-            k = min(len(train), 500)
-            row.update(layer_stats(self.prog, hosted(ts.arrays), train.x[:k],
-                                   None if train.t is None else train.t[:k], hosted(self.before_last)))
+        if self.stats_now:
+            k = min(len(train), stats.SAMPLE)
+            self.probe = self.probe or stats.Probe.of(self.prog)
+            row.update(self.probe(hosted(ts.arrays), train.x[:k], None if train.t is None else train.t[:k],
+                                  hosted(self.before_last)))
         row["seconds"] = time.perf_counter() - t0
         return row
 
