@@ -10,7 +10,10 @@ NativeBuildError with the compiler's own message and keeps the source it
 failed on. No -ffast-math: it would let gcc drop the NaN/inf handling and
 reassociate the float32 math that tests/test_c_math.py bounds;
 -fno-math-errno only stops libm calls from setting errno (what lets gcc inline
-sqrtf and vectorize it), which changes no value.
+sqrtf and vectorize it) and -fno-trapping-math only drops the promise that
+floating-point exceptions trap (what lets gcc turn the selects of
+compiler/c_math.py into vector blends: without it logf's loop stays scalar);
+neither changes a value.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from pathlib import Path
 from ..compiler.errors import NetcError
 
 FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
-                          "-fno-math-errno", "-fno-semantic-interposition", "-std=gnu11")
+                          "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition",
+                          "-std=gnu11")
 SCHEME = "netc-native-1"  # bump when the way a source becomes a .so changes
 PROBE = "int netc_probe(int x) { return x + 1; }\n"
 
