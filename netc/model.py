@@ -13,7 +13,7 @@ import numpy as np
 from netc.compiler.errors import DataError, NetcError, SpecError, did_you_mean
 from netc.compiler import sources, validate
 from netc.compiler.pipeline import compile_program, parse_and_elaborate, require_backend, to_backend, to_host
-from netc.runtime import checkpoint, data, memory, normalize
+from netc.runtime import checkpoint, data, init_from, memory, normalize
 from netc.runtime.config import BATCH_METHODS, DataConfig, TrainConfig, from_block
 from netc.runtime.evaluation import Head, evaluate, head_of, labels, predict, probabilities, r2
 from netc.runtime.optimizers import lr_scales, optimizer_for
@@ -21,6 +21,7 @@ from netc.runtime.splits import load_splits
 from netc.runtime.state import assign, init_state
 from netc.runtime.trainer import Run
 from netc.search_space import SearchConfig, Space, search_block
+from netc.pretrain_block import check as check_pretrain_block
 
 VERSION = "0.1.0"
 
@@ -90,7 +91,9 @@ class Model:
         self.search_cfg: SearchConfig | None = None
 
         def check_block(name, entries, loc):
-            if name == "search":
+            if name == "pretrain":  # read by `netc pretrain` (netc/pretrain.py); checked here
+                check_pretrain_block(entries, text, loc)
+            elif name == "search":
                 self.search_cfg = search_block(entries, text, loc)
             elif name in configs and not space.add(name, entries, type(configs[name]), loc):
                 configs[name] = from_block(type(configs[name]), entries, text, loc)
@@ -125,10 +128,23 @@ class Model:
         if allocate:
             state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
             self.state = to_backend(state, backend)  # device="gpu": parameters and optimizer state on the device
+        # `init SELECTOR = from("RUN")`: copied now from the user's spec; a model rebuilt from a
+        # checkpoint (embedded sources: netc.load, resume) reads its own state instead, and copies
+        # only if it trains from the start (a resumed run killed before its first checkpoint)
+        self._init_pending = self.state is not None and bool(init_from.entries(self.train_cfg))
+        if self._init_pending and embedded is None:
+            self._initialize()
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
         self.summary: dict | None = None  # the last fit's summary (also `summary_`)
         self.history_: list[dict] = []  # the last fit's per-epoch metrics rows
         self.head: Head = head_of(self.program.spec)
+
+    def _initialize(self) -> None:
+        """Copy the parameters the train block's `init` keys name from their runs."""
+        values = init_from.initial_values(self.program.spec.params, self.train_cfg, self.base_dir, self.text)
+        for k, v in to_backend(values, "cuda" if self.device == "gpu" else "numpy").items():
+            self.state[k][...] = v
+        self._init_pending = False
 
     @property
     def summary_(self) -> dict | None:
@@ -221,9 +237,12 @@ class Model:
         if limit is not None:
             train, valid_ds, test_ds = (None if d is None else d.slice(0, min(limit, len(d)))
                                         for d in (train, valid_ds, test_ds))
+        if saved is None and self._init_pending:
+            self._initialize()
         norm = normalize.fit(self.data_cfg.normalize, train.x)  # may change the width (pca dims)
         self._check_data(train, norm)
         self.normalizer = norm
+        train = self._labelled(train, limit)
         dtype = self.program.spec.graph.float_dtype
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
         meta = {**self._meta(), "run": {k: v for k, v in record.items() if k != "sources"}}
@@ -233,6 +252,17 @@ class Model:
         if self.sampled:
             self.summary["sampled"] = {k: (str(v) if isinstance(v, str) else v) for k, v in self.sampled.items()}
         return self.summary
+
+    def _labelled(self, train: data.Dataset, limit: int | None) -> data.Dataset:
+        """`labels = N` (data block): a spec with a target trains on the first N examples
+        only (the rest is there for pretraining, netc/pretrain.py); one without, on all.
+        Under `limit` (a smoke run) fewer than N examples are all kept."""
+        n = self.data_cfg.labels
+        if n is None or self._target is None or (limit is not None and n >= len(train)):
+            return train
+        if n > len(train):
+            raise DataError(f"{train.name}: labels = {n}, but the training set has {len(train)} examples")
+        return train.slice(0, n)
 
     def _prepare(self, ds: data.Dataset, dtype: str) -> data.Dataset:
         self._check_data(ds)
@@ -430,6 +460,7 @@ def load(path: str | Path) -> Model:
             raise checkpoint.spec_error(ck, e) from None
         checkpoint.check_params(ck, {k: v.shape for k, v in m.params.items()})
         assign(m.state, checkpoint.read_state(ck, m.state))
+        m._init_pending = False  # the saved parameters are the model's
         xs = list(m.program.spec.inputs.values())[:1]
         norm = checkpoint.read_normalizer(ck, xs[0].shape[1] if xs and len(xs[0].shape) == 2 else None)
         if norm is not None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from netc.compiler.blocks import BlockCall, BlockEntry, Formula, Symbol
 from netc.compiler.errors import ErrorList, Loc, SpecError, did_you_mean
 from netc.runtime import normalize as _norm
+from netc.runtime.init_from import source_of as _init_source
 
 
 class _Strict(BaseModel):
@@ -239,6 +240,9 @@ class TrainConfig(_Strict):
     decay: float = Field(0.0, ge=0, description="L2 weight decay lambda on the whole training criterion "
                                                "(lambda * sum w^2; weights only unless `decay SELECTOR = ...`)")
     l1: float = Field(0.0, ge=0, description="L1 weight decay lambda * sum |w| (weights only by default)")
+    init: Any = Field(None, description='`init SELECTOR = from("RUN")` copies those parameters from another run\'s '
+                                        'checkpoint (a folder relative to the spec); no selector: every parameter '
+                                        '[PR 1.1]')
     emphasize: Never | Errors = Field(default_factory=Never, description="off, or errors(ratio): draw the examples "
                                                                         "last misclassified more often [EB 4.2]")
     interleave: bool = Field(False, description="present consecutive examples from different classes [EB 4.2]")
@@ -268,6 +272,10 @@ class Source(_Strict):
 
 class DataConfig(_Strict):
     train: Source | None = Field(None, description='training set, e.g. mnist("train")[0:50000], csv("f.csv"), npz("f.npz")')
+    labels: int | None = Field(None, ge=1, description="keep the labels of the first N training examples only: a "
+                                                       "spec with a target trains on those N, one without (an "
+                                                       "auto-encoder) on every example; the normalization is "
+                                                       "fitted on every example [PR 1.1]")
     valid: Source | None = Field(None, description="validation set (early stopping, model selection)")
     test: Source | None = Field(None, description="test set, evaluated once at the end "
                                                 "(train key test_every = epoch: each epoch too)")
@@ -286,7 +294,7 @@ class DataConfig(_Strict):
 
 _CALL_FIELDS = {"method": METHODS, "schedule": SCHEDULES, "stop": STOPS, "average": AVERAGES,
                 "emphasize": EMPHASIZE, "transforms": TRANSFORMS}
-_SELECTOR_KEYS = {"lr_scale", "decay", "l1", "freeze"}
+_SELECTOR_KEYS = {"lr_scale", "decay", "l1", "freeze", "init"}
 _SOURCES = {"mnist", "csv", "npz"}
 
 
@@ -306,7 +314,8 @@ def from_block(model: type[_Strict], entries: list[BlockEntry] | None, source: s
             if e.selector is not None:
                 if e.key not in _SELECTOR_KEYS:
                     raise SpecError(f"'{e.key}' cannot be set per parameter group", e.loc, source)
-                value = _scale(e.value, e.loc, source) if e.key == "lr_scale" else e.value
+                value = _scale(e.value, e.loc, source) if e.key == "lr_scale" else \
+                    _init_source(e.value, e.loc, source) if e.key == "init" else e.value
                 groups.append((e.key, e.selector, value, e.loc))
                 continue
             if e.key in values:
@@ -395,6 +404,8 @@ def _convert(key: str, value, loc: Loc, source):
         return Source(kind=value.name, args=value.args, kwargs=value.kw, slice=value.slice, loc=value.loc)
     if key == "lr_scale":
         return _scale(value, loc, source)
+    if key == "init":
+        return _init_source(value, loc, source)
     if key == "lr" and isinstance(value, BlockCall):
         try:
             return Auto(**_plain(value))
