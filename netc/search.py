@@ -130,8 +130,6 @@ def _check_metric(m, cfg: SearchConfig) -> None:
                         m.program.spec.block_locs.get("data"), m.text)
     if cfg.metric.startswith("valid.") and m.data_cfg.valid is None:
         need = "a validation set: add valid = ... to the data block"
-    elif cfg.metric == "test.error" and m.data_cfg.test is None:
-        need = "a test set: add test = ... to the data block"
     elif cfg.metric.endswith(".error") and m.program.errors is None:
         need = "an error rate, i.e. a class(n) target and an [B, n] output; use valid.loss"
     if need:

@@ -9,7 +9,7 @@ defines a search space rather than one model:
     }
     search {
         trials  = 64
-        metric  = valid.error      # or valid.loss, train.loss, test.error (minimized)
+        metric  = valid.error      # or valid.loss, train.loss (minimized; never the test set)
         workers = 2
         seed    = 0
     }
@@ -50,8 +50,10 @@ from netc.compiler.errors import ErrorList, Loc, SpecError, did_you_mean
 from netc.runtime.config import _Strict, from_block
 
 DISTRIBUTIONS = ("loguniform", "uniform", "intrange", "choice")
-METRICS = {"valid.error": "valid_error", "valid.loss": "valid_loss", "train.loss": "train_loss",
-           "test.error": "test_error"}
+METRICS = {"valid.error": "valid_error", "valid.loss": "valid_loss", "train.loss": "train_loss"}
+TEST_METRIC = ("selects the best trial by the test set, which tunes the hyper-parameters on it: its error "
+               "then no longer estimates the error on new data [PR 3.4]; select on valid.error or valid.loss, "
+               "and read the best trial's test error in its summary (evaluated once, at the end)")
 SAMPLE_STREAM = 0x5EA2C4  # the sampling RNG is default_rng([seed, SAMPLE_STREAM]): apart from init and shuffling
 NOT_SEARCHABLE = {"seed": "the seed cannot be searched: netc search gives every trial its own seed "
                           "(the search block's seed = ... fixes them all)"}
@@ -60,9 +62,9 @@ NOT_SEARCHABLE = {"seed": "the seed cannot be searched: netc search gives every 
 class SearchConfig(_Strict):
     """The search block: random search over the spec's distributions [PR 3.4]."""
     trials: int = Field(32, ge=1, description="points drawn and trained (Bergstra & Bengio: 32-64 go far)")
-    metric: Literal["valid.error", "valid.loss", "train.loss", "test.error"] = Field(
-        "valid.error", description="what selects the best trial (minimized): valid.error, valid.loss, "
-                                   "train.loss or test.error")
+    metric: Literal["valid.error", "valid.loss", "train.loss"] = Field(
+        "valid.error", description="what selects the best trial (minimized): valid.error, valid.loss or "
+                                   "train.loss (a test metric is refused: that would tune on the test set)")
     workers: int | None = Field(None, ge=1, description="worker processes (default: one per CPU; capped by "
                                                         "the CPU count)")
     seed: int = Field(0, ge=0, description="the search's seed: trial k trains the point and uses the seed "
@@ -74,8 +76,10 @@ def search_block(entries: list[BlockEntry], source: str | None, loc: Loc | None)
     found = _scan(entries, source, strict=False)
     errors = [SpecError(f"{path} = {d}: distributions belong in the data and train blocks, not in search",
                         d.loc, source) for path, d in found.items()]
+    tests = [e for e in entries if e.key == "metric" and str(e.value).startswith("test.")]
+    errors += [SpecError(f"metric = {e.value} {TEST_METRIC}", e.loc, source) for e in tests]
     try:
-        cfg = from_block(SearchConfig, [e for e in entries if e.key not in found], source, loc)
+        cfg = from_block(SearchConfig, [e for e in entries if e.key not in found and e not in tests], source, loc)
     except ErrorList as e:
         errors += e.errors
     except SpecError as e:

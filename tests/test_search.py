@@ -175,7 +175,7 @@ def test_search_block_is_validated_with_located_errors():
     assert "unknown key 'metrc'" in r and "did you mean 'metric'?" in r
     assert "distributions belong in the data and train blocks" in r
     r = error_of(spec_text(search="\nsearch {\n    metric = valid.eror\n}\n")).render()
-    assert "'valid.error'" in r and "'test.error'" in r
+    assert "'valid.error'" in r and "'train.loss'" in r
 
 
 def test_search_block_values():

@@ -146,3 +146,20 @@ def test_a_damaged_summary_still_prints():
                    "steps": 1e3, "stopped": {"x": 1}}, Path("r"))
     assert "1,000 updates" in text and "netc report r" in text
     assert re.search(r"trained 0 epochs", text)
+
+
+@pytest.mark.parametrize("metric", ["test.error", "test.loss", '"test.error"'])
+def test_a_search_on_the_test_set_is_refused_at_its_metric_line(metric):
+    text = (CLASSIFIER + "train {\n    method = sgd(lr = loguniform(0.01, 0.1))\n}\n"
+            f"search {{\n    trials = 4\n    metric = {metric}\n}}\n")
+    with pytest.raises(NetcError) as e:
+        netc.compile(text)
+    r = e.value.render()
+    assert "<spec>:11:5" in r and "tunes the hyper-parameters on it" in r and "valid.error" in r
+    assert len(e.value.render().split("<spec>:")) == 2  # one error, not also "unknown value"
+
+
+def test_doc_search_names_no_test_metric(capsys):
+    assert main(["doc", "search"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("metric"))
+    assert "valid.error" in line and "refused" in line
