@@ -234,7 +234,7 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names) -> str
     for k, f in enumerate(L.feeds):
         if f.op == "input":
             pre.append(f"    x{k} = rt.empty({_shape_py(f.shape)}, {f.dtype!r})  # {comment(f.name)}")
-            body.append(f"        d{k} = rt.upload(f{k}, x{k})")
+            body.append(f"        d{k} = rt.feed(f{k}, x{k})")
             body.append(f"        P[{k}] = rt.address(d{k})")
             var[f.id] = f"d{k}"
         else:

@@ -33,9 +33,25 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL[0]
 
 
-def compiler_available() -> bool:
-    from ..runtime import native_build
-    return native_build.compiler_available()
+def unavailable() -> str | None:
+    """Why the native backend cannot run here (no C compiler, no BLAS), or None."""
+    from ..runtime import blas, native_build
+    if not native_build.compiler_available():
+        return "no working C compiler (cc, gcc or $CC) was found"
+    if blas.find_blas() is None:
+        return "no BLAS was found (NumPy's OpenBLAS, MKL or a system cblas)"
+    return None
+
+
+_SAID: set = set()
+
+
+def notice(line: str) -> None:
+    """One line on stderr, once per process."""
+    if line not in _SAID:
+        _SAID.add(line)
+        import sys
+        print(line, file=sys.stderr)
 
 
 class NativeRuntime:
@@ -64,6 +80,12 @@ class NativeRuntime:
 
     @staticmethod
     def upload(x, buf):
+        """Copy `x` into `buf` (a library call's host result)."""
+        np.copyto(buf, x, casting="unsafe")
+        return buf
+
+    @staticmethod
+    def feed(x, buf):
         """`x` itself where the C side can read it in place, else `buf` holding it."""
         if type(x) is np.ndarray and x.dtype == buf.dtype and x.shape == buf.shape and x.flags.c_contiguous:
             return x

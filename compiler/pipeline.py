@@ -29,7 +29,7 @@ from .simplify import simplify
 from .spec import Spec
 from .update import Optimizer, build_updates, regularized_objective
 
-__all__ = ["STAGES", "BACKENDS", "Function", "Program", "compile_program", "parse_and_elaborate",
+__all__ = ["STAGES", "BACKENDS", "Function", "Program", "compile_program", "parse_and_elaborate", "choose_backend",
            "hessian_vector_function", "bind_sizes", "emit", "fused_stats", "require_backend", "to_backend", "to_host",
            "dump", "dot"]
 
@@ -309,6 +309,31 @@ def hessian_vector_function(prog: Program) -> Function:
 
 
 # -- devices -----------------------------------------------------------------------------------
+
+
+def choose_backend(requested: str | None = None, device: str = "cpu") -> str:
+    """The backend a model runs on: cuda for device="gpu"; else `requested`, else
+    $NETC_BACKEND, else native where a C compiler and a BLAS are present (the
+    NumPy path otherwise, said once on stderr)."""
+    if device == "gpu":
+        if requested not in (None, "cuda"):
+            raise NetcError(f"backend {requested!r} runs on the CPU; device 'gpu' uses the cuda backend")
+        return "cuda"
+    import os
+    choice = requested or os.environ.get("NETC_BACKEND", "").strip().lower() or None
+    if choice is not None and choice not in ("native", "numpy"):
+        where = "backend" if requested else "NETC_BACKEND"
+        raise NetcError(f"unknown {where} {choice!r}; choose native or numpy (cuda: device='gpu')")
+    if choice == "numpy":
+        return "numpy"
+    from . import native_function
+    why = native_function.unavailable()
+    if why is None:
+        return "native"
+    if choice == "native":
+        raise NetcError(f"backend 'native' is not available here: {why}", hint="use --backend numpy")
+    native_function.notice(f"netc: {why}; using the NumPy backend (slower; --backend numpy hides this)")
+    return "numpy"
 
 
 def require_backend(backend: str):

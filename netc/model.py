@@ -12,7 +12,8 @@ import numpy as np
 
 from netc.compiler.errors import DataError, NetcError, SpecError, did_you_mean
 from netc.compiler import sources, validate
-from netc.compiler.pipeline import compile_program, parse_and_elaborate, require_backend, to_backend, to_host
+from netc.compiler.pipeline import (choose_backend, compile_program, parse_and_elaborate, require_backend,
+                                    to_backend, to_host)
 from netc.runtime import checkpoint, data, init_from, memory, normalize
 from netc.runtime.config import BATCH_METHODS, DataConfig, TrainConfig, from_block
 from netc.runtime.evaluation import Head, evaluate, head_of, labels, predict, probabilities, r2
@@ -66,7 +67,8 @@ class Model:
     def __init__(self, text: str, file: str = "<spec>", *, seed: int | None = None,
                  dtype: str | None = None, debug: bool = False, device: str = "cpu",
                  train: dict | None = None, embedded: dict[str, str] | None = None,
-                 allocate: bool = True, memory_limit: int | str | None = None, purpose: str = "train"):
+                 allocate: bool = True, memory_limit: int | str | None = None, purpose: str = "train",
+                 backend: str | None = None):
         """`train`: train-block keys set over the spec's before compiling (e.g. lr-probe's rate).
         `embedded`: the used files saved in a checkpoint; the spec reads those and never the disk.
         `memory_limit`: bytes (or "8G", "off") the model may need; default $NETC_MEMORY_LIMIT or
@@ -82,7 +84,7 @@ class Model:
         purpose = validate.choice(purpose, memory.PURPOSES, "purpose")
         self.device = device = validate.choice(device, validate.DEVICES, "device")
         read_use = sources.read_use if embedded is None else sources.embedded(embedded, file)
-        backend = "cuda" if device == "gpu" else "numpy"
+        backend = choose_backend(backend, device)  # native (C) where a compiler is, else numpy; cuda on a gpu
         require_backend(backend)  # fail before compiling
         self.options = {"seed": seed, "dtype": dtype, "debug": debug, "device": device, "train": train}  # run.json
         self.base: Path | None = None  # where the data block's files are (a resumed run's recorded folder)
@@ -111,7 +113,7 @@ class Model:
             self.train_cfg.dtype = dtype
         if train:
             self.train_cfg = _overridden(self.train_cfg, train)
-        if backend != "numpy":
+        if backend == "cuda":
             _check_gpu_settings(self.train_cfg)
         if self.train_cfg.dtype != spec.graph.float_dtype:
             spec = parse_and_elaborate(text, file, self.train_cfg.dtype, read_use=read_use)
