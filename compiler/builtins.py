@@ -26,6 +26,8 @@ def builtins_env() -> Env:
     v["param"] = Builtin("param", lambda c, a, k, loc: c.param(a, k, loc),
                          "param(shape, init = glorot): a trainable tensor named by where it is assigned")
     v["dim"] = Builtin("dim", _dim, "dim(x, axis = -1): the size of one axis of x")
+    v["classes"] = Builtin("classes", _classes, "classes(t): the number of classes of a class(n) target "
+                                                "(class(_) takes it from the data)")
     v["buffer"] = Builtin("buffer", lambda c, a, k, loc: c.param(a, k, loc, kind="state"),
                           "buffer(shape, init = zeros): a tensor kept with the model but not trained "
                           "(set by the trainer, e.g. the transformation statistics)")
@@ -95,6 +97,14 @@ def _dim(ctx, args, kwargs, loc):
     if d is None:
         raise SpecError("the batch dimension has no size at compile time", loc)
     return d
+
+
+def _classes(ctx, args, kwargs, loc):
+    a = bind("classes", ["t"], {}, args, kwargs, loc)
+    n = a["t"].attr("classes") if isinstance(a["t"], Node) else None
+    if n is None:
+        raise SpecError(f"classes(t) needs a class(n) target, got {kind_of(a['t'])}", loc)
+    return n
 
 
 def _grad_builtin(ctx, args, kwargs, loc):

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from . import sources, syntax as S
+from . import free_dims, sources, syntax as S
 from .blocks import BlockEntry, block_entry, select_params
 from .builtins import builtins_env
 from .errors import ErrorList, Loc, NetcError, SpecError, did_you_mean
@@ -42,15 +42,18 @@ def prelude_module() -> S.Module:
 
 def elaborate(module: S.Module, float_dtype: str = "float32",
               check_block: Callable[[str, list[BlockEntry], Loc], None] | None = None,
-              read_use: sources.Reader = sources.read_use) -> Spec:
+              read_use: sources.Reader = sources.read_use, probe_run: int = 0) -> Spec:
     """Syntax tree -> Spec. Raises SpecError, or ErrorList for several independent errors.
 
     `check_block(name, entries, loc)` validates a data/train/search block (the
     runtime owns their schemas); its errors are reported with the others.
     `read_use(path, shown, loc)` reads a `use`d file (a checkpoint's spec reads
     only the files embedded in it); every file read is kept in `Spec.used`.
+    A `_` in an input's or target's declaration (a size the data gives) stands for
+    free_dims.probe(probe_run, k) and is listed in `Spec.free` (free_dims.py).
     """
     ctx = _Context(Graph(float_dtype), module, check_block, read_use)
+    ctx.probe_run = probe_run
     return ctx.run()
 
 
@@ -67,6 +70,7 @@ class _Context:
         self.assigned: list[S.Expr] = []  # value expressions of the assignments being evaluated
         self.sources = {module.file: module.source}
         self.globals = Env(builtins_env())
+        self.probe_run = 0  # which stand-in sizes a `_` takes (free_dims.PROBES)
 
     # -- driver --------------------------------------------------------------
     def run(self) -> Spec:
@@ -153,7 +157,7 @@ class _Context:
                 return
             case S.InputDecl(name=name, type=t):
                 self._fresh(name, st.loc)
-                dims = sizes(self.eval(t, self.globals), t.loc, "an input's shape")
+                dims = self._declared(name, t, "an input's shape", False)
                 node = G("input", name=name, shape=(BATCH, *dims), dtype=G.float_dtype, loc=st.loc)
                 sp.inputs[name] = node
                 self.globals.vars[name] = node
@@ -162,10 +166,11 @@ class _Context:
                 if isinstance(t, S.Call) and isinstance(t.func, S.Name) and t.func.name == "class":
                     if len(t.args) != 1 or t.kwargs:
                         raise SpecError("class(n) takes the number of classes", t.loc)
-                    n = whole_number(self.eval(t.args[0], self.globals), t.args[0].loc, "the number of classes")
+                    n = self._free(name, None, t.args[0], True) if free_dims.is_free(t.args[0]) else \
+                        whole_number(self.eval(t.args[0], self.globals), t.args[0].loc, "the number of classes")
                     node = G("input", name=name, shape=(BATCH,), dtype="int64", classes=n, loc=st.loc)
                 else:
-                    dims = sizes(self.eval(t, self.globals), t.loc, "a target's shape")
+                    dims = self._declared(name, t, "a target's shape", True)
                     node = G("input", name=name, shape=(BATCH, *dims), dtype=G.float_dtype, loc=st.loc)
                 sp.targets[name] = node
                 self.globals.vars[name] = node
@@ -188,6 +193,20 @@ class _Context:
                 sp.block_locs[name] = st.loc
                 if self.check_block is not None:
                     self.check_block(name, sp.blocks[name], st.loc)
+
+    def _declared(self, name: str, t: S.Expr, what: str, target: bool) -> tuple[int, ...]:
+        """A declaration's sizes; each `_` among them is a size the data gives."""
+        items = free_dims.declared_items(t)
+        if not any(free_dims.is_free(i) for i in items):
+            return sizes(self.eval(t, self.globals), t.loc, what)
+        vals = [self._free(name, k, i, target) if free_dims.is_free(i) else self.eval(i, self.globals)
+                for k, i in enumerate(items)]
+        return sizes(vals, t.loc, what)
+
+    def _free(self, name: str, axis: int | None, e: S.Expr, target: bool) -> int:
+        """A stand-in size for one `_` (free_dims.py); the data binds it before training."""
+        self.spec.free.append(free_dims.FreeDim(name, axis, e.loc, target))
+        return free_dims.probe(self.probe_run, len(self.spec.free) - 1)
 
     def _fresh(self, name: str, loc: Loc):
         if name in self.spec.named or name in self.spec.inputs or name in self.spec.targets:
@@ -278,6 +297,11 @@ class _Context:
         try:
             v = env.lookup(n)
         except KeyError:
+            if n == free_dims.FREE:
+                raise SpecError("`_` stands for a size the data gives, and only in a declaration: "
+                                "input x : [_], target t : class(_) or [_]", loc,
+                                hint="use dim(x) for an input's width, classes(t) for a target's "
+                                     "number of classes") from None
             if n in ("loguniform", "uniform", "intrange", "choice"):  # netc/search_space.py reads them in blocks
                 raise SpecError(f"{n}(...) is a search distribution: it can stand for a value in the data and "
                                 f"train blocks, not in the network", loc) from None

@@ -29,6 +29,8 @@ class Spec:
     block_locs: dict[str, Loc] = field(default_factory=dict)
     functions: dict[str, Any] = field(default_factory=dict)  # the spec's own `def`s (elaborate.UserFn)
     used: dict[str, str] = field(default_factory=dict)  # every `use`d file: resolved path -> text
+    free: list = field(default_factory=list)  # free_dims.FreeDim: each `_` the data must bind
+    unknown: dict[str, tuple] = field(default_factory=dict)  # name -> shape with "?" (free_dims.py)
 
     @property
     def feeds(self) -> list[Node]:

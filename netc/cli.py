@@ -210,22 +210,33 @@ def cmd_check(args) -> int:
     m = _model(args.spec, allocate=False)  # compiled and estimated, nothing of a parameter's size allocated
     spec, prog = m.program.spec, m.program
     print(f"{args.spec}: ok")
+    unknown = spec.unknown  # sizes the data gives (`_`), shown as ?
     for n in spec.inputs.values():
-        print(f"  input  {n.name} {_shape(n)}")
+        print(f"  input  {n.name} {_shape(n, unknown.get(n.name))}")
     for n in spec.targets.values():
-        cls = n.attr("classes")
-        print(f"  target {n.name} " + (f"class({cls})" if cls else _shape(n)))
+        cls = "?" if f"{n.name}.classes" in unknown else n.attr("classes")
+        print(f"  target {n.name} " + (f"class({cls})" if cls else _shape(n, unknown.get(n.name))))
     total = 0
     for n in spec.params.values():
         size = 1
         for d in n.shape:
             size *= d
         total += size
-        print(f"  param  {n.name:<16} {_shape(n):<12} {dict(n.attr('init'))['dist']}")
-    print(f"  {len(spec.params)} parameters, {total:,} values")
+        print(f"  param  {n.name:<16} {_shape(n, unknown.get(n.name)):<12} {dict(n.attr('init'))['dist']}")
+    sized = [n for n in spec.params if n in unknown]
+    print(f"  {len(spec.params)} parameters, " + (f"{len(sized)} of them sized by the data" if sized
+                                                   else f"{total:,} values"))
     if prog.loss is not None:
-        print(f"  loss   {_shape(prog.loss)}; output {_shape(prog.output) if prog.output is not None else '-'}")
-    print(f"  memory {m.memory.line()}")
+        out = _shape(prog.output, unknown.get("<output>")) if prog.output is not None else '-'
+        print(f"  loss   {_shape(prog.loss)}; output {out}")
+    else:
+        print(f"{args.spec}: warning: no loss, so nothing to train: netc train refuses this spec, and a model "
+              f"compiled from it predicts with its initial parameters only; add e.g. loss = nll(softmax(y), t) "
+              f"(netc doc prelude lists the losses)", file=sys.stderr)
+    if m.memory is None:
+        print("  memory: estimated once the data gives the sizes written `_` (netc train, fit)")
+    else:
+        print(f"  memory {m.memory.line()}")
     print(f"  compiled in {prog.seconds:.3f}s")
     if m.space:
         from netc.search import SearchConfig, describe_point
@@ -241,9 +252,10 @@ def cmd_check(args) -> int:
     return 0
 
 
-def _shape(n) -> str:
+def _shape(n, unknown: tuple | None = None) -> str:
+    """`n`'s shape, B for the batch; `unknown`: the same with ? for sizes the data gives."""
     from netc.compiler.graph import shape_str
-    return shape_str(n.shape)
+    return shape_str(n.shape) if unknown is None else shape_str(unknown)
 
 
 def cmd_compile(args) -> int:
