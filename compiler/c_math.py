@@ -20,7 +20,9 @@ random bit patterns over the whole float range, and edge cases): at most
 `C_MATH` also defines C11 `_Generic` macros over the names the op table's C
 templates use (exp, log, log1p, expm1, tanh, fmax, fmin, sqrt, fabs, pow), so
 those templates compile unchanged and a float argument gets the vector
-function; any other type gets libm's double function. `C_MATH_FUNCTIONS` is the
+function; any other type gets libm's double function. fmax/fmin become
+NumPy's maximum/minimum (nan in, nan out; C's fmax would drop the nan), since
+the NumPy step is the reference the native one must match. `C_MATH_FUNCTIONS` is the
 same without the macros.
 """
 from __future__ import annotations
@@ -157,8 +159,11 @@ NETC_MATH float netc_sigmoidf(float x) {
     return x != x ? x : y;
 }
 
-NETC_MATH float netc_fmaxf(float a, float b) { return (a > b || b != b) ? a : b; }
-NETC_MATH float netc_fminf(float a, float b) { return (a < b || b != b) ? a : b; }
+/* maximum/minimum as NumPy's: a nan in either argument is the result (C's fmax drops it) */
+NETC_MATH float netc_fmaxf(float a, float b) { return (a > b || a != a) ? a : b; }
+NETC_MATH float netc_fminf(float a, float b) { return (a < b || a != a) ? a : b; }
+NETC_MATH double netc_fmax(double a, double b) { return (a > b || a != a) ? a : b; }
+NETC_MATH double netc_fmin(double a, double b) { return (a < b || a != a) ? a : b; }
 
 /* log(1 + e^x) = log1p(e^-|x|) + max(x, 0) */
 NETC_MATH float netc_softplusf(float x) {
@@ -178,8 +183,8 @@ C_MATH_MACROS = r"""
 #define tanh(x) _Generic((x), float: netc_tanhf, default: tanh)(x)
 #define sqrt(x) _Generic((x), float: sqrtf, default: sqrt)(x)
 #define fabs(x) _Generic((x), float: fabsf, default: fabs)(x)
-#define fmax(x, y) _Generic((x) + (y), float: netc_fmaxf, default: fmax)(x, y)
-#define fmin(x, y) _Generic((x) + (y), float: netc_fminf, default: fmin)(x, y)
+#define fmax(x, y) _Generic((x) + (y), float: netc_fmaxf, default: netc_fmax)(x, y)
+#define fmin(x, y) _Generic((x) + (y), float: netc_fminf, default: netc_fmin)(x, y)
 #define pow(x, y) _Generic((x) + (y), float: powf, default: pow)(x, y)
 """
 
