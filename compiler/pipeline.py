@@ -366,7 +366,8 @@ def to_host(a):
 
 def emit(prog: Program, kind: str, which: str = "train_step", after: str = "simplify_grads") -> str:
     """What `netc compile --emit KIND` prints: graph (after a stage), dot, numpy (the
-    generated source) or cuda (the fused kernels, each with the .net lines it covers)."""
+    generated source), cuda (the fused kernels, each with the .net lines it covers) or
+    c (the native step's C, the same way, and its Python glue)."""
     if kind in ("graph", "dot"):
         roots = prog.stages.get(after)
         if roots is None:
@@ -377,10 +378,10 @@ def emit(prog: Program, kind: str, which: str = "train_step", after: str = "simp
         if prog.rules_fired:
             text += "# rewrites fired: " + ", ".join(f"{k} x{v}" for k, v in sorted(prog.rules_fired.items())) + "\n"
         return text
-    fn = prog.named(which, "cuda" if kind == "cuda" else "numpy")
+    fn = prog.named(which, {"cuda": "cuda", "c": "native"}.get(kind, "numpy"))
     if fn is None:
         raise NetcError(f"this spec has no {which} function")
-    return fn.emit() if kind == "cuda" else fn.source
+    return fn.emit() if kind in ("cuda", "c") else fn.source
 
 
 def fused_stats(prog: Program, which: str, batch: int, title: str) -> str:

@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="print the graph or the generated code")
     c.add_argument("spec")
-    c.add_argument("--emit", choices=["graph", "dot", "numpy", "cuda"], default=None,
+    c.add_argument("--emit", choices=["graph", "dot", "numpy", "cuda", "c"], default=None,
                    help="graph (the default): the IR as text; dot: the IR for Graphviz; numpy: generated "
-                        "source; cuda: the fused CUDA kernels, each with the .net lines it covers")
+                        "source; cuda: the fused CUDA kernels, each with the .net lines it covers; c: the "
+                        "native CPU step's C, the same way")
     c.add_argument("--stats", action="store_true",
                    help="fused kernels per step, bytes moved and GEMM FLOPs per step (at the spec's batch size)")
     c.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--after", choices=list(STAGES),
                    default="simplify_grads", help="with --emit graph|dot: the stage to show")
     c.add_argument("--function", choices=["train_step", "evaluate", "predict"], default="train_step",
-                   help="with --emit numpy|cuda or --stats: which compiled function")
+                   help="with --emit numpy|cuda|c or --stats: which compiled function")
 
     c = sub.add_parser("train", help="compile and train a spec, or continue a run (--resume DIR)")
     c.add_argument("spec", nargs="?", help="the spec (not with --resume: the run folder recorded it)")
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--debug", action="store_true", help="fill buffers with NaN before use")
     c.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                    help="gpu: run the fused CUDA kernels through CuPy (pip install 'netc[gpu]')")
+    c.add_argument("--backend", choices=["native", "numpy"], default=None,
+                   help="on the CPU: native (the step compiled to C; the default where a C compiler is) "
+                        "or numpy (generated NumPy); also $NETC_BACKEND")
 
     c = sub.add_parser("search", help="random search over the spec's distributions; resumes where it stopped")
     c.add_argument("spec")
@@ -277,7 +281,7 @@ def cmd_train(args) -> int:
             validate.integer(getattr(args, flag), f"--{flag}", 1)
     if args.resume is not None:
         return _resume(args)
-    m = _model(args.spec, seed=args.seed, debug=args.debug, device=args.device)
+    m = _model(args.spec, seed=args.seed, debug=args.debug, device=args.device, backend=args.backend)
     out = Path(args.out) if args.out else _fresh_run_dir(Path(args.spec).stem)
     print(f"training {args.spec} -> {out}", file=sys.stderr)
     if m.space:  # a search space: one point, drawn from the seed (netc search explores the space)
@@ -300,6 +304,8 @@ def _resume(args) -> int:
                         f"drop {', '.join('--' + f for f in given)} (only --epochs, "
                         f"--no-progress and --json go with --resume)")
     from netc.resume import resume
+    if args.backend:  # an execution choice, not part of the run: the resumed model reads it here
+        os.environ["NETC_BACKEND"] = args.backend
     out, t0 = Path(args.resume), time.perf_counter()
     m = resume(out, epochs=args.epochs, progress=None if not args.no_progress else False,
                log=lambda line: print(line, file=sys.stderr, flush=True))
