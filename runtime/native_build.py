@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from ..compiler.errors import NetcError
@@ -116,6 +117,17 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:40] or "netc"
 
 
+def _sweep(d: Path, age_s: float = 86400.0) -> None:
+    """Remove temporaries a killed compile left behind (a day old: no live compile takes that long)."""
+    now = time.time()
+    for f in d.glob(".*"):
+        try:
+            if now - f.stat().st_mtime > age_s:
+                f.unlink()
+        except OSError:
+            pass
+
+
 def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> Path:
     """The shared object compiled from `source`: from the cache, or compiled into it."""
     cmd = compiler_command()
@@ -128,6 +140,7 @@ def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None)
     if final.is_file():
         return final
     d.mkdir(parents=True, exist_ok=True)
+    _sweep(d)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", dir=d)
     os.close(fd)
     c_file, so_file = Path(tmp + ".c"), Path(tmp + ".so")
