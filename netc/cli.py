@@ -134,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", metavar="RUN", help="a run folder (netc train --out) or a search folder")
     c.add_argument("--out", help="the HTML file to write (default: RUN/report.html, the first RUN)")
 
+    c = sub.add_parser("hessian", help="the loss's curvature: largest Hessian (or Gauss-Newton) eigenvalues by "
+                                       "Lanczos, condition estimate, mean diagonal curvature per parameter [EB 8]")
+    c.add_argument("spec")
+    c.add_argument("--run", metavar="RUN", help="a run folder: its trained parameters (default: the initialization)")
+    c.add_argument("--k", type=_positive, default=5, help="how many of the largest eigenvalues")
+    c.add_argument("--matrix", choices=["hessian", "gauss-newton"], default="hessian")
+    c.add_argument("--batches", type=_positive, default=10,
+                   help="training minibatches (of the train block's batch size) the loss is averaged over")
+    c.add_argument("--steps", type=_positive, default=40, help="Lanczos steps (matrix-vector products)")
+    c.add_argument("--probes", type=_positive, default=10, help="random-sign probes of the diagonal (Hutchinson)")
+    c.add_argument("--seed", type=_seed, default=0, help="which examples, the start vector and the probes")
+    c.add_argument("--json", action="store_true", help="the report as JSON")
+
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
     c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "ops"], default="prelude")
     return p
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
                 "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
                 "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search,
-                "export": cmd_export, "report": cmd_report, "predict": cmd_predict}[args.command](args) or 0
+                "export": cmd_export, "report": cmd_report, "hessian": cmd_hessian, "predict": cmd_predict}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER
@@ -426,6 +439,13 @@ def cmd_report(args) -> int:
     from netc.report import write_report
     out = write_report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
     print(f"report: {out}")
+    return 0
+
+
+def cmd_hessian(args) -> int:
+    from netc.hessian import command
+    print(command(args.spec, args.run, k=args.k, matrix=args.matrix, batches=args.batches, steps=args.steps,
+                  probes=args.probes, seed=args.seed, as_json=args.json))
     return 0
 
 
