@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="the report as JSON")
 
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
-    c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "ops"], default="prelude")
+    c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "ops", "methods"], default="prelude")
     return p
 
 
@@ -459,6 +459,9 @@ def cmd_doc(args) -> int:
         from netc.search import SearchConfig
         print("search { ... } keys (the space: loguniform(a, b), uniform(a, b), intrange(a, b), "
               "choice(v1, v2, ...) in place of a value in the data/train blocks):\n" + describe(SearchConfig))
+    elif args.topic == "methods":
+        from netc.docs import methods_reference
+        print(methods_reference())
     elif args.topic == "ops":
         from netc.compiler.ops import language_ops
         for name, op in sorted(language_ops().items()):

@@ -21,3 +21,20 @@ def prelude_reference() -> str:
         elif not s:
             comment = []
     return "netc prelude (every function is plain .net; see `netc doc ops` for the primitives)\n" + "\n".join(out)
+
+
+def methods_reference() -> str:
+    """`netc doc methods`: each training method's arguments, defaults and meanings,
+    read from the train block's own models (runtime/config.py)."""
+    from netc.runtime.config import BATCH_METHODS, METHODS
+    out = ["train { method = NAME(ARG = VALUE, ...) } (a train-level `lr = ...` overrides a method's lr)"]
+    for name, cls in METHODS.items():
+        doc = " ".join((cls.__doc__ or "").split())
+        out.append(f"\n  {name}{' (batch: the whole training set each iteration)' if name in BATCH_METHODS else ''}"
+                   f"\n      {doc}")
+        for arg, f in cls.model_fields.items():
+            if arg == "kind":
+                continue
+            default = f.default_factory() if f.default_factory else f.default
+            out.append(f"    {arg:<10} default {default!r:<10} {f.description or ''}")
+    return "\n".join(out)

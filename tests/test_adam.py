@@ -195,6 +195,13 @@ def test_doc_lists_the_methods_and_their_arguments(capsys):
     assert main(["doc", "train"]) == 0
     out = capsys.readouterr().out
     assert "adam(lr, beta1, beta2, eps)" in out and "rmsprop(lr, rho, eps)" in out
+    assert main(["doc", "methods"]) == 0
+    out = capsys.readouterr().out
+    adam = out[out.index("\n  adam\n"):out.index("\n  rmsprop\n")]
+    for line in ("lr         default 0.001", "beta1      default 0.9", "beta2      default 0.999",
+                 "eps        default 1e-08"):
+        assert line in adam, adam
+    assert "rho        default 0.9" in out[out.index("\n  rmsprop\n"):]
 
 
 # ---------------------------------------------------------------------------- the CUDA path
