@@ -28,9 +28,9 @@ train {{
 
 LR, DECAY = 0.01, 0.3
 EXTRA = f"""    schedule = step(every = 20, factor = 0.5)
-    lr_scale h = 2.5
+    lr_scale params(h) = 2.5
     decay = {DECAY}
-    decay y.b = 0.1"""
+    decay params("y.b") = 0.1"""
 
 
 def data(n=50, seed=0):
