@@ -123,6 +123,9 @@ class Model:
         if self.train_cfg.emphasize.kind == "errors" and self.program.errors is None:
             raise SpecError("emphasize = errors(...) needs a class(n) target and an [B, n] output",
                             spec.block_locs.get("train"), text)
+        if self.train_cfg.transforms.kind == "every":  # a refresh keeps the function, or the spec is refused
+            from netc.runtime.transforms import check_topology
+            check_topology(self.program, spec.block_locs.get("train"), text)
         self.memory = memory.estimate(self.program, self.train_cfg)  # from shapes: nothing allocated yet
         self.memory_limit = memory_limit
         memory.check(self.memory, memory_limit, device, purpose, self.file)
@@ -380,6 +383,19 @@ class Model:
             raise DataError(f"score(x, t): the output is {list(y.shape[1:])} per example, the targets "
                             f"{list(np.shape(t)[1:])}: R^2 compares them column by column")
         return r2(y, ds.t)
+
+    def refresh_transforms(self, x) -> float:
+        """Re-estimate the transformed units' alpha and beta (and gamma, with `transforms =
+        every(N, gamma = true)`) on the examples `x` now, re-expressing the network so its
+        noise-free function stays the same [RV]; returns the largest change of the output on
+        `x` it caused, relative to the output's largest magnitude (rounding only)."""
+        from netc.runtime.transforms import Refresher
+        state = self._state("refresh_transforms")
+        x = self._features(x, "refresh_transforms(x)")
+        x = self.normalizer.apply(data.check_arrays(x, what="refresh_transforms(x)").x)
+        x = np.ascontiguousarray(x.astype(self.program.spec.graph.float_dtype, copy=False))
+        gamma = getattr(self.train_cfg.transforms, "gamma", False)
+        return Refresher(self.program, gamma=gamma, chunk=self.train_cfg.eval_batch).refresh(state, x)
 
     def function(self, name: str = "loss", wrt: list[str] | None = None):
         """A compiled NumPy function of the spec's inputs: `loss` (with the

@@ -3,7 +3,12 @@ avg <- avg + (w - avg) / k after every update, without temporaries; validation,
 prediction and the final parameters use the average. During burn-in there is
 no average yet: a validation inside epoch 1 sees the live parameters
 (`before_evaluation` copies them in), not the initial ones. Its memory is
-`AverageState`, part of the training state."""
+`AverageState`, part of the training state.
+
+Buffers (the transformed units' alpha, beta, gamma) are not averaged: the
+average holds the buffers its parameters are expressed in. A transformation
+refresh re-expresses the average in the new coefficients (runtime/transforms.py),
+so it stays an average of one parametrization and evaluates as one network."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,11 +26,11 @@ class AverageState:
 
 
 class PolyakAverage:
-    def __init__(self, params: list[str]):
-        self.params = params
+    def __init__(self, params: list[str], buffers: list[str] = ()):
+        self.params, self.buffers = params, list(buffers)
 
     def start(self, arrays: dict) -> AverageState:
-        return AverageState(copy_state(arrays, self.params), 0, copy_state(arrays, self.params))
+        return AverageState(copy_state(arrays, self.params + self.buffers), 0, copy_state(arrays, self.params))
 
     def after_step(self, av: AverageState, arrays: dict, epoch: int) -> None:
         if epoch <= 1:  # the first epoch is burn-in
@@ -40,11 +45,11 @@ class PolyakAverage:
     def before_evaluation(self, av: AverageState, arrays: dict, epoch: int) -> None:
         """An evaluation inside the burn-in epoch: the average is the live parameters so far."""
         if epoch <= 1:
-            assign(av.arrays, {k: arrays[k] for k in self.params})
+            assign(av.arrays, {k: arrays[k] for k in self.params + self.buffers})
 
     def end_epoch(self, av: AverageState, arrays: dict, epoch: int) -> None:
         if epoch == 1:  # burn-in over: the average starts from here
-            assign(av.arrays, {k: arrays[k] for k in self.params})
+            assign(av.arrays, {k: arrays[k] for k in self.params + self.buffers})
 
     @staticmethod
     def evaluated(av: AverageState | None, arrays: dict) -> dict:

@@ -416,7 +416,7 @@ def read_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, np.nda
 # the training state (runtime/train_state.py TrainState.to_arrays): scalars and small vectors by name
 _TRAIN_FIXED = {"train/counters": ((3,), "i"), "train/rng": ((6,), "u"), "cursor/position": ((2,), "i"),
                 "cursor/loss_sum": ((), "f"), "train/next_check": ((), "i"), "rate/base": ((), "f"),
-                "average/count": ((), "i")}
+                "average/count": ((), "i"), "cursor/drift": ((), "f")}
 _TRAIN_SCALARS = ("watch/", "best/")  # watch/initial, best/score, ...: one number each
 _TRAIN_COPIES = ("watch/healthy/", "best/arrays/", "average/arrays/")  # copies of state arrays
 _TRAIN_VECTORS = {"emphasis/missed": "b", "cursor/sizes": "i", "cursor/order": "i", "batch/w": "f"}

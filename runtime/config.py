@@ -342,13 +342,14 @@ def from_block(model: type[_Strict], entries: list[BlockEntry] | None, source: s
 
 def _refuse_rates(values: dict, locs: dict, source, errors: list) -> None:
     """vsgd is learning-rate free: a train-level `lr` or a `schedule` would be ignored.
-    adam and rmsprop divide by a running gradient scale, not by curvature: lr = auto(eigen)
+    adagrad, adam and rmsprop divide by a gradient scale, not by curvature: lr = auto(eigen)
     (1/lambda_max of the matrix the step multiplies by) does not describe their step."""
     kind = getattr(values.get("method"), "kind", None)
-    if kind in ("adam", "rmsprop") and isinstance(values.get("lr"), Auto):
-        errors.append(SpecError(f"lr = auto(eigen) with {kind}: {kind} divides each step by a running "
-                                f"gradient scale, so the Hessian's largest eigenvalue does not bound its "
-                                f"rate; give a number (default {METHODS[kind]().lr:g})", locs["lr"], source))
+    if kind in ("adagrad", "adam", "rmsprop") and isinstance(values.get("lr"), Auto):
+        errors.append(SpecError(f"lr = auto(eigen) with {kind}: {kind} divides each step by a gradient "
+                                f"scale (the root of its averaged squares), so the Hessian's largest "
+                                f"eigenvalue does not bound its rate; give a number (default "
+                                f"{METHODS[kind]().lr:g})", locs["lr"], source))
     if kind != "vsgd":
         return
     for key in ("lr", "schedule"):

@@ -1,7 +1,9 @@
 """The best validation score so far and early stopping with patience counted in
 examples [PR 3.1]: at each new best, patience = max(patience, grow * age); the
 run stops once the age reaches the patience, and the best parameters come
-back. Its memory is `BestState`, part of the training state."""
+back. Its memory is `BestState`, part of the training state. `params` names
+the parameters and the buffers (the transformed units' alpha, beta, gamma):
+the restored network is the one validated, not its weights in other units' terms."""
 from __future__ import annotations
 
 import math
@@ -17,7 +19,7 @@ from .state import assign, copy_state
 class BestState:
     score: float = math.inf  # validation error (class targets) or loss
     epoch: int = 0
-    arrays: dict[str, np.ndarray] | None = None  # the best parameters (early stopping only)
+    arrays: dict[str, np.ndarray] | None = None  # the best parameters and buffers (early stopping only)
     patience: int | None = None  # examples; None: no early stopping
 
 

@@ -31,6 +31,7 @@ class EpochCursor:
     index: int = 0  # the next batch
     loss_sum: float = 0.0  # sum over the epoch's healthy steps of loss * batch size
     seen: int = 0  # examples in those steps
+    drift: float | None = None  # transforms: the largest output change a refresh caused so far
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TrainState:
         if c is not None:
             out["cursor/position"] = np.array([c.index, c.seen], np.int64)
             out["cursor/loss_sum"] = np.asarray(c.loss_sum, np.float64)
+            _put(out, "cursor/drift", c.drift)
             out["cursor/sizes"] = np.array([len(b) for b in c.order], np.int64)
             out["cursor/order"] = (np.concatenate(c.order).astype(np.int64) if c.order
                                    else np.zeros(0, np.int64))
@@ -116,7 +118,7 @@ class TrainState:
             sizes = a["cursor/sizes"]
             order = np.split(np.asarray(a["cursor/order"], np.int64), np.cumsum(sizes)[:-1]) if len(sizes) else []
             index, seen = (int(v) for v in a["cursor/position"])
-            ts.cursor = EpochCursor(list(order), index, float(a["cursor/loss_sum"]), seen)
+            ts.cursor = EpochCursor(list(order), index, float(a["cursor/loss_sum"]), seen, _get(a, "cursor/drift"))
         return ts
 
 

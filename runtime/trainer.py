@@ -114,8 +114,9 @@ class _Minibatches:
         self.params = list(prog.spec.params)
         self.refresher, self.refresh_every = self._refresher()
         self.rate = LearningRate(cfg, self.log)
-        self.average = PolyakAverage(self.params) if cfg.average.kind == "polyak" else None
-        self.early = EarlyStopping(cfg, self.params)
+        buffers = list(prog.spec.buffers)  # stored with the parameters: the restored network is the validated one
+        self.average = PolyakAverage(self.params, buffers) if cfg.average.kind == "polyak" else None
+        self.early = EarlyStopping(cfg, self.params + buffers)
         self.watch = DivergenceWatch(prog, cfg.recover, self.log)
         self.every = _valid_every(cfg, valid)
         self.hyper = {**method_of(cfg).hypers(cfg.method), "inv_examples": 1.0 / len(train)}  # step inputs by name
@@ -171,10 +172,21 @@ class _Minibatches:
         if self.cfg.transforms.kind != "every":
             return None, None
         from .transforms import Refresher
-        refresher = Refresher(self.prog, self.log)
+        refresher = Refresher(self.prog, gamma=self.cfg.transforms.gamma, chunk=self.cfg.eval_batch)
         if not refresher.layers:
             raise NetcError("transforms = every(...) needs `transformed` layers in the spec")
         return refresher, int(self.cfg.transforms.args[0])
+
+    def _refresh(self) -> None:
+        """Before the first update and every N after [RV]: re-estimate the transformed units
+        on a fresh sample (a function of seed and step: resumes draw the same), re-expressing
+        the live state and the Polyak average alike; the epoch keeps the largest drift."""
+        from .transforms import sample_indices
+        ts, c = self.ts, self.ts.cursor
+        idx = sample_indices(len(self.train), self.cfg.transforms.sample, self.cfg.seed, ts.step)
+        others = (ts.average.arrays,) if ts.average is not None else ()
+        d = self.refresher.refresh(ts.arrays, np.ascontiguousarray(self.train.x[idx]), others)
+        c.drift = d if c.drift is None else max(c.drift, d)
 
     # -- the run ---------------------------------------------------------------------------
     def run_epochs(self, epochs: int) -> dict:
@@ -230,6 +242,8 @@ class _Minibatches:
             self.average.end_epoch(ts.average, ts.arrays, epoch)
         self.train_seconds += time.perf_counter() - t0
         row = self._epoch_row(epoch, epoch_loss, t0)
+        if self.refresher is not None:
+            row["transform_drift"] = c.drift  # the largest relative output change a refresh caused
         self.history.append(row)
         self.folder.write(row)
         score = row.get("valid_error") if row.get("valid_error") is not None else row.get("valid_loss")
@@ -281,6 +295,8 @@ class _Minibatches:
         ts, prog, cfg, hyper, c = self.ts, self.prog, self.cfg, self.hyper, self.ts.cursor
         if self.stats_now and last:
             self.before_last = copy_state(ts.arrays, self.params)
+        if self.refresher is not None and ts.step % self.refresh_every == 0:
+            self._refresh()
         xb, tb = self.batches.get(idx)
         data_feeds = feeds_for(prog, xb, tb)
         hyper["lr"] = self.rate.at(ts.rate, ts.age, ts.step)
@@ -297,9 +313,6 @@ class _Minibatches:
         n = len(idx)
         ts.age += n
         ts.step += 1
-        if self.refresher is not None and ts.step % self.refresh_every == 0:
-            sample = self.train.x[:min(len(self.train), 1000)]
-            self.refresher.refresh(ts.arrays, np.ascontiguousarray(sample))
         c.loss_sum += loss * n
         c.seen += n
         if self.average is not None:

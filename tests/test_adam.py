@@ -183,11 +183,12 @@ def test_bad_arguments_are_located(method, where):
     assert where in text and ":7:14:" in text, text  # the method call
 
 
-def test_auto_eigen_is_refused_for_adam_with_the_reason():
-    spec = NET.format(method="adam()", extra="    lr = auto(eigen)")
+@pytest.mark.parametrize("method", ["adam()", "rmsprop()", "adagrad()"])
+def test_auto_eigen_is_refused_where_the_step_is_divided_by_a_gradient_scale(method):
+    spec = NET.format(method=method, extra="    lr = auto(eigen)")
     with pytest.raises(SpecError) as e:
         netc.compile(spec)
-    assert "auto(eigen)" in str(e.value) and ":11:5:" in str(e.value)
+    assert "auto(eigen)" in str(e.value) and "gradient scale" in str(e.value) and ":11:5:" in str(e.value)
 
 
 def test_doc_lists_the_methods_and_their_arguments(capsys):
