@@ -31,7 +31,7 @@ def lr_probe(model_factory, x, t, start: float = 10.0, tries: int = 12, epochs: 
         with np.errstate(all="ignore"):  # a non-finite loss is fit's to report (LossNotFinite)
             initial = float(m.function("loss")(*_feeds(m, x, t))[0])
         try:
-            m.fit(x, t, epochs=epochs)
+            m.fit(x, t, epochs=epochs, progress=False)  # one trial of several: no bar
             with np.errstate(all="ignore"):
                 final = float(m.function("loss")(*_feeds(m, x, t))[0])
             ok = math.isfinite(final) and final < initial
@@ -60,7 +60,7 @@ def overfit(model: Model, examples: int = 100, max_epochs: int = 300, log=print)
     initial = None
     done, score = 0, math.inf
     while done < max_epochs:
-        s = model.fit(ds.x, ds.t, epochs=min(10, max_epochs - done)).summary_
+        s = model.fit(ds.x, ds.t, epochs=min(10, max_epochs - done), progress=False).summary_
         done += s["epochs"]
         score = 1 - model.score(ds.x, ds.t) if classes else s["train_loss"]
         initial = initial if initial is not None else s["train_loss"]

@@ -180,11 +180,12 @@ class Model:
 
     # -- training ------------------------------------------------------------------
     def fit(self, x=None, t=None, *, valid=None, test=None, epochs: int | None = None,
-            out: str | Path | None = None, progress: bool | None = False, log=None,
+            out: str | Path | None = None, progress: bool | None = None, log=None,
             limit: int | None = None, force: bool = False) -> "Model":
         """Train, and return the model (its `summary_` and `history_` say how it went).
         With no arrays, uses the spec's data block; `valid`/`test` may be (x, t) pairs.
         `limit` keeps the first `limit` examples of each split (quick smoke runs).
+        `progress`: None (default) draws a bar on a terminal or in a notebook, False never.
         `out`: the run folder (checkpoints, metrics; `netc.resume(out)` continues it); one
         holding another run is refused unless `force` (then replaced at the first checkpoint)."""
         from netc.runtime.run_folder import RunFolder

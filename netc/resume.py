@@ -24,7 +24,7 @@ from .model import Model
 
 
 def resume(path: str | Path, x=None, t=None, *, valid=None, test=None, epochs: int | None = None,
-           progress: bool | None = False, log: Callable[[str], None] | None = None) -> Model:
+           progress: bool | None = None, log: Callable[[str], None] | None = None) -> Model:
     """Continue the run in folder `path` and return its model (`.summary` as fit's).
     `epochs`: train up to this many epochs in all (extends a finished run). A run
     that trained on arrays needs the same arrays again (x, t, valid, test).

@@ -84,7 +84,7 @@ class _NetcEstimator(BaseEstimator):
             raise ValueError(f"{type(self).__name__}: y has {n_outputs} classes, but the spec's target is "
                              f"class({classes})")
         try:
-            model.fit(X, t)
+            model.fit(X, t, progress=False)  # silent, as scikit-learn's estimators are
         except DataError as e:  # the data does not fit the spec (its declared width): scikit-learn's ValueError
             raise ValueError(f"{type(self).__name__}: {e}") from e
         self.model_ = model
