@@ -6,11 +6,13 @@
     model.save("run"); netc.load("run")
     netc.sklearn.NetcClassifier(spec, epochs=5)  # a scikit-learn estimator (needs scikit-learn)
     model.fit(out="run"); netc.resume("run")  # continue an interrupted run
+    netc.pretrain("specs/pretrain_1000.net")  # layer-wise pretraining, then fine-tuning
 """
 from netc.compiler.errors import DataError, NetcError, SpecError
 
 from .model import VERSION as __version__
 from .model import Model, compile, load
+from .pretrain import pretrain
 from .resume import resume
 
-__all__ = ["compile", "load", "resume", "Model", "NetcError", "SpecError", "DataError", "__version__"]
+__all__ = ["compile", "load", "resume", "pretrain", "Model", "NetcError", "SpecError", "DataError", "__version__"]

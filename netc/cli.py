@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on the CPU: native (the step compiled to C; the default where a C compiler is) "
                         "or numpy (generated NumPy); also $NETC_BACKEND")
 
+    c = sub.add_parser("pretrain", help="greedy layer-wise pretraining (the spec's pretrain block: one "
+                                        "auto-encoder per layer), then fine-tuning; resumes stage by stage")
+    c.add_argument("spec")
+    c.add_argument("--out", help="folder of the stages' runs (default runs/<spec name>-pretrain); the same "
+                                 "folder resumes: finished stages are skipped")
+    c.add_argument("--seed", type=_seed, help="override the spec's seed in every stage (0 to 2^31 - 1)")
+    c.add_argument("--limit", type=_positive, help="use only the first N examples of each split (smoke runs)")
+    c.add_argument("--force", action="store_true", help="train every stage again (replacing the runs in --out)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+
     c = sub.add_parser("search", help="random search over the spec's distributions; resumes where it stopped")
     c.add_argument("spec")
     c.add_argument("--trials", type=_positive, help="trials in all (default: the search block's trials)")
@@ -148,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="the report as JSON")
 
     c = sub.add_parser("doc", help="reference: the prelude, or the keys of the train/data blocks")
-    c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "ops", "methods"], default="prelude")
+    c.add_argument("topic", nargs="?", choices=["prelude", "train", "data", "search", "pretrain", "ops", "methods"],
+                   default="prelude")
     return p
 
 
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"check": cmd_check, "compile": cmd_compile, "train": cmd_train,
                 "gradcheck": cmd_gradcheck, "doc": cmd_doc, "lr-probe": cmd_lr_probe,
-                "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search,
+                "overfit": cmd_overfit, "fmt": cmd_fmt, "search": cmd_search, "pretrain": cmd_pretrain,
                 "export": cmd_export, "report": cmd_report, "hessian": cmd_hessian, "predict": cmd_predict}[args.command](args) or 0
     except NetcError as e:
         print(e.render(), file=sys.stderr)
@@ -297,6 +308,9 @@ def cmd_train(args) -> int:
     m = _model(args.spec, seed=args.seed, debug=args.debug, device=args.device, backend=args.backend)
     out = Path(args.out) if args.out else _fresh_run_dir(Path(args.spec).stem)
     print(f"training {args.spec} -> {out}", file=sys.stderr)
+    if "pretrain" in m.program.spec.blocks:
+        print("note: netc train starts from the spec's initialization; `netc pretrain` reads the pretrain "
+              "block (layer-wise pretraining, then fine-tuning)", file=sys.stderr)
     if m.space:  # a search space: one point, drawn from the seed (netc search explores the space)
         from netc.search import describe_point
         print(f"search space: training the point drawn from seed {m.train_cfg.seed}: "
@@ -334,6 +348,11 @@ def _summary(m, out: Path, spec: str, summary: dict, t0: float, args) -> int:
     _write_json(out / "summary.json", summary)
     _print_summary(args, m, out, summary)
     return 0
+
+
+def cmd_pretrain(args) -> int:
+    from netc.pretrain import cli
+    return cli(args)
 
 
 def cmd_search(args) -> int:
@@ -459,6 +478,9 @@ def cmd_doc(args) -> int:
         from netc.search import SearchConfig
         print("search { ... } keys (the space: loguniform(a, b), uniform(a, b), intrange(a, b), "
               "choice(v1, v2, ...) in place of a value in the data/train blocks):\n" + describe(SearchConfig))
+    elif args.topic == "pretrain":
+        from netc.pretrain_block import describe as describe_pretrain
+        print("pretrain { ... } keys (netc pretrain SPEC):\n" + describe_pretrain())
     elif args.topic == "methods":
         from netc.docs import methods_reference
         print(methods_reference())
