@@ -160,10 +160,15 @@ class Early(_Strict):
 
 
 class Every(_Strict):
-    """Re-estimate the transformed units' alpha, beta, gamma every N updates, compensating
-    the consumers so the network's function is unchanged [RV] (runtime/transforms.py)."""
+    """Re-estimate the transformed units' alpha and beta (and gamma) before the first update
+    and every N updates after, on a fresh random sample of the training set, re-expressing
+    the network so its noise-free function is unchanged [RV] (runtime/transforms.py)."""
     kind: Literal["every"] = "every"
-    args: tuple[int] = (1000,)
+    args: tuple[Annotated[int, Field(ge=1)]] = (1000,)
+    gamma: bool = Field(False, description="three transformations: gamma too (Vatanen et al. 2013); false: "
+                                           "alpha and beta only (Raiko et al. 2012, the authors' default)")
+    sample: int = Field(10000, ge=1, description="training examples drawn afresh at each refresh "
+                                                 "(the whole set if it is smaller)")
 
 
 class Never(_Strict):
@@ -247,8 +252,9 @@ class TrainConfig(_Strict):
                                                                         "last misclassified more often [EB 4.2]")
     interleave: bool = Field(False, description="present consecutive examples from different classes [EB 4.2]")
     lr: float | Auto | None = Field(None, description="overrides the method's rate: a number or auto(eigen)")
-    transforms: Never | Every = Field(default_factory=Never, description="every(N): re-estimate transformed units' "
-                                                                          "alpha, beta, gamma every N updates [RV]")
+    transforms: Never | Every = Field(default_factory=Never, description="every(N, gamma, sample): re-estimate "
+                                                                          "transformed units' alpha, beta (gamma) "
+                                                                          "every N updates [RV]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
     test_every: Literal["end", "epoch"] = Field(
