@@ -1,21 +1,31 @@
 """One epoch of the MNIST 784-800-800-10 tanh network (minibatch 128, SGD with
-momentum 0.9, float32) three ways in one process, measured side by side:
+momentum 0.9, float32) several ways in one process, measured side by side:
 
-  netc      the compiled step generated from the spec below (the shipped
-            specs/mnist_mlp.net uses rectifiers; the issue fixes tanh here)
+  native    netc's step compiled to C (the native backend, its BLAS: MKL when the
+            `mkl` wheel is installed, else NumPy's OpenBLAS)
+  netc      the compiled step as generated NumPy (the numpy backend) from the spec
+            below (the shipped specs/mnist_mlp.net uses rectifiers; the issue fixes tanh)
   numpy     a hand-written NumPy implementation of the same step
-  gemm      the eight matrix products of a step alone (a floor for both)
+  gemm      the eight matrix products of a step alone, NumPy's BLAS (a floor for numpy)
 
-    python bench/mlp_epoch.py [--repeats 3] [--examples 50000]
+then the small network's step (64-100-10 relu, B = 32, SGD momentum 0.9) native
+and numpy, and the native compile of the spec cold (an empty cache, a fresh
+process) and warm (the cache filled).
+
+    python bench/mlp_epoch.py [--repeats 3] [--examples 50000] [--profile]
 
 Prints seconds per epoch (median of the repeats, runs interleaved so machine
-noise hits all three alike) and the ratios netc/numpy and netc/gemm, and the
-time to compile the spec (parse to lowered step).
+noise hits all alike) and the ratios; `--profile` splits the native step into
+its GEMMs, its elementwise/reduce kernels and the call overhead.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import numpy as np
 from pathlib import Path
@@ -115,38 +125,144 @@ def epoch(step, x, t, rng):
     return time.perf_counter() - t0
 
 
+SMALL = """
+input  x : [64]
+target t : class(10)
+h = dense(x, 100, act = relu)
+y = dense(h, 10, act = identity)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.01, momentum = 0.9)
+    batch  = 32
+}
+"""
+
+
+def small_step_us(backend: str, repeats: int = 5, n: int = 2000) -> float:
+    """Median microseconds of one step of the small network (B = 32)."""
+    m = netc.compile(SMALL, backend=backend)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 64)).astype(np.float32)
+    t = rng.integers(0, 10, 32)
+    step, state = m.program.step, m.state
+    step(state, x, t, LR, MU)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step(state, x, t, LR, MU)
+        out.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(out)
+
+
+COMPILE = """
+import time, netc
+t0 = time.perf_counter()
+m = netc.compile({spec!r}, backend="native")
+for w in ("train_step", "evaluate", "predict"):
+    f = m.program.named(w)
+    if f is not None:
+        f.ready()
+print(time.perf_counter() - t0)
+"""
+
+
+def native_compile_seconds(spec: str) -> tuple[float, float]:
+    """(cold, warm): netc.compile of `spec` until every native function is loaded, in a
+    fresh process, first with an empty cache directory, then with the one it filled."""
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, NETC_CACHE_DIR=d)
+        runs = [float(subprocess.run([sys.executable, "-c", COMPILE.format(spec=spec)], env=env, check=True,
+                                     capture_output=True, text=True).stdout.split()[-1]) for _ in range(2)]
+    return runs[0], runs[1]
+
+
+def profile(fn, state, x, t, n: int = 20) -> dict:
+    """The native step's time split: the whole call, the GEMMs alone (NumPy's matmul into
+    the same shapes, for scale) is not comparable, so time the step with every kernel and
+    then with only GEMMs through an instrumented build: here, the plain measure of the
+    step against the step's GEMMs through the same BLAS via ctypes."""
+    import ctypes
+    from netc.runtime import blas as blas_mod
+    b = blas_mod.find_blas()
+    P = fn.plan
+    gemms = [k for k in P.kernels if k.kind == "gemm"]
+    B_ = x.shape[0]
+    shapes = []
+    for k in gemms:
+        m = k.members[0]
+        a = k.operands[0]
+        M, N, K = (B_ if d is None else d for d in (m.shape[0], m.shape[1], a.shape[1]))
+        shapes.append((M, N, K))
+    I = ctypes.c_longlong if b.ilp64 else ctypes.c_int
+    sg = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, I, I, I, ctypes.c_float, ctypes.c_void_p,
+                          I, ctypes.c_void_p, I, ctypes.c_float, ctypes.c_void_p, I)(b.sgemm)
+    mats = [(np.ones((M, K), np.float32), np.ones((K, N), np.float32), np.zeros((M, N), np.float32))
+            for M, N, K in shapes]
+
+    def gemm_only():
+        for (M, N, K), (A, Bm, C) in zip(shapes, mats):
+            sg(101, 111, 111, M, N, K, 1.0, A.ctypes.data, K, Bm.ctypes.data, N, 0.0, C.ctypes.data, N)
+
+    def whole():
+        fn(state, x, t, LR, MU)
+
+    out = {}
+    for name, f in (("step", whole), ("gemms", gemm_only)):
+        f()
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            ts.append((time.perf_counter() - t0) / n)
+        out[name] = statistics.median(ts)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--examples", type=int, default=50000)
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
+          f"(1/5/15 min) on {os.cpu_count()} cores")
     x, t = make_data(args.examples)
 
     compile_times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        model = netc.compile(SPEC)
+        model = netc.compile(SPEC, backend="numpy")
         compile_times.append(time.perf_counter() - t0)
+    native = netc.compile(SPEC, backend="native")
     rng = np.random.default_rng(0)
     params = init_params(rng)
     names = {"h1.W": "W0", "h1.b": "b0", "h2.W": "W1", "h2.b": "b1", "y.W": "W2", "y.b": "b2"}
-    for ours, theirs in names.items():
-        np.copyto(model.state[ours], params[theirs])
-    prog = model.program
-    state = model.state
+    for m in (model, native):
+        for ours, theirs in names.items():
+            np.copyto(m.state[ours], params[theirs])
+    prog, state = model.program, model.state
+    nprog, nstate = native.program, native.state
+    from netc.runtime.blas import find_blas
+    print(f"native BLAS: {find_blas().describe()}; native step fuses {nprog.step.fused_gemms}")
 
     def netc_step(xb, tb):
         return prog.step(state, xb, tb, LR, MU)
 
+    def native_step(xb, tb):
+        return nprog.step(nstate, xb, tb, LR, MU)
+
     hand = HandNumpy(params)
     gemm = GemmOnly(params)
-    # same first-step loss: the two implementations compute the same thing
+    # same first-step loss: the implementations compute the same thing
     x0, t0_ = x[:B].copy(), t[:B].copy()
     l_ref = float(HandNumpy(params).step(x0, t0_))
     l_netc = float(prog.step({k: v.copy() for k, v in state.items()}, x0, t0_, LR, MU)[0])
-    print(f"first-step loss: netc {l_netc:.6f}  numpy {l_ref:.6f}")
+    l_nat = float(nprog.step({k: v.copy() for k, v in nstate.items()}, x0, t0_, LR, MU)[0])
+    print(f"first-step loss: native {l_nat:.6f}  netc {l_netc:.6f}  numpy {l_ref:.6f}")
 
-    runs = {"netc": netc_step, "numpy": hand.step, "gemm": gemm.step}
+    runs = {"native": native_step, "netc": netc_step, "numpy": hand.step, "gemm": gemm.step}
     times = {k: [] for k in runs}
     for r in range(args.repeats):
         for k, f in runs.items():
@@ -155,15 +271,23 @@ def main():
     print(f"examples per epoch: {len(x)}, batch {B}, repeats {args.repeats} (median seconds per epoch)")
     for k in runs:
         print(f"  {k:<6} {med[k]:8.3f} s   runs: {', '.join(f'{v:.3f}' for v in times[k])}")
+    print(f"ratio native/numpy: {med['native'] / med['numpy']:.3f}   native/netc-numpy: "
+          f"{med['native'] / med['netc']:.3f}   native/gemm: {med['native'] / med['gemm']:.3f}")
     print(f"ratio netc/numpy: {med['netc'] / med['numpy']:.3f}   (target <= 1.15)")
-    print(f"ratio netc/gemm:  {med['netc'] / med['gemm']:.3f}")
-    print(f"compile the spec (parse to lowered step): median {statistics.median(compile_times):.3f} s "
-          f"(target < 1 s)")
-    shipped = Path(__file__).resolve().parent.parent / "specs" / "mnist_mlp.net"
-    t0 = time.perf_counter()
-    netc.compile(shipped)
-    print(f"compile specs/mnist_mlp.net: {time.perf_counter() - t0:.3f} s (first compile in this process: "
-          f"grammar already loaded)")
+    if args.profile:
+        xb, tb = x[:B].copy(), t[:B].copy()
+        pr = profile(nprog.step, {k: v.copy() for k, v in nstate.items()}, xb, tb)
+        steps = -(-len(x) // B)
+        print(f"native step profile (B={B}): step {pr['step'] * 1e3:.2f} ms, its GEMMs alone {pr['gemms'] * 1e3:.2f} ms "
+              f"({pr['gemms'] / pr['step']:.0%}); the rest (kernels, call) {(pr['step'] - pr['gemms']) * 1e3:.2f} ms; "
+              f"x {steps} steps = {pr['step'] * steps:.2f} s; the epoch's gather/loop "
+              f"{med['native'] - pr['step'] * steps:.2f} s")
+    us = {b: small_step_us(b) for b in ("native", "numpy")}
+    print(f"small step (64-100-10 relu, B=32): native {us['native']:.1f} us, numpy {us['numpy']:.1f} us")
+    cold, warm = native_compile_seconds(SPEC)
+    print(f"native compile of the spec, fresh process: cold {cold:.2f} s (target < 1.5), warm {warm:.3f} s "
+          f"(target < 0.1)")
+    print(f"compile the spec (numpy backend, parse to lowered step): median {statistics.median(compile_times):.3f} s")
 
 
 if __name__ == "__main__":

@@ -102,9 +102,8 @@ class NativeRuntime:
 
 
 def _load(c_text: str, name: str, segments: list[str]):
-    from ..runtime import native_build, threads
+    from ..runtime import native_build
     lib = native_build.load(c_text, name=f"netc_{name}")
-    threads.setup(lib)
     fns = []
     for s in segments:
         f = getattr(lib, s)
@@ -144,7 +143,12 @@ class NativeFunction(Function):
         return self
 
     def new_step(self, state: dict, batch: int):
+        """Bind `state` for this batch size; the thread count is decided here, from the
+        step's arithmetic at this batch size (a tiny step stays on one thread)."""
+        from ..runtime import threads
+        from .fuse_stats import plan_stats
         self.ready()
+        threads.setup(self._loaded[0], threads.decide(step_flops=plan_stats(self.plan, batch)["gemm_flops"]))
         rt = NativeRuntime(self._loaded[1])
         return self._make(rt, state, batch)
 
