@@ -1,6 +1,7 @@
 """The divergence watch [Bengio 2012 §2.1]: a step whose loss is not finite,
 1000x the initial one, or a smoothed loss 100x above its lowest, or an epoch
-whose mean loss is 10x the best, sends the parameters back to the last healthy
+whose mean loss is 10x the best (the last two only once above the first
+step's loss: swings near a minimum are not a blow-up), sends the parameters back to the last healthy
 state (kept at each healthy epoch's end) and divides the rate by 3, at most
 MAX_RECOVERIES times. The watch's memory is `WatchState`, part of the
 training state.
@@ -70,7 +71,7 @@ class DivergenceWatch:
         if ws.n < WARMUP:
             return False
         ws.floor = min(ws.floor, ws.ema)
-        return ws.ema > 100 * ws.floor
+        return ws.ema > 100 * ws.floor and ws.ema > ws.initial
 
     @staticmethod
     def reset(ws: WatchState) -> None:
@@ -79,8 +80,14 @@ class DivergenceWatch:
 
     @staticmethod
     def healthy_epoch(ws: WatchState, epoch_loss: float) -> bool:
+        """Finite, and not 10x the best epoch, unless still below the first
+        step's loss: near a minimum a stable method's loss may swing by more
+        than 10x (heavy-ball momentum at its largest stable rate does), which
+        is not a blow-up while the loss stays below where training began."""
+        if not math.isfinite(epoch_loss):
+            return False
         ref = min(ws.best_epoch_loss, ws.initial if ws.initial is not None else math.inf)
-        return math.isfinite(epoch_loss) and epoch_loss <= 10 * max(ref, 1e-12)
+        return epoch_loss <= 10 * max(ref, 1e-12) or (ws.initial is not None and epoch_loss <= ws.initial)
 
     @staticmethod
     def keep_healthy(ws: WatchState, arrays: dict, age: int, epoch_loss: float) -> None:
