@@ -104,3 +104,25 @@ def _check_tied(user: Model, p) -> None:
 def _default_folder(file: str) -> Path:
     stem = "spec" if file.startswith("<") else Path(file).stem
     return Path("runs") / f"{stem}-pretrain"
+
+
+def cli(args) -> int:
+    """`netc pretrain SPEC [--out DIR] [--seed S] [--limit N] [--force] [--no-progress]`."""
+    import sys
+    import time
+    t0 = time.perf_counter()
+    m = pretrain(args.spec, out=args.out, seed=args.seed, limit=args.limit, force=args.force,
+                 progress=None if not args.no_progress else False,
+                 log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"{'stage':<12} {'':<19} {'epochs':>6} {'train_loss':>10} {'valid_error':>11} {'test_error':>10}  folder")
+    for r in m.stages:
+        s = r["summary"] or {}
+        print(f"{r['stage']:<12} {r['how']:<19} {s.get('epochs', '-')!s:>6} {_f(s.get('train_loss')):>10} "
+              f"{_f(s.get('valid_error')):>11} {_f(s.get('test_error')):>10}  {r['folder']}")
+    print(f"{time.perf_counter() - t0:.1f} s; the fine-tuned network: {m.stages[-1]['folder']} "
+          f"(netc report, netc predict, netc.load)")
+    return 0
+
+
+def _f(v) -> str:
+    return "-" if not isinstance(v, (int, float)) else f"{v:.4f}"
