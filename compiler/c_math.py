@@ -146,7 +146,12 @@ NETC_MATH float netc_tanhf(float x) {
     p = p * z + 1.33314422036e-1f;
     p = p * z - 3.33332819422e-1f;
     const float small = (p * z) * x + x;
-    const float big = 1.0f - 2.0f / (netc_expf(ax + ax) + 1.0f);
+    /* |x| >= 9: tanh rounds to 1; below, e^{2|x|} <= e^18 needs no overflow or denormal care */
+    const float a = ax < 9.0f ? ax : 9.0f; /* nan -> 9, fixed below */
+    float n;
+    const float r = netc_exp_reduce(a + a, &n);
+    const float e = (netc_exp_poly(r) * (r * r) + r + 1.0f) * netc_as_float(((int32_t)n + 127) << 23);
+    const float big = 1.0f - 2.0f / (e + 1.0f);
     const float y = ax < 0.625f ? small : (x < 0.0f ? -big : big);
     return (x != x || x == 0.0f) ? x : y; /* nan; -0 stays -0 */
 }

@@ -5,7 +5,9 @@ both get the same count, and that count is the cores this process may use
 (affinity and cgroup quota), not the machine's. With MKL on its GNU threading
 layer (runtime/blas.py) the two share libgomp's one pool; OpenBLAS keeps its
 own pthreads pool, sized the same, so the two never ask for more threads than
-cores. Small problems run single-threaded: a step whose arithmetic is a few
+cores, less those other processes are running on when the plan is made (an
+oversubscribed parallel loop waits at every barrier for a descheduled thread).
+Small problems run single-threaded: a step whose arithmetic is a few
 MFLOP is decided by the microseconds of waking a pool, and loops shorter than
 `par_min` elements stay on the calling thread (the generated
 `if(N >= netc_par_min)` clause).
@@ -60,10 +62,11 @@ def _count(value, what: str) -> int | None:
     return n or None
 
 
-def decide(requested=None, step_flops: float | None = None, env=None) -> ThreadPlan:
+def decide(requested=None, step_flops: float | None = None, env=None, busy: int | None = None) -> ThreadPlan:
     """The thread plan: `requested` is the train key `threads` (int, "auto" or None);
     `step_flops` (the step's arithmetic, when the caller knows it) lets auto keep
-    tiny steps on one thread."""
+    tiny steps on one thread; auto leaves out cores other processes are busy on
+    (`busy`, default: measured now)."""
     env = os.environ if env is None else env
     par_min = PAR_MIN
     if env.get("NETC_PAR_MIN"):
@@ -77,7 +80,32 @@ def decide(requested=None, step_flops: float | None = None, env=None) -> ThreadP
     cores = available_cores()
     if step_flops is not None and step_flops < SMALL_STEP_FLOPS:
         return ThreadPlan(1, 1, par_min, f"1 thread: a {step_flops / 1e6:.2g} MFLOP step is overhead-bound")
+    busy = busy_cores() if busy is None else busy
+    n = max(1, min(cores, cores - busy))
+    if n < cores:
+        return ThreadPlan(n, n, par_min, f"{n} of {cores} threads: {busy} runnable threads of other processes "
+                                         f"(set threads or NETC_THREADS to override)")
     return ThreadPlan(cores, cores, par_min, f"{cores} threads (the cores this process may use)")
+
+
+def busy_cores(samples: int = 5) -> int:
+    """Cores other processes are running on now: /proc/stat's procs_running less this
+    process's own runnable threads, the median of a few samples 1 ms apart. Threads
+    beyond the free cores stall every barrier of a parallel loop (2 threads on a
+    2-core machine at load 7 ran a loop 7x slower than 1 thread, bench/c_math.py)."""
+    import time
+    counts = []
+    for _ in range(samples):
+        try:
+            text = open("/proc/stat").read()
+            mine = sum(1 for t in os.listdir("/proc/self/task")
+                       if open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "R")
+        except (OSError, IndexError):
+            return 0
+        running = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("procs_running")), 1)
+        counts.append(max(0, running - mine))
+        time.sleep(0.001)
+    return sorted(counts)[len(counts) // 2]
 
 
 def setup(lib: ctypes.CDLL, plan: ThreadPlan | None = None, blas=None) -> ThreadPlan:
