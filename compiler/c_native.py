@@ -3,7 +3,9 @@ plain loops (a static function the native step calls in order).
 
 Elementwise kernels are nested loops over the iteration shape, the innermost
 one `#pragma omp simd` (unit stride on the written buffer, so GCC vectorizes
-it); reductions loop over their output points, each reduction step a loop over
+it), the outer one OpenMP-parallel where the space is large enough to pay
+(runtime/threads.py's `netc_par_min`, `netc_threads`); reductions loop over
+their output points (parallel the same way), each reduction step a loop over
 the reduced points (sums with a simd reduction). The prelude maps the op
 table's C names onto the CPU: float calls to their float versions (vector math
 from compiler/c_math.py where it exists), `fmax`/`fmin` to selects that
@@ -51,6 +53,25 @@ def _libm() -> str:
 _LIBM = _libm()
 
 
+SMALL = 4096  # elements: a kernel known to be this small never opens a parallel region
+
+
+def _parallel(space) -> str:
+    """The OpenMP clauses of a kernel's outer loop: parallel when its iteration space
+    reaches runtime/threads.py's `netc_par_min` (an `if`, so small batches stay on the
+    calling thread), none where the space is known to be small."""
+    if all(d is not None for d in space) and _size(space) < SMALL:
+        return ""
+    return f"if({prod(space)} >= netc_par_min) num_threads(netc_threads)"
+
+
+def _size(space) -> int:
+    n = 1
+    for d in space:
+        n *= d
+    return n
+
+
 class NativeKernel(CKernel):
     """A kernel as a static C function: nested loops (elementwise) or a loop over
     output points with a loop per reduction step (reduce). `preset` (an Ex key ->
@@ -76,8 +97,11 @@ class NativeKernel(CKernel):
         for d, s in dims:
             if s == 1:
                 out.append(f"{ind}const long long i{d} = 0; (void)i{d};")
+        par = _parallel(K.space)
         for j, (d, s) in enumerate(loops):
-            if j == len(loops) - 1:
+            if j == 0 and par:
+                out.append(f"{ind}#pragma omp parallel for{' simd' if len(loops) == 1 else ''} {par}")
+            elif j == len(loops) - 1:
                 out.append(f"{ind}#pragma omp simd")
             out.append(f"{ind}for (long long i{d} = 0; i{d} < {prod([s])}; ++i{d}) {{")
             ind += "    "
@@ -101,6 +125,8 @@ class NativeKernel(CKernel):
         out = Scope(self, "    ")
         out.emit(f"const long long no_ = {prod([s for _, s in odims])};")
         out.emit(f"const long long nk_ = {prod([s for _, s in rdims])};")
+        if odims and [s for _, s in odims if s != 1] and _parallel(S):
+            out.emit(f"#pragma omp parallel for {_parallel(S)}")
         out.emit("for (long long o_ = 0; o_ < no_; ++o_) {")
         body = Scope(self, "        ")
         self._zero(body, odims + rdims)

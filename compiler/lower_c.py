@@ -73,7 +73,17 @@ def host_c_ok(P) -> bool:
                for h in P.host)
 
 
-def render(L: plan.Lowering, name: str) -> Rendered:
+def _timed(line: str, kid: int, profile: bool) -> str:
+    """With `profile`, the step's line between two reads of this thread's CPU clock,
+    the nanoseconds added to netc_prof[kid] (a profiling build only)."""
+    if not profile:
+        return line
+    return ("    { struct timespec t0_, t1_; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0_);\n" + line +
+            f"\n    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1_); netc_prof[{kid}] += "
+            "(t1_.tv_sec - t0_.tv_sec) * 1000000000LL + (t1_.tv_nsec - t0_.tv_nsec); }")
+
+
+def render(L: plan.Lowering, name: str, profile: bool = False) -> Rendered:
     P, bufs = L.fused, L.buffers
     nf, ns = len(L.feeds), len(L.state)
     hyper_slot = {f.id: j for j, f in enumerate(f for f in L.feeds if f.op == "hyper")}
@@ -122,7 +132,7 @@ def render(L: plan.Lowering, name: str) -> Rendered:
         where = comment(", ".join(k.locs())) if k.locs() else "(generated: no source line)"
         if k.kind == "gemm" and _gemm_ok(k):
             cur().append(f"    // k{k.id} gemm ({k.phase}) [{where}]")
-            cur().append(_gemm_call(k, cvar, fusion.get(k.id)))
+            cur().append(_timed(_gemm_call(k, cvar, fusion.get(k.id)), k.id, profile))
             if k.id in fusion:
                 notes.append(f"k{k.id} -> {comment(fusion[k.id].leaf.name)}")
         elif k.kind in ("elementwise", "reduce"):
@@ -130,7 +140,7 @@ def render(L: plan.Lowering, name: str) -> Rendered:
             gen.preset, gen.skip = fusion.presets(k), fusion.skips(k)
             funcs.append(gen.function())
             args = ["B" if p.role == "B" else cvar[p.node.id] for p in gen.params]
-            cur().append(f"    k{k.id}({', '.join(args)});  // {k.kind} ({k.phase}) [{where}]")
+            cur().append(_timed(f"    k{k.id}({', '.join(args)});  // {k.kind} ({k.phase}) [{where}]", k.id, profile))
         else:  # a library call (or a GEMM BLAS cannot read in place): NumPy, between segments
             seg_py[-1].append((i, k))
             segments.append([])
@@ -155,6 +165,8 @@ def render(L: plan.Lowering, name: str) -> Rendered:
     head = _segment_head(L, slot, ctype_of, P, hyper_slot, host_in_c)
     c = [f"// ==== {comment(name)}: {len(P.kernels)} kernels; feeds "
          f"{', '.join(comment(f.name) for f in L.feeds) or '(none)'} ===="]
+    if profile:
+        c += ["#include <time.h>", f"long long netc_prof[{max(len(P.kernels), 1)}];"]
     c += funcs
     names = []
     for j, lines in enumerate(segments):
@@ -295,15 +307,17 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names) -> str
     return "\n".join(lines) + "\n"
 
 
-def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node] | None = None):
-    """Plan (fused), render C and its glue, start compiling; a NativeFunction."""
+def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node] | None = None,
+          profile: bool = False):
+    """Plan (fused), render C and its glue, start compiling; a NativeFunction. With
+    `profile`, each kernel's CPU nanoseconds accumulate in `netc_prof` (bench/mlp_epoch.py)."""
     import numpy as np
     from .c_native import prelude
     from .native_function import NativeFunction
     if not name.isidentifier():
         raise ValueError(f"function name {name!r} is not an identifier")
     L = plan.fused(outputs, updates, feeds)
-    R = render(L, name)
+    R = render(L, name, profile)
     host_nodes = [h for h in L.fused.host if h.inputs and h.op not in ("const", "hyper", "count")]
     impls = [(OPS[h.op].impl, h.a, np.dtype(h.dtype).type) for h in host_nodes]
 
