@@ -63,6 +63,7 @@ def _resume(folder: Path, held, x, t, valid, test, epochs, progress, log) -> Mod
                 if norm is not None:
                     m.normalizer = norm
                 m.summary, m.resumed = meta.get("summary"), "finished"
+                m._init_pending = False  # its parameters are the checkpoint's (not init ... = from(...))
                 m.history_ = read_history(folder, meta.get("metrics_lines", 0))
                 how = "stopped early" if meta.get("stopped") == "early" else f"{meta.get('epoch', 0)} epochs"
                 log(f"{folder}: the run is finished ({how}); nothing to do"

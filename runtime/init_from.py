@@ -48,6 +48,9 @@ def entries(cfg) -> list[tuple[str | None, InitFrom, Loc]]:
     """(selector or None for every parameter, source, loc) in the order written."""
     out = []
     if getattr(cfg, "init", None) is not None:
+        if not isinstance(cfg.init, InitFrom):  # set from Python (train=...), not from a spec
+            raise NetcError(f'init: write it in the spec\'s train block, init SELECTOR = from("RUN"); '
+                            f'got {type(cfg.init).__name__}')
         out.append((None, cfg.init, cfg.init.loc))
     out += [(sel, value, loc) for key, sel, value, loc in cfg.groups if key == "init"]
     return out
