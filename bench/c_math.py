@@ -45,9 +45,11 @@ void sca_{k}(const float* restrict x, float* restrict y, long long n) {{
     out.append("""
 void fused_tanh_bias(const float* restrict x, const float* restrict b, float* restrict y,
                      long long rows, long long cols, int threads, long long par_min) {
-    const long long n = rows * cols;
-#pragma omp parallel for simd if(n >= par_min) num_threads(threads)
-    for (long long i = 0; i < n; i++) y[i] = netc_tanhf(x[i] + b[i % cols]);
+#pragma omp parallel for if(rows * cols >= par_min) num_threads(threads)
+    for (long long r = 0; r < rows; r++) {
+#pragma omp simd
+        for (long long c = 0; c < cols; c++) y[r * cols + c] = netc_tanhf(x[r * cols + c] + b[c]);
+    }
 }
 """)
     return "".join(out)
