@@ -187,11 +187,15 @@ def _system() -> Blas | None:
     return None
 
 
-@functools.lru_cache(maxsize=4)
 def find_blas(choice: str | None = None) -> Blas | None:
     """The BLAS to use: `choice` (or NETC_BLAS) = mkl | openblas | system | a library path;
-    default MKL, else NumPy's OpenBLAS, else a system one; None if none is found."""
-    choice = choice or os.environ.get("NETC_BLAS", "").strip() or None
+    default MKL, else NumPy's OpenBLAS, else a system one; None if none is found.
+    Resolved once per choice and process (libraries stay loaded anyway)."""
+    return _find(choice or os.environ.get("NETC_BLAS", "").strip() or None)
+
+
+@functools.lru_cache(maxsize=8)
+def _find(choice: str | None) -> Blas | None:
     if choice is None:
         return _mkl() or _openblas() or _system()
     if choice == "mkl":
