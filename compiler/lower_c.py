@@ -73,17 +73,17 @@ def host_c_ok(P) -> bool:
                for h in P.host)
 
 
-def _timed(line: str, kid: int, profile: bool) -> str:
+def _timed(line: str, kid: int, profile: bool, name: str) -> str:
     """With `profile`, the step's line between two reads of this thread's CPU clock,
-    the nanoseconds added to netc_prof[kid] (a profiling build only)."""
+    the nanoseconds added to netc_prof_<name>[kid] (a profiling build only)."""
     if not profile:
         return line
     return ("    { struct timespec t0_, t1_; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0_);\n" + line +
-            f"\n    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1_); netc_prof[{kid}] += "
+            f"\n    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1_); netc_prof_{name}[{kid}] += "
             "(t1_.tv_sec - t0_.tv_sec) * 1000000000LL + (t1_.tv_nsec - t0_.tv_nsec); }")
 
 
-def render(L: plan.Lowering, name: str, profile: bool = False) -> Rendered:
+def render(L: plan.Lowering, name: str, profile: bool = False, fuse_velocity: bool = True) -> Rendered:
     P, bufs = L.fused, L.buffers
     nf, ns = len(L.feeds), len(L.state)
     hyper_slot = {f.id: j for j, f in enumerate(f for f in L.feeds if f.op == "hyper")}
@@ -109,7 +109,7 @@ def render(L: plan.Lowering, name: str, profile: bool = False) -> Rendered:
     for h in P.host:
         cvar[h.id] = f"h{h.id}"
 
-    fusion = velocity_gemms(P, L, gemm_ok=_gemm_ok)
+    fusion = velocity_gemms(P, L, gemm_ok=_gemm_ok) if fuse_velocity else velocity_gemms(P, L, lambda k: False)
     funcs: list[str] = []
     segments: list[list[str]] = [[]]
     seg_py: list[list[tuple]] = [[]]  # per gap after segment i: python steps
@@ -132,15 +132,15 @@ def render(L: plan.Lowering, name: str, profile: bool = False) -> Rendered:
         where = comment(", ".join(k.locs())) if k.locs() else "(generated: no source line)"
         if k.kind == "gemm" and _gemm_ok(k):
             cur().append(f"    // k{k.id} gemm ({k.phase}) [{where}]")
-            cur().append(_timed(_gemm_call(k, cvar, fusion.get(k.id)), k.id, profile))
+            cur().append(_timed(_gemm_call(k, cvar, fusion.get(k.id)), k.id, profile, name))
             if k.id in fusion:
                 notes.append(f"k{k.id} -> {comment(fusion[k.id].leaf.name)}")
         elif k.kind in ("elementwise", "reduce"):
-            gen = NativeKernel(k, f"k{k.id}", P)
+            gen = NativeKernel(k, f"{name}_k{k.id}", P)
             gen.preset, gen.skip = fusion.presets(k), fusion.skips(k)
             funcs.append(gen.function())
             args = ["B" if p.role == "B" else cvar[p.node.id] for p in gen.params]
-            cur().append(_timed(f"    k{k.id}({', '.join(args)});  // {k.kind} ({k.phase}) [{where}]", k.id, profile))
+            cur().append(_timed(f"    {gen.name}({', '.join(args)});  // {k.kind} ({k.phase}) [{where}]", k.id, profile, name))
         else:  # a library call (or a GEMM BLAS cannot read in place): NumPy, between segments
             seg_py[-1].append((i, k))
             segments.append([])
@@ -166,7 +166,7 @@ def render(L: plan.Lowering, name: str, profile: bool = False) -> Rendered:
     c = [f"// ==== {comment(name)}: {len(P.kernels)} kernels; feeds "
          f"{', '.join(comment(f.name) for f in L.feeds) or '(none)'} ===="]
     if profile:
-        c += ["#include <time.h>", f"long long netc_prof[{max(len(P.kernels), 1)}];"]
+        c += ["#include <time.h>", f"long long netc_prof_{name}[{max(len(P.kernels), 1)}];"]
     c += funcs
     names = []
     for j, lines in enumerate(segments):
@@ -308,18 +308,42 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names) -> str
 
 
 def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node] | None = None,
-          profile: bool = False):
+          profile: bool = False, fuse_velocity: bool = True):
     """Plan (fused), render C and its glue, start compiling; a NativeFunction. With
-    `profile`, each kernel's CPU nanoseconds accumulate in `netc_prof` (bench/mlp_epoch.py)."""
+    `profile`, each kernel's CPU nanoseconds accumulate in `netc_prof_<name>`
+    (bench/mlp_epoch.py); `fuse_velocity=False` keeps every GEMM writing its product."""
+    (fn,) = lower_many([(outputs, updates, name, feeds)], profile=profile, fuse_velocity=fuse_velocity)
+    return fn
+
+
+def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True) -> list:
+    """Several functions ((outputs, updates, name, feeds) each, distinct names) as one
+    translation unit: one compiler run for all (the op recipes' tests)."""
     import numpy as np
     from .c_native import prelude
-    from .native_function import NativeFunction
-    if not name.isidentifier():
-        raise ValueError(f"function name {name!r} is not an identifier")
-    L = plan.fused(outputs, updates, feeds)
-    R = render(L, name, profile)
-    host_nodes = [h for h in L.fused.host if h.inputs and h.op not in ("const", "hyper", "count")]
-    impls = [(OPS[h.op].impl, h.a, np.dtype(h.dtype).type) for h in host_nodes]
+    from .native_function import NativeFunction, start_shared
+    fns, texts = [], []
+    for outputs, updates, name, feeds in jobs:
+        if not name.isidentifier():
+            raise ValueError(f"function name {name!r} is not an identifier")
+        L = plan.fused(outputs, updates, feeds)
+        R = render(L, name, profile, fuse_velocity)
+        texts.append(R.c_source)
+        host_nodes = [h for h in L.fused.host if h.inputs and h.op not in ("const", "hyper", "count")]
+        impls = [(OPS[h.op].impl, h.a, np.dtype(h.dtype).type) for h in host_nodes]
+        fns.append(NativeFunction(name, R.py_source, [f.name for f in L.feeds], [s.name for s in L.state],
+                                  list(L.outputs), len(L.order), _maker(R.py_source, name, impls),
+                                  buffers=list(L.buffers.allocs), segments=R.segments,
+                                  fused_gemms=R.fused_gemms, plan=L.fused))
+    source = prelude() + "".join(texts)
+    for f in fns:
+        f.c_source = source
+    start_shared(fns, source, "_".join(j[2] for j in jobs)[:40])
+    return fns
+
+
+def _maker(py_source: str, name: str, impls: list):
+    import numpy as np
 
     def make(rt, S, B):
         def _host(k, xs):
@@ -329,10 +353,6 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
         ns = {"_np": np, "_host": _host}
         # generated from the op table and the plan: dtypes only from dtypes.DTYPES,
         # names as repr() literals or in sanitized comments, spec values as literals
-        exec(compile(R.py_source, f"<netc-native:{name}>", "exec"), ns)  # noqa: S102
+        exec(compile(py_source, f"<netc-native:{name}>", "exec"), ns)  # noqa: S102
         return ns["make"](rt, S, B)
-
-    fn = NativeFunction(name, R.py_source, [f.name for f in L.feeds], [s.name for s in L.state], list(L.outputs),
-                        len(L.order), make, buffers=list(L.buffers.allocs), c_source=prelude() + R.c_source,
-                        segments=R.segments, fused_gemms=R.fused_gemms, plan=L.fused)
-    return fn.start()
+    return make

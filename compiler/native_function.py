@@ -101,16 +101,16 @@ class NativeRuntime:
         buf.fill(value)
 
 
-def _load(c_text: str, name: str, segments: list[str]):
+def _load(c_text: str, name: str):
     from ..runtime import native_build
-    lib = native_build.load(c_text, name=f"netc_{name}")
-    fns = []
-    for s in segments:
-        f = getattr(lib, s)
-        f.argtypes = [ctypes.c_longlong, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_double)]
-        f.restype = None
-        fns.append(f)
-    return lib, fns
+    return native_build.load(c_text, name=f"netc_{name}")
+
+
+def start_shared(fns: list, c_text: str, name: str) -> None:
+    """Compile one translation unit holding every function of `fns`, in the background."""
+    future = _pool().submit(_load, c_text, name)
+    for f in fns:
+        f._future = future
 
 
 @dataclass
@@ -124,22 +124,24 @@ class NativeFunction(Function):
     _future: Future | None = field(default=None, repr=False)
     _loaded: tuple | None = field(default=None, repr=False)
 
-    def start(self) -> "NativeFunction":
-        """Compile in the background (a cache hit costs a hash and a dlopen)."""
-        if self._future is None and self._loaded is None:
-            self._future = _pool().submit(_load, self.c_source, self.name, self.segments)
-        return self
-
     def ready(self) -> "NativeFunction":
         """Wait for the compiled object (raises the compiler's NetcError)."""
         if self._loaded is None:
-            self.start()
+            if self._future is None:
+                start_shared([self], self.c_source, self.name)
             try:
-                self._loaded = self._future.result()
+                lib = self._future.result()
             except NetcError:
                 raise
             except OSError as e:
                 raise NetcError(f"the native {self.name} could not be loaded ({e}); use --backend numpy") from None
+            fns = []
+            for s in self.segments:
+                f = getattr(lib, s)
+                f.argtypes = [ctypes.c_longlong, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_double)]
+                f.restype = None
+                fns.append(f)
+            self._loaded = (lib, fns)
         return self
 
     def new_step(self, state: dict, batch: int):
