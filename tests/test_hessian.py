@@ -103,11 +103,12 @@ def test_gauss_newton_products_and_eigenvalues_match_a_matrix_built_by_hand():
 
 def test_per_parameter_diagonal_against_the_exact_gauss_newton_diagonal():
     """bbprop is exact for the output layer (its units' curvature enters whole) and drops
-    the cross terms between units below it; Hutchinson's mean is unbiased everywhere."""
+    the cross terms between units below it. The diagonal column is exact for blocks of
+    at most `probes` entries (the biases here), Hutchinson's unbiased mean for the others."""
     m = netc.compile(SPEC)
     x, t = data()
     diag = np.diag(gauss_newton_by_hand(m, x))
-    r = analyze(m, x, t, k=2, matrix="gauss-newton", steps=20, probes=400)
+    r = analyze(m, x, t, k=2, matrix="gauss-newton", steps=20, probes=12)
     k = 0
     for row in r.rows:
         size = int(np.prod(row.shape))
@@ -117,7 +118,10 @@ def test_per_parameter_diagonal_against_the_exact_gauss_newton_diagonal():
             assert row.bbprop == pytest.approx(exact, rel=1e-6), row
         else:  # the hidden layer: an approximation, within a factor 2 here
             assert 0.5 * exact < row.bbprop < 2 * exact, row
-        assert abs(row.diagonal - exact) < 4 * row.diagonal_se + 1e-12, (row, exact)
+        if row.name.endswith(".b"):  # 5 and 3 entries: by unit vectors
+            assert row.diagonal_se == 0 and row.diagonal == pytest.approx(exact, rel=1e-8)
+        else:  # 20 and 15 entries: 12 random-sign probes of the block
+            assert 0 < row.diagonal_se < 0.3 * exact and abs(row.diagonal - exact) < 3 * row.diagonal_se, (row, exact)
 
 
 def test_single_layer_bbprop_is_the_exact_diagonal():
