@@ -127,6 +127,8 @@ def _mkl(path: str | None = None) -> Blas | None:
     gomp = _gomp_path() if gnu and "MKL_THREADING_LAYER" not in os.environ else None
     if gomp:
         # libmkl_gnu_thread takes GOMP_* from the global scope: load libgomp there first
+        from .native_build import openmp_env_defaults
+        openmp_env_defaults()
         ctypes.CDLL(gomp, mode=ctypes.RTLD_GLOBAL)
     try:
         lib = ctypes.CDLL(path)

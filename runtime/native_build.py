@@ -182,10 +182,27 @@ def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None)
                 pass
 
 
+SPINCOUNT = "1000"  # libgomp's spins before a thread sleeps (its default: 300,000)
+
+
+def openmp_env_defaults(env=None) -> None:
+    """Shorten libgomp's spin-wait unless the user chose a policy (OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT). libgomp reads it once, when first loaded, so `load` and
+    runtime/blas.py (before MKL's GNU layer loads libgomp) call this first. Idle threads
+    spinning ~10 ms after every parallel region starve the running ones wherever
+    other processes share the cores: at load 9.6 on 2 cores, bench/c_math.py's fused
+    tanh(x + b) loop (128 x 800) on 2 threads took 12.5 ms with the default spin,
+    0.32 ms with 1000 spins, 0.22 ms passive, 0.14-0.18 ms on one thread."""
+    env = os.environ if env is None else env
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = SPINCOUNT
+
+
 def load(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
     """Build (or find) `source`'s shared object and dlopen it. An object that will
     not load (damaged on disk) is removed and compiled again, once."""
     path = build(source, name, flags)
+    openmp_env_defaults()  # before libgomp first loads with the object
     try:
         return ctypes.CDLL(str(path))
     except OSError:

@@ -161,6 +161,16 @@ def test_thread_plan_precedence_and_refusals():
         threads.decide(None, env={"NETC_THREADS": "many"})
 
 
+def test_openmp_spin_is_shortened_unless_the_user_chose():
+    env = {}
+    nb.openmp_env_defaults(env)
+    assert env == {"GOMP_SPINCOUNT": nb.SPINCOUNT}
+    for chosen in ({"OMP_WAIT_POLICY": "active"}, {"GOMP_SPINCOUNT": "infinite"}):
+        env = dict(chosen)
+        nb.openmp_env_defaults(env)
+        assert env == chosen
+
+
 GEMM_AND_THREADS = C_RUNTIME + r"""
 void t_sgemm(long long m, long long n, long long k, const float* A, const float* B, float* C) {
     netc_sgemm(0, 1, m, n, k, 0.5f, A, k, B, k, 2.0f, C, n); /* C = 0.5 A B^T + 2 C */
