@@ -6,6 +6,7 @@ The exported graph is what `Model.predict_raw` computes, so another runtime
     x (raw features) --input normalization--> the predict graph --> output
                                                           |--> probabilities (softmax/sigmoid models)
                                                           |--> labels (class targets)
+                                                          |--> prediction (normalize_target's inverse)
 
 The predict graph is the compiled program's own (`Program.output` after
 simplification, random ops replaced by their expected value, as `predict`
@@ -36,7 +37,7 @@ __all__ = ["OPSET", "TRANSLATE", "require_onnx", "to_onnx", "export", "signature
 
 OPSET = 18  # reductions take their axes as an input from 18 on (one form for all of them)
 BATCH = "N"  # the symbolic batch dimension's name
-OUTPUTS = ("output", "probabilities", "labels")
+OUTPUTS = ("output", "probabilities", "labels", "prediction")
 INSTALL = "pip install 'netc[onnx]'"
 
 
@@ -342,7 +343,8 @@ def _refuse(model, n: Node) -> NetcError:
 def to_onnx(model, *, opset: int = OPSET):
     """The ONNX ModelProto of `model`'s predictor (input normalization included), checked
     by onnx's checker. Outputs: "output" (predict_raw), "probabilities" (predict_proba,
-    softmax/sigmoid models), "labels" (predict, class targets)."""
+    softmax/sigmoid models), "labels" (predict, class targets), "prediction" (predict, real
+    targets scaled by normalize_target)."""
     onnx = require_onnx()
     helper = onnx.helper
     prog = model.program
@@ -427,6 +429,11 @@ def _outputs(b: _Builder, model, out: Node, dtype: str) -> list[tuple]:
         else:
             lab = b.op("ArgMax", [y], axis=-1, keepdims=0)
         rows.append(("labels", lab, "int64", [BATCH]))
+    scaler = getattr(model, "target_scaler", None)
+    if scaler is not None and scaler.kind != "none" and not head.labels:  # Model.predict: back to t's units
+        arr = {k: np.asarray(v, np.float64).astype(out.dtype) for k, v in scaler.arrays.items()}
+        z = b.op("Mul", [y, b.array(arr["scale"], "tnorm")]) if "scale" in arr else y
+        rows.append(("prediction", b.op("Add", [z, b.array(arr["mean"], "tnorm")]), out.dtype, shape))
     return rows
 
 

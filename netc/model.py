@@ -18,7 +18,7 @@ from netc.runtime import checkpoint, data, init_from, memory, normalize
 from netc.runtime.config import BATCH_METHODS, DataConfig, TrainConfig, from_block
 from netc.runtime.evaluation import Head, evaluate, head_of, labels, predict, probabilities, r2
 from netc.runtime.optimizers import lr_scales, optimizer_for
-from netc.runtime.splits import load_splits
+from netc.runtime.splits import Splits, load_splits
 from netc.runtime.state import assign, init_state
 from netc.runtime.trainer import Run
 from netc.search_space import SearchConfig, Space, search_block
@@ -74,7 +74,12 @@ class Model:
         `memory_limit`: bytes (or "8G", "off") the model may need; default $NETC_MEMORY_LIMIT or
         most of MemAvailable (runtime/memory.py), for training or (`purpose="use"`, netc.load)
         for predicting only: fit checks again. `allocate=False`: compile and estimate only
-        (`netc check`): no parameters exist, so the model cannot fit or predict."""
+        (`netc check`): no parameters exist, so the model cannot fit or predict.
+        A spec with sizes from the data (`_`, netc/dims.py) is checked now and compiled
+        again with the data's sizes when `fit` sees the data; until then it has no parameters."""
+        self._args = {"seed": seed, "dtype": dtype, "debug": debug, "device": device, "train": train,
+                      "embedded": embedded, "allocate": allocate, "memory_limit": memory_limit,
+                      "purpose": purpose, "backend": backend}  # to compile again once the data gives the sizes
         self.text = validate.text(text, "spec text", sources.USE_CAP)  # every argument checked where it enters
         self.file = validate.text(file, "spec file name", validate.PATH_LIMIT, line=True)
         seed = None if seed is None else validate.seed(seed, "seed")
@@ -117,20 +122,23 @@ class Model:
             _check_gpu_settings(self.train_cfg)
         if self.train_cfg.dtype != spec.graph.float_dtype:
             spec = parse_and_elaborate(text, file, self.train_cfg.dtype, read_use=read_use)
+        self.free = spec.free  # sizes the data gives (`_`): stand-ins until fit binds them
         self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
                                        optimizer=optimizer_for(spec, self.train_cfg), debug=debug,
-                                       step_misses=self.train_cfg.emphasize.kind == "errors", backend=backend)
+                                       step_misses=self.train_cfg.emphasize.kind == "errors", backend=backend,
+                                       functions=not self.free)
         if self.train_cfg.emphasize.kind == "errors" and self.program.errors is None:
             raise SpecError("emphasize = errors(...) needs a class(n) target and an [B, n] output",
                             spec.block_locs.get("train"), text)
         if self.train_cfg.transforms.kind == "every":  # a refresh keeps the function, or the spec is refused
             from netc.runtime.transforms import check_topology
             check_topology(self.program, spec.block_locs.get("train"), text)
-        self.memory = memory.estimate(self.program, self.train_cfg)  # from shapes: nothing allocated yet
+        self.memory = None if self.free else memory.estimate(self.program, self.train_cfg)  # nothing allocated yet
         self.memory_limit = memory_limit
-        memory.check(self.memory, memory_limit, device, purpose, self.file)
+        if self.memory is not None:
+            memory.check(self.memory, memory_limit, device, purpose, self.file)
         self.state = None
-        if allocate:
+        if allocate and not self.free:
             state = init_state(self.program.state_leaves, self.train_cfg.seed, self.train_cfg.init_scale)
             self.state = to_backend(state, backend)  # device="gpu": parameters and optimizer state on the device
         # `init SELECTOR = from("RUN")`: copied now from the user's spec; a model rebuilt from a
@@ -140,6 +148,8 @@ class Model:
         if self._init_pending and embedded is None:
             self._initialize()
         self.normalizer = normalize.fit("none", np.zeros((1, 1)))
+        self.target_scaler = normalize.fit_target("none", np.zeros((1, 1)))  # normalize_target, fitted by fit
+        _check_target_normalization(self.data_cfg, spec, text)
         self.summary: dict | None = None  # the last fit's summary (also `summary_`)
         self.history_: list[dict] = []  # the last fit's per-epoch metrics rows
         self.head: Head = head_of(self.program.spec)
@@ -162,6 +172,8 @@ class Model:
         return {k: self._state("params")[k] for k in self.program.spec.params}
 
     def _state(self, what: str) -> dict:
+        if self.state is None and self.free:
+            raise NetcError(f"{what}: this spec takes sizes from the data (`_`); fit it first, which binds them")
         if self.state is None:
             raise NetcError(f"{what}: this model was compiled with allocate=False and has no parameters; "
                             f"compile it again without allocate=False")
@@ -189,6 +201,8 @@ class Model:
         `out`: the run folder (checkpoints, metrics; `netc.resume(out)` continues it); one
         holding another run is refused unless `force` (then replaced at the first checkpoint)."""
         from netc.runtime.run_folder import RunFolder
+        if self.free:
+            self._bind(x, t)
         self._state("fit")
         memory.check(self.memory, self.memory_limit, self.device, where=self.file)  # a model loaded for use only
         epochs = None if epochs is None else validate.integer(epochs, "fit(epochs=...)", 1)
@@ -200,6 +214,15 @@ class Model:
             folder = RunFolder.start(validate.path(out, "fit(out=...)"), record, self.text, force)
         self._fit(x, t, valid, test, epochs, limit, progress, log, folder, record)
         return self
+
+    def _bind(self, x, t) -> None:
+        """Compile again with the sizes the training data gives in place of each `_`
+        (netc/dims.py): from now on the model and what it saves hold the bound text."""
+        from netc.dims import bind
+        text, splits = bind(self, x, t)
+        base = self.base
+        self.__init__(text, self.file, **self._args)
+        self.base, self._loaded = base, splits
 
     def _record(self, epochs: int | None, limit: int | None, arrays: bool) -> dict:
         """How this run starts (run.json; the checkpoints' field 'run'): enough to start it
@@ -234,7 +257,10 @@ class Model:
             if self.data_cfg.train is None:
                 raise SpecError("the spec has no training data: add data { train = ... } or pass arrays to fit",
                                 self.program.spec.block_locs.get("data"), self.text)
-            splits = load_splits(self.data_cfg, self.base_dir, self._target)
+            loaded, self._loaded = getattr(self, "_loaded", None), None  # read once already by _bind
+            splits = load_splits(self.data_cfg, self.base_dir, self._target) if loaded is None else \
+                Splits(*(None if d is None else data.conform(d, self._target)
+                         for d in (loaded.train, loaded.valid, loaded.test)))
             train, valid_ds, test_ds = splits.train, splits.valid, splits.test
         else:
             train = data.check_arrays(x, t, self._target, "fit(x, t)")
@@ -249,12 +275,20 @@ class Model:
         self._check_data(train, norm)
         self.normalizer = norm
         train = self._labelled(train, limit)
+        if self.data_cfg.normalize_target != "none":  # on the examples trained on, as the inputs' is
+            self.target_scaler = normalize.fit_target(self.data_cfg.normalize_target, train.t)
         dtype = self.program.spec.graph.float_dtype
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
         meta = {**self._meta(), "run": {k: v for k, v in record.items() if k != "sources"}}
         run = Run(self.program, self.train_cfg, self.state, None, progress, log or (lambda s: None), meta=meta,
                   extra_arrays=self._extra_arrays, folder=folder, saved=saved)
         self.summary = run.fit(*prepared, epochs=epochs)
+        if self.target_scaler.kind != "none":  # the final MSEs in the target's units (R^2 is the same)
+            for name, ds, raw in (("valid", prepared[1], valid_ds), ("test", prepared[2], test_ds)):
+                if ds is not None and self.summary.get(f"{name}_mse") is not None:
+                    y = predict(self.program, self.state, ds.x, self.train_cfg.eval_batch)
+                    diff = self.target_scaler.inverse(y) - raw.t.reshape(y.shape)
+                    self.summary[f"{name}_mse"] = float(np.mean(diff * diff))
         if self.sampled:
             self.summary["sampled"] = {k: (str(v) if isinstance(v, str) else v) for k, v in self.sampled.items()}
         return self.summary
@@ -280,6 +314,8 @@ class Model:
             t = t.astype(tnode.dtype, copy=False)
             if tnode.dtype != "int64" and t.ndim == 1:
                 t = t[:, None]
+            if tnode.dtype != "int64" and self.target_scaler.kind != "none":
+                t = self.target_scaler.apply(t).astype(tnode.dtype, copy=False)
         return data.Dataset(np.ascontiguousarray(x), t, ds.name)
 
     def _check_data(self, ds: data.Dataset, norm: normalize.Normalizer | None = None) -> None:
@@ -352,9 +388,17 @@ class Model:
 
     def predict(self, x) -> np.ndarray:
         """Class labels 0..n-1 [n] for a class(n) target (the argmax of the output; one
-        output for class(2): its side of 0.5, or of 0 for a score); else the output [n, k]."""
+        output for class(2): its side of 0.5, or of 0 for a score); else the output [n, k],
+        in the target's own units where `normalize_target` scaled the targets (predict_raw
+        gives the output on the scale trained on)."""
         y = self._output(x, "predict(x)")
-        return labels(self.head, y) if self.head.labels else y
+        return labels(self.head, y) if self.head.labels else self._natural(y)
+
+    def _natural(self, y: np.ndarray) -> np.ndarray:
+        """Outputs back in the target's units (normalize_target's inverse), in y's dtype."""
+        if self.target_scaler.kind == "none":
+            return y
+        return self.target_scaler.inverse(y).astype(y.dtype, copy=False)
 
     def predict_proba(self, x) -> np.ndarray:
         """Class probabilities [n, k]: the output if it is a softmax or sigmoid, else the
@@ -369,8 +413,8 @@ class Model:
         class target, else R^2 of the output against `t` (1 is perfect, 0 is the mean's)."""
         self._state("score")
         x = self._features(x, "score(x, t)")
-        ds = self._prepare(data.check_arrays(x, t, self._target, "score(x, t)"),
-                           self.program.spec.graph.float_dtype)
+        raw = data.check_arrays(x, t, self._target, "score(x, t)")
+        ds = self._prepare(raw, self.program.spec.graph.float_dtype)
         if self.program.errors is not None:
             _, err = evaluate(self.program, self.state, ds, self.train_cfg.eval_batch)
             n = len(ds)
@@ -383,6 +427,8 @@ class Model:
         if ds.t is None or ds.t.shape != y.shape:
             raise DataError(f"score(x, t): the output is {list(y.shape[1:])} per example, the targets "
                             f"{list(np.shape(t)[1:])}: R^2 compares them column by column")
+        if self.target_scaler.kind != "none":  # in the target's units
+            return r2(self._natural(y), raw.t.reshape(ds.t.shape))
         return r2(y, ds.t)
 
     def refresh_transforms(self, x) -> float:
@@ -420,7 +466,10 @@ class Model:
                 "sources": sources.embed(self.program.spec.used, self.file)}  # self-contained: loading reads no other file
 
     def _extra_arrays(self) -> dict:
-        return self.normalizer.to_arrays()
+        arrays = self.normalizer.to_arrays()
+        if self.target_scaler.kind != "none":
+            arrays.update(self.target_scaler.to_arrays(checkpoint.TARGET_PREFIX))
+        return arrays
 
     def save(self, path: str | Path) -> Path:
         path = validate.path(path, "Model.save(path)")  # before copying anything
@@ -429,6 +478,19 @@ class Model:
         arrays.update(self._extra_arrays())
         meta = {**self._meta(), "summary": self.summary}
         return checkpoint.save(path, arrays, json.loads(json.dumps(meta, default=str)))
+
+
+def _check_target_normalization(cfg: DataConfig, spec, text: str) -> None:
+    """normalize_target scales real targets: refused, where written, for a class(n) target or none."""
+    if cfg.normalize_target == "none":
+        return
+    entry = next((e for e in spec.blocks.get("data", []) if e.key == "normalize_target"), None)
+    loc = entry.loc if entry is not None else spec.block_locs.get("data")
+    target = next(iter(spec.targets.values()), None)
+    if target is None or target.attr("classes") is not None:
+        what = "the spec has no target" if target is None else f"target '{target.name}' is a class(n) target"
+        raise SpecError(f"normalize_target = {cfg.normalize_target} scales real targets, but {what}; "
+                        f"remove it (class labels are not scaled)", loc, text)
 
 
 def _record_rows(folder, rows: list[dict]) -> None:
@@ -484,5 +546,6 @@ def load(path: str | Path) -> Model:
         norm = checkpoint.read_normalizer(ck, xs[0].shape[1] if xs and len(xs[0].shape) == 2 else None)
         if norm is not None:
             m.normalizer = norm
+        m.target_scaler = checkpoint.read_target_normalizer(ck, m._target, m.data_cfg.normalize_target)
         m.summary = meta.get("summary")
     return m

@@ -62,6 +62,7 @@ def _resume(folder: Path, held, x, t, valid, test, epochs, progress, log) -> Mod
                 norm = checkpoint.read_normalizer(ck, xs[0].shape[1] if xs and len(xs[0].shape) == 2 else None)
                 if norm is not None:
                     m.normalizer = norm
+                m.target_scaler = checkpoint.read_target_normalizer(ck, m._target, m.data_cfg.normalize_target)
                 m.summary, m.resumed = meta.get("summary"), "finished"
                 m._init_pending = False  # its parameters are the checkpoint's (not init ... = from(...))
                 m.history_ = read_history(folder, meta.get("metrics_lines", 0))

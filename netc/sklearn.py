@@ -163,7 +163,9 @@ class NetcRegressor(RegressorMixin, _NetcEstimator):
         return self._fit_model(X, t, t.shape[1])
 
     def predict(self, X) -> np.ndarray:
-        y = self._raw(X).astype(np.float64, copy=False)
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        y = self.model_.predict(X).astype(np.float64, copy=False)  # in y's units (normalize_target)
         return y.reshape(-1) if self._1d and y.ndim == 2 and y.shape[1] == 1 else y
 
     def __sklearn_tags__(self):

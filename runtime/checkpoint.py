@@ -485,6 +485,36 @@ def read_normalizer(ck: Checkpoint, width: int | None) -> Normalizer | None:
     return norm
 
 
+TARGET_PREFIX = "tnorm."  # the target normalization's arrays (normalize_target), beside "norm.*"
+
+
+def read_target_normalizer(ck: Checkpoint, target, kind: str) -> Normalizer:
+    """The saved target normalization that the spec's `normalize_target = kind` asks for,
+    checked to be `kind`, for target node `target`'s width, with finite statistics and
+    positive scales (predict multiplies by them); the identity for kind "none"."""
+    names = [k for k in ck.entries if k.startswith(TARGET_PREFIX)]
+    if kind == "none":
+        if names:
+            raise ck.error(names[0], "a target normalization, but the spec has normalize_target = none")
+        return Normalizer("none", {})
+    if not names:
+        raise DataError(f"{ck.file}: field '{TARGET_PREFIX}*' is missing (the spec has normalize_target = {kind})")
+    width = None if target is None else int(np.prod(target.shape[1:], dtype=np.int64))
+    try:
+        norm = Normalizer.from_arrays({k: ck.read(k) for k in names}, TARGET_PREFIX)
+        if norm.kind != kind:
+            raise ValueError(f"it is {norm.kind}, the spec says {kind}")
+        for k, v in norm.arrays.items():
+            if v.shape != (width,) or v.dtype.kind != "f" or not np.isfinite(v).all():
+                raise ValueError(f"'{k}' must hold {width} finite numbers, found {_dtype_name(v.dtype)} "
+                                 f"{_short(v.shape)}")
+        if "scale" in norm.arrays and not (norm.arrays["scale"] > 0).all():
+            raise ValueError("a scale that is not positive")
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as e:
+        raise ck.error(f"{TARGET_PREFIX}*", f"not a usable target normalization ({_why(e)})") from None
+    return norm
+
+
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """Every array and the checked metadata (each array checked against its
     stored size; callers that know the expected shapes use open_checkpoint)."""

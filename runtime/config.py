@@ -290,6 +290,10 @@ class DataConfig(_Strict):
                             "pca(dims | variance), whiten(eps, dims | variance), zca(eps) [EB 4.3], "
                             "uniformize(knots), log, sqrt [PR 3.2], or a list applied in order, "
                             "e.g. [log, standardize]")
+    normalize_target: Literal["none", "center", "standardize"] = Field(
+        "none", description="real targets: standardize (or center) each column on the training set; the "
+                            "model trains on the scaled targets, predict, score and the exported model "
+                            "give the target's own units; refused for class targets")
 
     @field_validator("normalize")
     @classmethod

@@ -352,6 +352,17 @@ class Normalizer:
             xt /= k - 1
             np.copyto(out[i:i + _CHUNK], xt.T, casting="unsafe")
 
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """The values whose normalization is `y` (float64): the target normalization's way
+        back to the target's own units (`normalize_target`: none, center, standardize)."""
+        y = np.asarray(y, np.float64)
+        if self.kind == "none":
+            return y
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"{self.kind} has no inverse here; target normalizations are {TARGET_KINDS}")
+        scale = self.arrays.get("scale")
+        return (y if scale is None else y * scale) + self.arrays["mean"]
+
     # -- storage -----------------------------------------------------------------------
     def to_arrays(self, prefix: str = "norm.") -> dict[str, np.ndarray]:
         """Flat, pickle-free arrays for a model .npz: "norm.kind" plus "norm.<stat>";
@@ -399,6 +410,17 @@ def _levels(q: np.ndarray, first: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # ---- fitting ------------------------------------------------------------------------------
+
+
+TARGET_KINDS = ("none", "center", "standardize")  # invertible, one column at a time
+
+
+def fit_target(kind: str, t: np.ndarray) -> Normalizer:
+    """`normalize_target`: fitted on the training split's real targets t [n, k], per column;
+    predictions go back through Normalizer.inverse. A constant column keeps scale 1."""
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"unknown target normalization {kind!r}; choose one of {', '.join(TARGET_KINDS)}")
+    return fit(kind, np.asarray(t, np.float64).reshape(len(t), -1))
 
 
 def fit(kind, x: np.ndarray) -> Normalizer:
