@@ -280,6 +280,12 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _sized(m, what: str):
+    """The model with the sizes written `_` bound from its data block (netc/dims.py)."""
+    from netc.dims import bound_by_data_block
+    return bound_by_data_block(m, what)
+
+
 def _shape(n, unknown: tuple | None = None) -> str:
     """`n`'s shape, B for the batch; `unknown`: the same with ? for sizes the data gives."""
     from netc.compiler.graph import shape_str
@@ -288,7 +294,7 @@ def _shape(n, unknown: tuple | None = None) -> str:
 
 def cmd_compile(args) -> int:
     from netc.compiler.pipeline import emit, fused_stats
-    m = _model(args.spec, device=args.device)
+    m = _sized(_model(args.spec, device=args.device), "netc compile")
     kind = args.emit or (None if args.stats else "graph")
     if kind == "cuda" or (kind is not None and not args.stats):  # --stats shows the fused plan only
         print(emit(m.program, kind, which=args.function, after=args.after), end="")
@@ -394,7 +400,7 @@ def _write_json(path: Path, obj) -> None:
 
 def cmd_gradcheck(args) -> int:
     from netc.gradcheck import gradcheck
-    m = _model(args.spec, dtype="float64")
+    m = _sized(_model(args.spec, dtype="float64"), "netc gradcheck")
     result = gradcheck(m, examples=args.examples, entries=args.entries, seed=args.seed, tol=args.tol)
     print("\n".join(result.report()))
     return 0 if result.ok() else EXIT_CHECK
@@ -404,9 +410,12 @@ def cmd_lr_probe(args) -> int:
     from netc.diagnostics import _train_set, lr_probe
     if not hasattr(_model(args.spec).train_cfg.method, "lr"):
         raise NetcError("lr-probe needs a method with a learning rate")
-    ds = _train_set(_model(args.spec), args.examples)
+    sized = _sized(_model(args.spec), "netc lr-probe")  # each trial compiles the text with the data's sizes
+    ds = _train_set(sized, args.examples)
     print(f"probing {args.spec} on {len(ds)} examples, {args.epochs} epoch(s) a trial:")
-    lr = lr_probe(lambda **kw: _model(args.spec, **kw), ds.x, ds.t, start=args.start, epochs=args.epochs)
+    from netc.model import Model
+    lr = lr_probe(lambda **kw: Model(sized.text, sized.file, **kw), ds.x, ds.t, start=args.start,
+                  epochs=args.epochs)
     if lr is None:
         print("no rate tried trains without diverging: check the spec (netc gradcheck, netc overfit)")
         return EXIT_CHECK

@@ -50,6 +50,21 @@ def bind(model, x, t) -> tuple[str, Splits | None]:
     return bind_sizes(model.text, values), splits
 
 
+def bound_by_data_block(model, what: str):
+    """`model` with the sizes its data block's training split gives, for commands that need
+    concrete sizes before any training (compile, gradcheck, lr-probe); the model itself
+    where it has none to bind. Without a data block, refused where the first `_` is."""
+    if not model.free:
+        return model
+    if model.data_cfg.train is None:
+        f = model.free[0]
+        raise SpecError(f"{what} needs concrete sizes, and `_` takes {f.describe()} from the data: add "
+                        f"data {{ train = ... }} or write the size", f.loc, model.text)
+    model._bind(None, None)
+    model._loaded = None  # the command reads its data itself
+    return model
+
+
 def sizes(spec, train: data.Dataset, normalization) -> list[tuple]:
     """[(FreeDim, size)] for every `_` of `spec`, read from the training split."""
     out = []

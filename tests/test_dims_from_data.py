@@ -194,3 +194,38 @@ def test_sklearn_classifier_with_a_free_spec():
         x, t = blobs(200, features, classes, seed=features)
         c = NetcClassifier(SPEC, epochs=10).fit(x, t)
         assert c.score(x, t) > 0.9
+
+
+def test_input_width_is_counted_after_the_input_normalization():
+    x, t = blobs(150, 8, 3, seed=7)
+    m = netc.compile(SPEC + "data {\n    normalize = pca(dims = 3)\n}\n", train={"epochs": 1}).fit(x, t)
+    assert m.program.spec.inputs["x"].shape[1:] == (3,)
+    assert m.predict(x).shape == (150,)
+
+
+def test_commands_that_need_sizes_bind_them_from_the_data_block_or_say_why(tmp_path, capsys):
+    x, t = blobs(60, 5, 3, seed=8)
+    np.savez(tmp_path / "d.npz", x=x, t=t)
+    bare = tmp_path / "bare.net"
+    bare.write_text(SPEC)
+    with_data = tmp_path / "data.net"
+    with_data.write_text(SPEC + 'data {\n    train = npz("d.npz")\n}\n')
+    assert main(["compile", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert "netc compile needs concrete sizes" in err and "bare.net:1:12" in err
+    assert main(["compile", str(with_data)]) == 0
+    assert "[16, 3]" in capsys.readouterr().out  # y.W, sized by the data's 3 classes
+    assert main(["gradcheck", str(with_data)]) == 0
+
+
+def test_a_model_bound_from_the_data_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from netc.export_onnx import export
+    x, t = blobs(100, 6, 4, seed=9)
+    m = netc.compile(SPEC, train={"epochs": 2}).fit(x, t)
+    path, signature = export(m, tmp_path / "m.onnx")
+    assert "x [N, 6]" in signature and "labels [N]" in signature
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        ["labels"], {"x": x.astype(np.float32)})[0]
+    np.testing.assert_array_equal(got, m.predict(x))
