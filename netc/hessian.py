@@ -207,9 +207,10 @@ def command(spec: str, run: str | None = None, k: int = 5, matrix: str = "hessia
     """What `netc hessian` prints: the spec's training data (a random `batches`
     minibatches' worth, normalized as training does) at its initialization, or at the
     parameters of the run folder `run` (its stored normalization)."""
+    from netc.dims import bound_by_data_block
     from netc.model import compile as compile_model
     from netc.model import load
-    m = compile_model(Path(spec), dtype="float64")
+    m = bound_by_data_block(compile_model(Path(spec), dtype="float64"), "netc hessian")  # `_` sizes
     where = f"initialization, seed {m.train_cfg.seed}"
     norm = None
     if run is not None:

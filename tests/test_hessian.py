@@ -161,6 +161,13 @@ def test_command_prints_the_table(spec_file, capsys):
         assert f"  {name} " in out
 
 
+def test_sizes_from_the_data(spec_file, capsys):
+    free = spec_file.with_name("free.net")
+    free.write_text(DATA_SPEC.replace("input x : [4]", "input x : [_]").replace("class(3)", "class(_)"))
+    assert main(["hessian", str(free), "--json", "--k", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == 4 * 5 + 5 + 5 * 3 + 3
+
+
 def test_json_and_a_trained_run(spec_file, tmp_path, capsys):
     assert main(["hessian", str(spec_file), "--json", "--k", "2", "--batches", "6", "--matrix", "gauss-newton"]) == 0
     init = json.loads(capsys.readouterr().out)
