@@ -281,14 +281,9 @@ class Model:
         prepared = [None if d is None else self._prepare(d, dtype) for d in (train, valid_ds, test_ds)]
         meta = {**self._meta(), "run": {k: v for k, v in record.items() if k != "sources"}}
         run = Run(self.program, self.train_cfg, self.state, None, progress, log or (lambda s: None), meta=meta,
-                  extra_arrays=self._extra_arrays, folder=folder, saved=saved)
+                  extra_arrays=self._extra_arrays, folder=folder, saved=saved,
+                  unscale=None if self.target_scaler.kind == "none" else self.target_scaler.inverse)
         self.summary = run.fit(*prepared, epochs=epochs)
-        if self.target_scaler.kind != "none":  # the final MSEs in the target's units (R^2 is the same)
-            for name, ds, raw in (("valid", prepared[1], valid_ds), ("test", prepared[2], test_ds)):
-                if ds is not None and self.summary.get(f"{name}_mse") is not None:
-                    y = predict(self.program, self.state, ds.x, self.train_cfg.eval_batch)
-                    diff = self.target_scaler.inverse(y) - raw.t.reshape(y.shape)
-                    self.summary[f"{name}_mse"] = float(np.mean(diff * diff))
         if self.sampled:
             self.summary["sampled"] = {k: (str(v) if isinstance(v, str) else v) for k, v in self.sampled.items()}
         return self.summary

@@ -86,7 +86,7 @@ def fit_batch_method(run, method: Method, train: Dataset, valid, test, epochs: i
             folder.checkpoint(arrays(epoch, age), {"epoch": epoch, "age": age, "final": False})
         seconds = time.perf_counter() - t0
         summary = {**_summary(history, evals[0], seconds),
-                   **final_scores(prog, state, {"valid": valid, "test": test}, cfg.eval_batch)}
+                   **final_scores(prog, state, {"valid": valid, "test": test}, cfg.eval_batch, run.unscale)}
         if history:
             folder.checkpoint(arrays(done, age), {"epoch": done, "age": age, "final": True, "summary": summary})
             folder.summary(summary)

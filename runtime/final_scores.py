@@ -27,24 +27,28 @@ def per_epoch(cfg, name: str) -> bool:
     return name != "test" or cfg.test_every == TEST_EACH_EPOCH
 
 
-def split_scores(program: Program, state: dict, ds: Dataset, batch: int, name: str) -> dict:
+def split_scores(program: Program, state: dict, ds: Dataset, batch: int, name: str, unscale=None) -> dict:
     """{name}_loss and {name}_error (None without classes), plus {name}_r2 and
-    {name}_mse where the output and the targets are real arrays of one shape."""
+    {name}_mse where the output and the targets are real arrays of one shape;
+    `unscale` (normalize_target's inverse) puts those two in the target's own units."""
     loss, error = evaluate(program, state, ds, batch)
     out = {f"{name}_loss": loss, f"{name}_error": error}
     if error is None and ds.t is not None and program.predict is not None and ds.t.dtype.kind == "f":
         y = predict(program, state, ds.x, batch)
         if y.shape == ds.t.shape:
-            diff = y.astype(np.float64) - ds.t
-            out[f"{name}_r2"] = r2(y, ds.t)
+            t = ds.t if unscale is None else unscale(ds.t)
+            y = y if unscale is None else unscale(y)
+            diff = y.astype(np.float64) - t
+            out[f"{name}_r2"] = r2(y, t)
             out[f"{name}_mse"] = float(np.mean(diff * diff))
     return out
 
 
-def final_scores(program: Program, state: dict, splits: dict[str, Dataset | None], batch: int) -> dict:
+def final_scores(program: Program, state: dict, splits: dict[str, Dataset | None], batch: int,
+                 unscale=None) -> dict:
     """split_scores of every split given (valid, test), on the final parameters."""
     out: dict = {}
     for name, ds in splits.items():
         if ds is not None:
-            out.update(split_scores(program, state, ds, batch, name))
+            out.update(split_scores(program, state, ds, batch, name, unscale))
     return out

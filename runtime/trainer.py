@@ -83,6 +83,7 @@ class Run:
     extra_arrays: Callable[[], dict] = dict  # e.g. normalization statistics
     folder: RunFolder | None = None  # the run folder, opened (run_folder.py); else one for out_dir
     saved: Saved | None = None  # resume from this
+    unscale: Callable | None = None  # normalize_target's inverse: the final R^2 and MSE in the target's units
 
     def fit(self, train: Dataset, valid: Dataset | None = None, test: Dataset | None = None,
             epochs: int | None = None) -> dict:
@@ -398,7 +399,7 @@ class _Minibatches:
         }
         if final:  # the final (best, averaged) parameters' scores; the test set's only evaluation by default
             summary.update(final_scores(self.prog, ts.arrays, {"valid": self.valid, "test": self.test},
-                                        self.cfg.eval_batch))
+                                        self.cfg.eval_batch, self.run.unscale))
         return summary
 
     # -- before and between epochs ----------------------------------------------------------

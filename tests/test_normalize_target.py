@@ -80,7 +80,7 @@ def test_statistics_come_from_the_training_split_only(diabetes):
     np.testing.assert_allclose(m.target_scaler.arrays["scale"], [t.std()], rtol=1e-12)
 
 
-def test_predict_is_in_the_targets_units_and_predict_raw_on_the_trained_scale(diabetes):
+def test_predict_is_in_the_targets_units_and_predict_raw_on_the_trained_scale(diabetes, tmp_path):
     (x, t), (xv, tv) = diabetes
     m = netc.compile(spec(epochs=10)).fit(x, t)
     raw, pred = m.predict_raw(xv), m.predict(xv)
@@ -88,8 +88,12 @@ def test_predict_is_in_the_targets_units_and_predict_raw_on_the_trained_scale(di
     assert abs(raw.mean()) < 1 and 100 < pred.mean() < 200
     assert m.score(xv, tv) == pytest.approx(r2_score(tv, pred[:, 0]), abs=1e-6)
     mse = float(np.mean((pred[:, 0].astype(np.float64) - tv) ** 2))
-    m2 = netc.compile(spec(epochs=10)).fit(x, t, valid=(xv, tv))
-    assert m2.summary_["valid_mse"] == pytest.approx(mse, rel=1e-4)  # the summary's MSE in the target's units
+    m2 = netc.compile(spec(epochs=10)).fit(x, t, valid=(xv, tv), out=tmp_path / "run")
+    # the summary's MSE and R^2 in the target's units: in memory, summary.json and the checkpoint
+    for summary in (m2.summary_, json.loads((tmp_path / "run" / "summary.json").read_text()),
+                    netc.load(tmp_path / "run").summary):
+        assert summary["valid_mse"] == pytest.approx(mse, rel=1e-4)
+        assert summary["valid_r2"] == pytest.approx(r2_score(tv, pred[:, 0]), abs=1e-4)
 
 
 def test_class_targets_refuse_it_where_written():
