@@ -122,3 +122,5 @@ def write(y: np.ndarray, columns: list[str], out: Path | None) -> None:
         atomic_write(out, lambda f: np.save(f, y, allow_pickle=False))
     else:
         atomic_write(out, lambda f: f.write(csv_text(y, columns).encode()))
+    if out is not None:
+        out.chmod(0o644)  # results to share, not a secret (the temporary file was made 0600)

@@ -183,17 +183,20 @@ def _series(rows: list[dict], get) -> list[tuple[float, float]]:
 def learning_curves(runs: list[Run]) -> bytes | None:
     panels = []
     for key, title, log in CURVES:
-        lines = {r.label: _series(r.rows, lambda row, k=key: _num(row.get(k))) or _at_end(r, key) for r in runs}
+        lines = {r.label: _series(r.rows, lambda row, k=key: _num(row.get(k))) for r in runs}
+        if key == "valid_error":  # beside it, the test error of a run that evaluated it once, at its end
+            lines.update({f"{r.label}: test, at the end": _at_end(r) for r in runs
+                          if not _series(r.rows, lambda row: _num(row.get("test_error")))})
         if any(lines.values()):
             panels.append(plots.Panel(title, {k: v for k, v in lines.items() if v}, log))
     return plots.curves(panels, "age (examples seen)") if panels else None
 
 
-def _at_end(run: Run, key: str) -> list[tuple[float, float]]:
-    """The summary's final score as one point at the run's last age: the test error, which
-    a run evaluates once at the end unless its train block says test_every = epoch."""
-    x, y = _num(run.summary.get("age")), _num(run.summary.get(key))
-    return [(x, y)] if key.startswith("test_") and x is not None and y is not None else []
+def _at_end(run: Run) -> list[tuple[float, float]]:
+    """The summary's test error as one point at the run's last age (a run evaluates the
+    test set once, at the end, unless its train block says test_every = epoch)."""
+    x, y = _num(run.summary.get("age")), _num(run.summary.get("test_error"))
+    return [(x, y)] if x is not None and y is not None else []
 
 
 def _names(rows: list[dict], group: str) -> list[str]:

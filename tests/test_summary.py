@@ -163,3 +163,19 @@ def test_doc_search_names_no_test_metric(capsys):
     assert main(["doc", "search"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("metric"))
     assert "valid.error" in line and "refused" in line
+
+
+def test_the_report_puts_the_final_test_error_beside_the_validation_curve(monkeypatch, tmp_path):
+    from netc import report
+    panels = []
+    monkeypatch.setattr(report.plots, "curves", lambda ps, x_label: panels.extend(ps) or b"png")
+    once = report.Run(tmp_path, "once", [{"age": 10, "valid_error": 0.2}, {"age": 20, "valid_error": 0.1}],
+                      {"age": 20, "test_error": 0.15})
+    report.learning_curves([once])
+    assert [p.title for p in panels] == ["validation error"]  # no test-error panel of one point
+    assert panels[0].lines == {"once": [(10.0, 0.2), (20.0, 0.1)], "once: test, at the end": [(20.0, 0.15)]}
+    panels.clear()
+    each = report.Run(tmp_path, "each", [{"age": 10, "valid_error": 0.2, "test_error": 0.3}], {"test_error": 0.3})
+    report.learning_curves([each])  # test_every = epoch: its own curve, as before
+    assert [p.title for p in panels] == ["validation error", "test error"]
+    assert panels[0].lines == {"each": [(10.0, 0.2)]}
