@@ -44,7 +44,7 @@ import heapq
 from .fuse_merge import merge_all
 from .fuse_stats import format_stats  # noqa: F401 (re-exported for pipeline.py)
 from .fuse_walk import walk
-from .kernel_ir import LEAVES, Kernel, Plan, deps, ident, index, is_row, o_idx, reduced_axes, through
+from .kernel_ir import LEAVES, Kernel, Plan, deps, ident, index, is_row, o_idx, reduced_axes, storage, through
 from .node import Node, toposort
 from .ops import OPS
 
@@ -64,7 +64,8 @@ def plan(outputs: list[Node], updates=(), *, merge: bool = True) -> Plan:
     users: dict[int, list[Node]] = {n.id: [] for n in order}
     for n in order:
         for i in dict.fromkeys(n.inputs):
-            users[i.id].append(n)
+            if i.id in users:  # (an alias view's ignored input is not live)
+                users[i.id].append(n)
     out_ids = {o.id for o in outputs} | {u.id for _, u in updates}
 
     host = _host_scalars(order)
@@ -292,7 +293,7 @@ def _finish(P: Plan) -> None:
         k.id = i
 
     # materialized: everything some other kernel reads, and the outputs
-    mat = set(P._out_ids)
+    mat = set(P._out_ids) | {storage(n).id for n in list(P.outputs) + [u for _, u in P.updates]}  # an output view
     for k in P.kernels:
         mat.update(r for r in k.reads)
     P.materialized = {i for i in mat if i in P.producer}

@@ -297,7 +297,7 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names) -> str
     for m_id, b in var_all.items():
         var.setdefault(m_id, b)
     body += [f"        np.copyto({var[leaf.id]}, {arg(u)})" for leaf, u in py_copies]
-    rets = [arg(o) for o in L.outputs]
+    rets = [written.get(o.id) or arg(o) for o in L.outputs]  # a constant or host scalar output: its buffer
     lines = ["def make(rt, S, B):"] + pre + ["    " + s for s in setup]
     lines.append(f"    def {name}({', '.join(f'f{k}' for k in range(nf))}):")
     lines += [f"        # f{k} = {comment(f.name)} {shape_str(f.shape)} {f.dtype}" for k, f in enumerate(L.feeds)]
