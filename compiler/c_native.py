@@ -72,6 +72,12 @@ def _size(space) -> int:
     return n
 
 
+def safe(text: str) -> str:
+    """A `//` comment's text: one line (dtypes.comment) that cannot splice the next
+    line into it (no backslash) nor spell a trigraph."""
+    return text.replace("\\", "/").replace("??", "?")
+
+
 class NativeKernel(CKernel):
     """A kernel as a static C function: nested loops (elementwise) or a loop over
     output points with a loop per reduction step (reduce). `preset` (an Ex key ->
@@ -84,7 +90,7 @@ class NativeKernel(CKernel):
     def function(self) -> str:
         K = self.K
         body = self._elementwise() if K.kind == "elementwise" else self._reduce()
-        return ("\n".join(self.head()) + f"\nstatic void {self.name}({self.param_list()}) {{\n"
+        return ("\n".join(safe(h) for h in self.head()) + f"\nstatic void {self.name}({self.param_list()}) {{\n"
                 + "\n".join(body) + "\n}\n")
 
 

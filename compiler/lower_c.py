@@ -23,12 +23,16 @@ from dataclasses import dataclass, field
 from . import plan
 from .c_fusion import velocity_gemms
 from .c_kernel import CTYPE, dim, literal_c, prod
-from .c_native import NativeKernel, prelude
-from .dtypes import comment
+from .c_native import NativeKernel, prelude, safe
+from .dtypes import comment as _comment
 from .kernel_ir import Kernel, through
 from .node import Node, shape_str
 from .ops import OPS, cuda_expr
 
+
+
+def comment(text) -> str:
+    return safe(_comment(text))
 
 
 @dataclass

@@ -238,3 +238,16 @@ def test_compile_emit_c_shows_the_source_lines(capsys):
     assert "void netc_train_step_0(const long long B, void* const* P, const double* H)" in out
     assert "mnist_mlp.net:7" in out and "netc_sgemm(" in out
     assert "fused: GEMM" in out  # the heavy-ball update in the weight GEMM
+
+
+def test_source_names_cannot_splice_lines_into_the_c():
+    """A file name ending in a backslash (or spelling a trigraph) stays inside its comment:
+    `//` comments would otherwise swallow the next line of C."""
+    m = netc.Model(MOMENTUM, "evil??/\\", backend="native")
+    fn = m.program.step
+    body = fn.c_source.split("/* ---- end netc runtime hooks ---- */")[-1]
+    assert "evil" in body
+    assert not [ln for ln in body.splitlines() if "//" in ln and ("\\" in ln or "??" in ln)]
+    x = np.ones((8, 12), np.float32)
+    (loss,) = fn(m.state, x, np.zeros(8, np.int64), 0.1, 0.9)
+    assert np.isfinite(loss)
