@@ -170,7 +170,7 @@ def analyze(model, x: np.ndarray, t, *, k: int = 5, matrix: str = "hessian", ste
                         f"exist to report; ask for fewer")
     bb_fn = curvature_diagonal_function(prog)
     with np.errstate(all="ignore"):
-        bb = bb_fn(state, *data[:len(bb_fn.feeds)])
+        bb = [np.array(b, dtype=np.float64) for b in bb_fn(state, *data[:len(bb_fn.feeds)])]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     rows = []
     for i, (name, shape, b) in enumerate(zip(names, shapes, bb)):

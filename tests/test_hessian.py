@@ -5,6 +5,7 @@ command's table, JSON and located errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import netc
 from netc.cli import main
 from netc.compiler.errors import NetcError
 from netc.compiler.gauss_newton import gauss_newton_vector_function
+from netc.gradcheck import sample_batch
 from netc.hessian import analyze, lanczos
 from test_eigen import SPEC, data, exact_hessian
 
@@ -122,6 +124,23 @@ def test_per_parameter_diagonal_against_the_exact_gauss_newton_diagonal():
             assert row.diagonal_se == 0 and row.diagonal == pytest.approx(exact, rel=1e-8)
         else:  # 20 and 15 entries: 12 random-sign probes of the block
             assert 0 < row.diagonal_se < 0.3 * exact and abs(row.diagonal - exact) < 3 * row.diagonal_se, (row, exact)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net")),
+                         ids=lambda p: p.name)
+def test_gauss_newton_products_of_every_shipped_spec_are_symmetric_and_positive(path):
+    """u^T G v = v^T G u and v^T G v >= 0 for random u, v on a few real examples (the
+    contractive penalty, shortcuts and convolutions included)."""
+    m = netc.compile(path, dtype="float64")
+    names = list(m.program.spec.params)
+    gv = gauss_newton_vector_function(m.program)
+    rng = np.random.default_rng(0)
+    feeds = sample_batch(m, 4, rng)[:len(gv.feeds) - len(names)]
+    u, v = ([rng.normal(size=m.state[n].shape) for n in names] for _ in range(2))
+    gu, gv_ = ([o.copy() for o in gv(m.state, *feeds, *w)] for w in (u, v))
+    dot = lambda a, b: sum(float(np.sum(x * y)) for x, y in zip(a, b))  # noqa: E731
+    assert dot(u, gv_) == pytest.approx(dot(v, gu), rel=1e-10)
+    assert dot(v, gv_) > 0 and dot(u, gu) > 0
 
 
 def test_single_layer_bbprop_is_the_exact_diagonal():
