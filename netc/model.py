@@ -440,8 +440,8 @@ class Model:
         return Refresher(self.program, gamma=gamma, chunk=self.train_cfg.eval_batch).refresh(state, x)
 
     def function(self, name: str = "loss", wrt: list[str] | None = None):
-        """A compiled NumPy function of the spec's inputs: `loss` (with the
-        gradients w.r.t. the parameters in `wrt` appended) or `output`."""
+        """A compiled function of the spec's inputs (on the model's CPU backend, native or
+        NumPy): `loss` (with the gradients w.r.t. the parameters in `wrt` appended) or `output`."""
         prog = self.program
         if name == "loss":
             outs = [prog.loss] + [prog.grads[w] for w in (wrt or [])]
@@ -449,7 +449,8 @@ class Model:
             outs = [prog.output]
         else:
             raise NetcError(f"unknown function {name!r}; choose 'loss' or 'output'")
-        fn = prog.function(outs, prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()), name=name)
+        fn = prog.function(outs, prog.spec.feeds if name == "loss" else list(prog.spec.inputs.values()), name=name,
+                           backend="native" if prog.backend == "native" else "numpy")
         state = self._state("function")
         return lambda *feeds: tuple(o.copy() for o in fn(state, *feeds))
 
