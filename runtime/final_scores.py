@@ -6,9 +6,8 @@ validation set only, so the test error stays an estimate of unseen data
 [PR 3.4]. `test_every = epoch` adds per-epoch test rows to metrics.jsonl for
 those who want the curve; the summary's test score is still this one.
 
-Real targets also get R^2 (scikit-learn's r2_score, which does not change when
-the targets and outputs are rescaled together) and the mean squared error on
-the targets as training fed them.
+Real targets also get R^2 (scikit-learn's r2_score) and the mean squared error,
+both in the target's own units (normalize_target's inverse applied first).
 """
 from __future__ import annotations
 
