@@ -163,8 +163,3 @@ def bind_text(source: str, values: list[tuple[FreeDim, int]]) -> str:
         lines[i] = line[:c] + str(int(v)) + line[c + 1:]
     return "\n".join(lines)
 
-
-def shape_text(shape, unknown: tuple | None = None) -> str:
-    """A shape as `netc check` shows it: B for the batch, ? for a size the data gives."""
-    dims = unknown if unknown is not None else shape
-    return "[" + ", ".join("B" if d is None else str(d) for d in dims) + "]"
