@@ -22,6 +22,7 @@ from .spec import Spec
 from .values import Builtin, Env, ParamSet, UserFn, as_tensor, bind, kind_of, sizes, whole_number
 
 MAX_ERRORS = 20
+BLOCKS = ("data", "train", "search", "pretrain")  # pretrain: read by netc/pretrain.py
 
 
 class _Poisoned(Exception):
@@ -184,9 +185,9 @@ class _Context:
                 elif name in ("loss", "output"):
                     raise SpecError(f"'{name}' must be a tensor expression, got {kind_of(value)}", v.loc)
             case S.Block(name=name, entries=entries):
-                if name not in ("data", "train", "search"):
-                    raise SpecError(f"unknown block '{name}'; expected data, train or search", st.loc,
-                                    hint=did_you_mean(name, ["data", "train", "search"]))
+                if name not in BLOCKS:
+                    raise SpecError(f"unknown block '{name}'; expected data, train, search or pretrain", st.loc,
+                                    hint=did_you_mean(name, list(BLOCKS)))
                 if name in sp.blocks:
                     raise SpecError(f"a second '{name}' block", st.loc)
                 sp.blocks[name] = [block_entry(e) for e in entries]
