@@ -162,12 +162,15 @@ def _hostile_run(made: Path, name: str) -> Path:
     if run.exists():
         shutil.rmtree(run)
     shutil.copytree(made / "run_a", run)
-    lines = []
+    lines, hostile = [], 0
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
-        row["layers"][HOSTILE] = row["layers"].pop("h")
-        row["params"]["$\\frac{x}{" + HOSTILE] = row["params"].pop("h.W")  # mathtext in a label: drawn as text
+        if "layers" in row:  # statistics are taken at some epochs only (runtime/stats.py)
+            row["layers"][HOSTILE] = row["layers"].pop("h")
+            row["params"]["$\\frac{x}{" + HOSTILE] = row["params"].pop("h.W")  # mathtext in a label: drawn as text
+            hostile += 1
         lines.append(json.dumps(row))
+    assert hostile, "no row with statistics to make hostile"
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n{cut short")
     summary = json.loads((run / "summary.json").read_text())
     summary["spec"] = HOSTILE
