@@ -257,6 +257,9 @@ class TrainConfig(_Strict):
                                                                           "every N updates [RV]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None, description="threads of the native backend's GEMMs and loops: a number, or auto (the default: "
+                          "$NETC_THREADS, else the cores no other process is busy on; a tiny step runs on one)")
     test_every: Literal["end", "epoch"] = Field(
         "end", description="end: the test set is evaluated once, on the final parameters (nothing "
                            "is tuned on it); epoch: also at each epoch's end (metrics.jsonl)")
