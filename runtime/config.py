@@ -252,9 +252,11 @@ class TrainConfig(_Strict):
                                                                         "last misclassified more often [EB 4.2]")
     interleave: bool = Field(False, description="present consecutive examples from different classes [EB 4.2]")
     lr: float | Auto | None = Field(None, description="overrides the method's rate: a number or auto(eigen)")
-    transforms: Never | Every = Field(default_factory=Never, description="every(N, gamma, sample): re-estimate "
-                                                                          "transformed units' alpha, beta (gamma) "
-                                                                          "every N updates [RV]")
+    transforms: Never | Every = Field(default_factory=Never, description="every(N, gamma = false, sample = 10000): "
+                                                                          "before the first update and every N, "
+                                                                          "re-estimate the transformed units' alpha, "
+                                                                          "beta (and gamma) on a fresh sample, "
+                                                                          "keeping the function [RV]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
