@@ -55,13 +55,15 @@ void fused_tanh_bias(const float* restrict x, const float* restrict b, float* re
     return "".join(out)
 
 
-def median_time(fn, min_s=0.02) -> float:
+def median_time(fn, calls=5) -> float:
+    """The median of a few single calls (a busy machine preempts long windows)."""
     fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_s:
+    ts = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
         fn()
-        n += 1
-    return (time.perf_counter() - t0) / n
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
 
 
 def main() -> None:
@@ -88,12 +90,14 @@ def main() -> None:
         for _ in range(args.repeats):
             for key, fn in runs.items():
                 times[key].append(median_time(fn))
-        print(f"\nn = {n}: ns per element (median of {args.repeats}), one thread")
-        print(f"{'':10s}{'netc vector':>14s}{'libm scalar':>14s}{'numpy':>14s}{'numpy/netc':>12s}")
+        print(f"\nn = {n}: ns per element, median (best) of {args.repeats}, one thread")
+        print(f"{'':10s}{'netc vector':>16s}{'libm scalar':>16s}{'numpy':>16s}{'numpy/netc':>12s}")
         for k in FUNCS:
-            t = {c: statistics.median(times[(k, c)]) / n * 1e9 for c in ("netc vector", "libm scalar", "numpy")}
-            print(f"{k:10s}{t['netc vector']:14.3f}{t['libm scalar']:14.3f}{t['numpy']:14.3f}"
-                  f"{t['numpy'] / t['netc vector']:12.2f}")
+            cols = ("netc vector", "libm scalar", "numpy")
+            t = {c: statistics.median(times[(k, c)]) / n * 1e9 for c in cols}
+            m = {c: min(times[(k, c)]) / n * 1e9 for c in cols}
+            print(f"{k:10s}" + "".join(f"{t[c]:9.3f} ({m[c]:.3f})" for c in cols)
+                  + f"{t['numpy'] / t['netc vector']:12.2f}")
     cores = available_cores()
     print(f"\nfused tanh(x + b), x: B x 800, b: 800; ms per call (median), 1 vs {cores} threads")
     print(f"{'B':>8s}{'elements':>10s}{'1 thread':>12s}{f'{cores} threads':>12s}{'numpy':>10s}")
