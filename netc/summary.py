@@ -9,7 +9,7 @@ import importlib.resources
 import shlex
 from pathlib import Path
 
-STOPPED = {"epochs": "ran all its epochs", "early": "stopped early: no better validation score came",
+STOPPED = {"epochs": "ran all its epochs", "early": "stopped early: validation stopped improving",
            "interrupted": "interrupted"}
 
 
@@ -40,7 +40,7 @@ def _scores(s: dict) -> list[str]:
         cells = {"error": _pct(s.get(f"{name}_error")), "R^2": _num(s.get(f"{name}_r2")),
                  "MSE": _num(s.get(f"{name}_mse")), "loss": _num(s.get(f"{name}_loss"))}
         if name == "valid" and s.get("best_epoch") and s.get("stopped") == "early":
-            note = f"the best epoch's, {s['best_epoch']}, kept"
+            note = f"kept: epoch {s['best_epoch']}'s parameters, the best"
         rows.append((label, [cells[c] for c in cols], note))
     if not rows:
         return []
