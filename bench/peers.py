@@ -84,6 +84,12 @@ def run_one(system: str, d: Path, python: str, args) -> dict:
     cmd = [python, str(HERE / "peers_impl.py"), system, str(d), "--epochs", str(args.epochs),
            "--small-steps", str(args.small_steps)]
     env = dict(os.environ)
+    if args.threads:  # every system alike: netc, the BLASes, OpenMP, PyTorch, XLA
+        n = str(args.threads)
+        env.update(NETC_THREADS=n, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, MKL_NUM_THREADS=n)
+        if args.threads == 1:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                "intra_op_parallelism_threads=1").strip()
     if system in PEERS:  # the peers' interpreter must not see netc's environment
         env.pop("PYTHONPATH", None)
         env.pop("VIRTUAL_ENV", None)
@@ -128,6 +134,9 @@ def main(argv=None) -> int:
     ap.add_argument("--small-steps", type=int, default=300, help="steps per timed block of the small network")
     ap.add_argument("--peers-python", default=sys.executable, help="the interpreter for JAX and PyTorch")
     ap.add_argument("--systems", default=",".join(ORDER), help="comma-separated subset of: " + ", ".join(ORDER))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for every system (NETC_THREADS, OMP/OpenBLAS/MKL, PyTorch, XLA); "
+                         "default: each its own choice. 1 gives steadier figures on a busy machine")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per process")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -157,6 +166,7 @@ def main(argv=None) -> int:
     rows = summarize(results)
     print(f"MNIST 784-800-800-10 tanh, B {mlp_epoch.B}, sgd momentum {mlp_epoch.MU}, float32, "
           f"{args.examples} examples; median of epochs 2-{args.epochs}, {args.repeats} process(es) each; "
+          f"threads {args.threads or 'default'}; "
           f"load {load0[0]:.2f} -> {load1[0]:.2f} ({os.cpu_count()} cores)")
     print(f"  {'system':<28} {'s/epoch':>8} {'peak RSS':>9} {'small us':>9} {'1st loss':>9} "
           f"{'ep1 loss':>9}   runs / notes")

@@ -308,6 +308,8 @@ def torch_system():
         import torch.nn.functional as F
     except ImportError as e:
         raise Skip(f"torch is not importable in {sys.executable}") from e
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     class Runner:
         def __init__(self, x, t, w, forward):
