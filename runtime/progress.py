@@ -55,11 +55,14 @@ class Progress:
         self.start = self.last = time.perf_counter()
         self.postfix = ""
         self.width = 0  # the longest line drawn (a notebook has no erase-to-end-of-line)
+        self.finished: float | None = None  # when the last example was done (the rate stops there)
 
     def update(self, n: int, **postfix) -> None:
         self.done += n
         if postfix:
             self.postfix = "  ".join(f"{k} {_fmt(v)}" for k, v in postfix.items())
+        if self.done >= self.total and self.finished is None:
+            self.finished = time.perf_counter()
         if self.mode in REDRAW:
             now = time.perf_counter()
             if now - self.last > REDRAW[self.mode] or self.done >= self.total:
@@ -70,7 +73,7 @@ class Progress:
         frac = min(1.0, self.done / self.total)
         width = 24
         bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-        rate = self.done / max(now - self.start, 1e-9)
+        rate = self.done / max((self.finished or now) - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else 0
         return (f"{self.label} [{bar}] {frac * 100:5.1f}%  {rate:,.0f} ex/s  "
                 f"eta {eta:4.0f}s  {self.postfix}").rstrip()
@@ -84,7 +87,11 @@ class Progress:
         self.width = max(self.width, len(text))
         self.stream.flush()
 
-    def close(self) -> None:
+    def close(self, **scores) -> None:
+        """The last state, with `scores` (the epoch's validation error, computed after its
+        last step) after the running loss."""
+        if scores:
+            self.postfix = "  ".join([self.postfix] * bool(self.postfix) + [f"{k} {_fmt(v)}" for k, v in scores.items()])
         if self.mode in REDRAW:
             self._draw(time.perf_counter())
             self.stream.write("\n")

@@ -231,7 +231,6 @@ class _Minibatches:
         self.before_last = None
         self.stats_now = cfg.stats and stats.due(epoch, epochs, self.stats_every)
         stop = self._steps(epoch, bar, t0)
-        bar.close()
         ts.cursor = None
         epoch_loss = c.loss_sum / max(c.seen, 1)
         self.rate.end_epoch(ts.rate, epoch, epoch_loss, ts.watch.best_epoch_loss)
@@ -243,6 +242,8 @@ class _Minibatches:
             self.average.end_epoch(ts.average, ts.arrays, epoch)
         self.train_seconds += time.perf_counter() - t0
         row = self._epoch_row(epoch, epoch_loss, t0)
+        e = row.get("valid_error")
+        bar.close(**({"valid_error": f"{e * 100:.2f}%"} if e is not None else {}))  # the bar's last state
         if self.refresher is not None:
             row["transform_drift"] = c.drift  # the largest relative output change a refresh caused
         self.history.append(row)

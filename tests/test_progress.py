@@ -35,12 +35,13 @@ def test_fit_in_a_notebook_draws_a_bar_on_the_cells_stdout(monkeypatch, capsys):
     _fake_ipython(monkeypatch, "ZMQInteractiveShell")
     assert in_notebook()
     x, t = make_problem()
-    netc.compile(NET).fit(x, t)
+    netc.compile(NET).fit(x[:150], t[:150], valid=(x[150:], t[150:]))
     out = capsys.readouterr()
     assert "\r" in out.out and "epoch 1/2 [" in out.out and "epoch 2/2 [" in out.out
     assert "\x1b" not in out.out  # no terminal escapes in a notebook: spaces cover a longer line
     finished = out.out.split("\n")[:-1]
-    assert len(finished) == 2 and all("100.0%" in line.rsplit("\r", 1)[-1] for line in finished)
+    last = [line.rsplit("\r", 1)[-1] for line in finished]  # what each epoch's line shows in the end
+    assert len(last) == 2 and all("100.0%" in line and "valid_error" in line for line in last)
     assert out.err == ""
 
 
