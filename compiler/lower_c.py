@@ -18,6 +18,7 @@ reach the source only in comments (`comment`), dtypes only from `DTYPES`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import plan
@@ -46,6 +47,7 @@ class Rendered:
     lowering: plan.Lowering
     host_in_c: bool
     fused_gemms: list[str] = field(default_factory=list)  # "k3 -> velocity name" notes
+    allocs: list = field(default_factory=list)  # the plan's buffers this function uses (b<n>, shape, dtype)
 
 
 def gemm_operand(x: Node):
@@ -143,7 +145,8 @@ def render(L: plan.Lowering, name: str, profile: bool = False, fuse_velocity: bo
             gen = NativeKernel(k, f"{name}_k{k.id}", P)
             gen.preset, gen.skip = fusion.presets(k), fusion.skips(k)
             funcs.append(gen.function())
-            args = ["B" if p.role == "B" else cvar[p.node.id] for p in gen.params]
+            unread = {f.gemm.members[0].id for f in fusion.values() if f.update is k}  # the velocity GEMM's product
+            args = ["B" if p.role == "B" else "NULL" if p.node.id in unread else cvar[p.node.id] for p in gen.params]
             cur().append(_timed(f"    {gen.name}({', '.join(args)});  // {k.kind} ({k.phase}) [{where}]", k.id, profile, name))
         else:  # a library call (or a GEMM BLAS cannot read in place): NumPy, between segments
             seg_py[-1].append((i, k))
@@ -166,6 +169,8 @@ def render(L: plan.Lowering, name: str, profile: bool = False, fuse_velocity: bo
         finals = []
     cur().extend(finals)
 
+    c_used = set(re.findall(r"\bb\d+\b", "\n".join(ln for seg in segments for ln in seg)))
+    ctype_of = {v: t for v, t in ctype_of.items() if not v.startswith("b") or v in c_used}
     head = _segment_head(L, slot, ctype_of, P, hyper_slot, host_in_c)
     c = [f"// ==== {comment(name)}: {len(P.kernels)} kernels; feeds "
          f"{', '.join(comment(f.name) for f in L.feeds) or '(none)'} ===="]
@@ -180,8 +185,8 @@ def render(L: plan.Lowering, name: str, profile: bool = False, fuse_velocity: bo
         c += head
         c += lines
         c.append("}")
-    py = _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, names)
-    return Rendered(name, "\n".join(c) + "\n", py, names, L, host_in_c, notes)
+    py, allocs = _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, names, c_used)
+    return Rendered(name, "\n".join(c) + "\n", py, names, L, host_in_c, notes, allocs)
 
 
 def _segment_head(L, slot, ctype_of, P, hyper_slot, host_in_c) -> list[str]:
@@ -226,7 +231,9 @@ def _shape_py(shape) -> str:
     return "(" + "".join(("B" if d is None else str(d)) + ", " for d in shape) + ")"
 
 
-def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names) -> str:
+def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names, c_used) -> tuple[str, list]:
+    """The glue's source, and the buffers it allocates: those the C or the glue use
+    (a GEMM that writes its velocity leaves its product's buffer unused)."""
     from .lower_cuda import _host_scalars, _library_call
     from .lower_numpy import _literal
     P, bufs = L.fused, L.buffers
@@ -237,13 +244,9 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names) -> str
     for k, s in enumerate(L.state):
         var[s.id] = f"s{k}"
         pre.append(f"    s{k} = S[{s.name!r}]  # {s.op} {shape_str(s.shape)} {s.dtype}")
-    pre += [f"    {b} = rt.empty({_shape_py(shape)}, {dtype!r})  # {shape_str(shape)}"
-            for b, shape, dtype in bufs.allocs]
+    pre.append("    # BUFFERS")
     pre.append(f"    P = rt.table({nf + ns + len(bufs.allocs)})")
-    alive = [f"s{k}" for k in range(ns)] + [b for b, _, _ in bufs.allocs]
-    pre.append(f"    rt.alive = ({''.join(a + ', ' for a in alive)})  # the C side holds their addresses")
     pre += [f"    P[{nf + k}] = rt.address(s{k})" for k in range(ns)]
-    pre += [f"    P[{nf + ns + int(b[1:])}] = rt.address({b})" for b, _, _ in bufs.allocs]
     nh = max(hyper_slot.values(), default=-1) + 1
     pre.append(f"    H = rt.hypers({max(nh, 1)})")
     pre += [f"    C{j} = rt.fns[{j}]" for j in range(len(seg_names))]
@@ -302,13 +305,21 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names) -> str
         var.setdefault(m_id, b)
     body += [f"        np.copyto({var[leaf.id]}, {arg(u)})" for leaf, u in py_copies]
     rets = [written.get(o.id) or arg(o) for o in L.outputs]  # a constant or host scalar output: its buffer
+    used = c_used | set(re.findall(r"\bb\d+\b", "\n".join(body + setup + rets)))
+    allocs = [a for a in bufs.allocs if a[0] in used]
+    alive = [f"s{k}" for k in range(ns)] + [b for b, _, _ in allocs]
+    at = pre.index("    # BUFFERS")
+    pre[at:at + 1] = ([f"    {b} = rt.empty({_shape_py(shape)}, {dtype!r})  # {shape_str(shape)}"
+                       for b, shape, dtype in allocs]
+                      + [f"    rt.alive = ({''.join(a + ', ' for a in alive)})  # the C side holds their addresses"])
+    pre += [f"    P[{nf + ns + int(b[1:])}] = rt.address({b})" for b, _, _ in allocs]
     lines = ["def make(rt, S, B):"] + pre + ["    " + s for s in setup]
     lines.append(f"    def {name}({', '.join(f'f{k}' for k in range(nf))}):")
     lines += [f"        # f{k} = {comment(f.name)} {shape_str(f.shape)} {f.dtype}" for k, f in enumerate(L.feeds)]
     lines += body
     lines.append(f"        return ({', '.join(rets)}{',' if len(rets) == 1 else ''})")
     lines.append(f"    return {name}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", allocs
 
 
 def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node] | None = None,
@@ -337,7 +348,7 @@ def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True) -> list:
         impls = [(OPS[h.op].impl, h.a, np.dtype(h.dtype).type) for h in host_nodes]
         fns.append(NativeFunction(name, R.py_source, [f.name for f in L.feeds], [s.name for s in L.state],
                                   list(L.outputs), len(L.order), _maker(R.py_source, name, impls),
-                                  buffers=list(L.buffers.allocs), segments=R.segments,
+                                  buffers=list(R.allocs), segments=R.segments,
                                   fused_gemms=R.fused_gemms, plan=L.fused))
     source = prelude() + "".join(texts)
     for f in fns:
