@@ -90,6 +90,8 @@ class Model:
         self.device = device = validate.choice(device, validate.DEVICES, "device")
         read_use = sources.read_use if embedded is None else sources.embedded(embedded, file)
         backend = choose_backend(backend, device)  # native (C) where a compiler is, else numpy; cuda on a gpu
+        if backend == "native" and not allocate:  # netc check: nothing runs, so no C is compiled
+            backend = "numpy"
         require_backend(backend)  # fail before compiling
         self.options = {"seed": seed, "dtype": dtype, "debug": debug, "device": device, "train": train}  # run.json
         self.base: Path | None = None  # where the data block's files are (a resumed run's recorded folder)
