@@ -6,9 +6,9 @@ target, the output otherwise) or, with --proba, `Model.predict_proba`; the
 input normalization the run fitted is applied, as the model does. DATA is
 read by the loaders the data block uses (runtime/data.py), so a bad file is
 refused the same way, naming the file and the record: a CSV (features only,
-or with the run's target column, which is dropped), an .npz (array `x`), an
-.npy array, or an IDX file (gzipped or not; uint8 images scaled to [0, 1]
-as mnist() reads them)."""
+or with the run's target column, which is dropped), an .npz (array `x`, or
+the one the run's npz sources name), an .npy array, or an IDX file (gzipped
+or not; uint8 images scaled to [0, 1] as mnist() reads them)."""
 from __future__ import annotations
 
 import io
@@ -36,13 +36,14 @@ def input_width(model) -> int | None:
     return math.prod(xs[0].shape[1:])
 
 
-def _run_target(model):
-    """The target column the run's CSV sources name (csv(..., target = ...); default the last)."""
+def _run_source(model, kind: str, key: str, default):
+    """What the run's data block says for sources of `kind`: csv(..., target = ...) (the
+    target column, default the last), npz(..., x = ...) (the features' array, default x)."""
     cfg = model.data_cfg
     for src in (cfg.train, cfg.valid, cfg.test):
-        if src is not None and src.kind == "csv":
-            return src.kwargs.get("target", -1)
-    return -1
+        if src is not None and src.kind == kind:
+            return src.kwargs.get(key, default)
+    return default
 
 
 def read_examples(path: Path, model) -> data.Dataset:
@@ -54,10 +55,10 @@ def read_examples(path: Path, model) -> data.Dataset:
     if name.endswith(".csv"):
         ds = data.csv(path, target=None)
         if width is not None and ds.x.shape[1] == width + 1:  # the labelled file: drop the target column
-            ds = data.csv(path, target=_run_target(model))
+            ds = data.csv(path, target=_run_source(model, "csv", "target", -1))
             ds = data.Dataset(ds.x, None, ds.name, ds.source, ds.lines)
     elif name.endswith(".npz"):
-        ds = data.npz(path, x="x", t=None)
+        ds = data.npz(path, x=str(_run_source(model, "npz", "x", "x")), t=None)
     elif name.endswith(".npy"):
         try:
             a = np.load(path, allow_pickle=False)

@@ -142,3 +142,13 @@ def test_check_warns_when_there_is_no_loss(tmp_path, capsys):
     (tmp_path / "ok.net").write_text("input x : [3]\ntarget t : [2]\ny = dense(x, 2)\nloss = mse(y, t)\n")
     assert main(["check", str(tmp_path / "ok.net")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_an_npz_is_read_with_the_runs_array_name(tmp_path):
+    x, t = make_problem()
+    np.savez(tmp_path / "d.npz", images=x, labels=t)
+    (tmp_path / "s.net").write_text(CLASSIFIER + 'data {\n    train = npz("d.npz", x = "images", t = "labels")\n}\n'
+                                    "train {\n    epochs = 1\n}\n")
+    assert main(["train", str(tmp_path / "s.net"), "--out", str(tmp_path / "r"), "--no-progress", "--json"]) == 0
+    assert main(["predict", str(tmp_path / "r"), str(tmp_path / "d.npz"), "--out", str(tmp_path / "p.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), netc.load(tmp_path / "r").predict(x))
