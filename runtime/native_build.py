@@ -127,15 +127,28 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:40] or "netc"
 
 
-def _sweep(d: Path, age_s: float = 86400.0) -> None:
-    """Remove temporaries a killed compile left behind (a day old: no live compile takes that long)."""
+MAX_OBJECTS = 256  # the cache keeps the objects used most recently (each is ~50-200 kB)
+
+
+def _sweep(d: Path, age_s: float = 86400.0, keep: int = MAX_OBJECTS) -> None:
+    """Before a compile: remove temporaries a killed compile left behind (a day old: no
+    live compile takes that long) and all but the `keep` most recently used objects
+    (a hit touches its object). Removing an object another process has loaded is safe
+    (its mapping stays); one about to load it compiles it again."""
     now = time.time()
-    for f in d.glob(".*"):
+    objects = []
+    for f in d.iterdir():
         try:
-            if now - f.stat().st_mtime > age_s:
-                f.unlink()
+            st = f.stat()
+            if f.name.startswith("."):
+                if now - st.st_mtime > age_s:
+                    f.unlink()
+            elif f.suffix in (".so", ".c"):
+                objects.append((st.st_mtime, f))
         except OSError:
             pass
+    for _, f in sorted(objects, reverse=True)[keep:]:
+        f.unlink(missing_ok=True)
 
 
 def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> Path:
@@ -148,6 +161,10 @@ def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None)
     d = cache_dir()
     final = d / f"{_safe(name)}-{key[:32]}.so"
     if final.is_file():
+        try:
+            os.utime(final)  # most recently used: the last the sweep removes
+        except OSError:
+            pass
         return final
     d.mkdir(parents=True, exist_ok=True)
     _sweep(d)

@@ -4,6 +4,7 @@ C hooks that join them (compiler/c_runtime.py)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -38,12 +39,25 @@ def _src(tag: str) -> str:
 @needs_cc
 def test_build_caches_by_source_and_flags_and_loads(cache):
     p1 = nb.build(_src("1"))
-    mtime = p1.stat().st_mtime_ns
-    assert nb.build(_src("1")) == p1 and p1.stat().st_mtime_ns == mtime  # a hit compiles nothing
+    inode = p1.stat().st_ino
+    assert nb.build(_src("1")) == p1 and p1.stat().st_ino == inode  # a hit compiles nothing
     assert nb.build(_src("2")) != p1
     assert nb.build(_src("1"), flags=nb.FLAGS + ("-DNETC_X=1",)) != p1
     assert nb.load(_src("2")).netc_answer(40) == 42
     assert sorted(f.suffix for f in cache.iterdir()) == [".so"] * 3  # no temporaries left
+
+
+@needs_cc
+def test_cache_keeps_the_most_recently_used_objects(cache, monkeypatch):
+    monkeypatch.setattr(nb, "_sweep", functools.partial(nb._sweep, keep=1))
+    first = nb.build(_src("10"))
+    second = nb.build(_src("11"))
+    os.utime(first, (1, 1))  # used long ago ...
+    nb.build(_src("10"))  # ... and now again: a hit refreshes it
+    third = nb.build(_src("12"))  # a miss sweeps down to the most recent one, then adds its own
+    assert {f.name for f in cache.iterdir()} == {first.name, third.name}
+    assert not second.exists()
+
 
 
 @needs_cc
