@@ -91,7 +91,8 @@ class Progress:
         """The last state, with `scores` (the epoch's validation error, computed after its
         last step) after the running loss."""
         if scores:
-            self.postfix = "  ".join([self.postfix] * bool(self.postfix) + [f"{k} {_fmt(v)}" for k, v in scores.items()])
+            extra = [f"{k} {_fmt(v)}" for k, v in scores.items()]
+            self.postfix = "  ".join([self.postfix] * bool(self.postfix) + extra)
         if self.mode in REDRAW:
             self._draw(time.perf_counter())
             self.stream.write("\n")
