@@ -127,14 +127,15 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:40] or "netc"
 
 
-MAX_OBJECTS = 256  # the cache keeps the objects used most recently (each is ~50-200 kB)
+MAX_BYTES = 256 << 20  # the cache keeps the most recently used objects up to this size
+# (objects are 15-300 kB: thousands of them, so the test suite's hundreds of kernels stay cached)
 
 
-def _sweep(d: Path, age_s: float = 86400.0, keep: int = MAX_OBJECTS) -> None:
-    """Before a compile: remove temporaries a killed compile left behind (a day old: no
-    live compile takes that long) and all but the `keep` most recently used objects
-    (a hit touches its object). Removing an object another process has loaded is safe
-    (its mapping stays); one about to load it compiles it again."""
+def _sweep(d: Path, age_s: float = 3600.0, keep_bytes: int = MAX_BYTES) -> None:
+    """Before a compile: remove temporaries a killed compile left behind (an hour old: no
+    live compile takes that long) and the least recently used objects beyond
+    `keep_bytes` (a hit touches its object). Removing an object another process has
+    loaded is safe (its mapping stays); one about to load it compiles it again."""
     now = time.time()
     objects = []
     for f in d.iterdir():
@@ -144,11 +145,14 @@ def _sweep(d: Path, age_s: float = 86400.0, keep: int = MAX_OBJECTS) -> None:
                 if now - st.st_mtime > age_s:
                     f.unlink()
             elif f.suffix in (".so", ".c"):
-                objects.append((st.st_mtime, f))
+                objects.append((st.st_mtime, st.st_size, f))
         except OSError:
             pass
-    for _, f in sorted(objects, reverse=True)[keep:]:
-        f.unlink(missing_ok=True)
+    total = 0
+    for _, size, f in sorted(objects, key=lambda o: o[0], reverse=True):
+        total += size
+        if total > keep_bytes:
+            f.unlink(missing_ok=True)
 
 
 def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> Path:

@@ -49,8 +49,8 @@ def test_build_caches_by_source_and_flags_and_loads(cache):
 
 @needs_cc
 def test_cache_keeps_the_most_recently_used_objects(cache, monkeypatch):
-    monkeypatch.setattr(nb, "_sweep", functools.partial(nb._sweep, keep=1))
     first = nb.build(_src("10"))
+    monkeypatch.setattr(nb, "_sweep", functools.partial(nb._sweep, keep_bytes=first.stat().st_size))
     second = nb.build(_src("11"))
     os.utime(first, (1, 1))  # used long ago ...
     nb.build(_src("10"))  # ... and now again: a hit refreshes it
