@@ -232,6 +232,9 @@ def test_early_stopping_restores_the_validated_network_buffers_included(tmp_path
     assert float(m.function("loss")(x[200:], t[200:])[0]) == pytest.approx(best["valid_loss"], rel=1e-12)
     with np.load(tmp_path / "run" / "params.npz") as z:
         assert not np.array_equal(z["a/live/s1.alpha"], z["a/state/s1.alpha"])  # refreshed after the best
+        assert "a/best/arrays/s1.gamma" in z.files  # the best copy holds the buffers (resume keeps it)
+    loaded = netc.load(tmp_path / "run")
+    assert float(loaded.function("loss")(x[200:], t[200:])[0]) == pytest.approx(best["valid_loss"], rel=1e-12)
 
 
 def test_polyak_average_is_one_network_through_refreshes():
