@@ -83,18 +83,21 @@ def decide(requested=None, step_flops: float | None = None, env=None, busy: int 
     busy = busy_cores() if busy is None else busy
     n = max(1, min(cores, cores - busy))
     if n < cores:
-        return ThreadPlan(n, n, par_min, f"{n} of {cores} threads: {busy} runnable threads of other processes "
+        return ThreadPlan(n, n, par_min, f"{n} of {cores} threads: {busy} tasks of other processes are runnable on these cores "
                                          f"(set threads or NETC_THREADS to override)")
     return ThreadPlan(cores, cores, par_min, f"{cores} threads (the cores this process may use)")
 
 
 def busy_cores(samples: int = 5) -> int:
-    """Cores other processes are running on now: /proc/stat's procs_running less this
-    process's own runnable threads, the median of a few samples 1 ms apart. Threads
-    beyond the free cores stall every barrier of a parallel loop (2 threads on a
-    2-core machine at load 7 ran a loop 7x slower than 1 thread, bench/c_math.py)."""
+    """Of the cores this process may use, how many other processes are running on now:
+    /proc/stat's procs_running less this process's own runnable threads (the median
+    of a few samples 1 ms apart), scaled by our share of the host's CPUs (a container
+    with 2 of 64 cores counts 1/32 of the host's other work). Threads beyond the free
+    cores stall every barrier of a parallel loop: at load 10 on 2 cores,
+    bench/blas_gemm.py's C step took 15.5 ms on one thread, 235 ms on two (OpenBLAS)."""
     import time
     counts = []
+    host_cpus = 1
     for _ in range(samples):
         try:
             text = open("/proc/stat").read()
@@ -102,10 +105,13 @@ def busy_cores(samples: int = 5) -> int:
                        if open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "R")
         except (OSError, IndexError):
             return 0
-        running = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("procs_running")), 1)
+        lines = text.splitlines()
+        host_cpus = max(1, sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit()))
+        running = next((int(line.split()[1]) for line in lines if line.startswith("procs_running")), 1)
         counts.append(max(0, running - mine))
         time.sleep(0.001)
-    return sorted(counts)[len(counts) // 2]
+    others = sorted(counts)[len(counts) // 2]
+    return int(others * min(1.0, available_cores() / host_cpus) + 0.5)
 
 
 def setup(lib: ctypes.CDLL, plan: ThreadPlan | None = None, blas=None) -> ThreadPlan:
