@@ -149,19 +149,22 @@ def _mkl(path: str | None = None) -> Blas | None:
 
 
 def numpy_blas_path() -> str | None:
-    """The BLAS shared library NumPy has loaded (NumPy 2.x: scipy-openblas in numpy.libs)."""
+    """The BLAS shared library NumPy has loaded (NumPy 2.x: scipy-openblas64 in numpy.libs).
+    Among the OpenBLAS copies mapped into the process (SciPy brings its own), the one
+    under NumPy's install wins; NumPy's directory is searched where /proc is missing."""
     import numpy as np
+    site = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
+    numpy_dirs = (os.path.join(site, "numpy.libs"), os.path.join(site, "numpy"))
     try:
-        maps = open("/proc/self/maps").read().split("\n")
+        maps = [line.split()[-1] for line in open("/proc/self/maps") if len(line.split()) >= 6]
     except OSError:
         maps = []
-    for line in maps:
-        p = line.split()[-1] if line.split() else ""
-        base = os.path.basename(p)
-        if "openblas" in base.lower() and (base.endswith(".so") or ".so." in base):
-            return p
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    hits = sorted(glob.glob(os.path.join(libs, "*openblas*.so*")))
+    mapped = [p for p in dict.fromkeys(maps)
+              if "openblas" in os.path.basename(p).lower() and ".so" in os.path.basename(p)]
+    ours = [p for p in mapped if os.path.realpath(p).startswith(numpy_dirs)]
+    if ours or mapped:
+        return (ours or mapped)[0]
+    hits = sorted(glob.glob(os.path.join(numpy_dirs[0], "*openblas*.so*")))
     return hits[0] if hits else None
 
 

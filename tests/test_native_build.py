@@ -138,6 +138,12 @@ def test_numpys_openblas_is_found_with_its_int_width(monkeypatch):
     assert blas_mod.smoke_test(b) < 1e-6
 
 
+def test_numpys_openblas_wins_over_scipys_copy():
+    pytest.importorskip("scipy.linalg")  # maps SciPy's own OpenBLAS (32-bit ints) into the process
+    site = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
+    assert os.path.realpath(blas_mod.numpy_blas_path()).startswith(os.path.join(site, "numpy"))
+
+
 @pytest.mark.skipif(blas_mod.mkl_path() is None, reason="the optional mkl wheel is not installed")
 def test_mkl_is_preferred_when_installed():
     b = blas_mod.find_blas("mkl")
