@@ -22,7 +22,10 @@ from dataclasses import dataclass
 
 from ..compiler.errors import NetcError
 
-PAR_MIN = 32768  # elements: below this a loop is cheaper on one thread (bench/c_math.py)
+# elements: a shorter loop stays on one thread. An estimate (~10 us of elementwise work
+# against a pool wake-up of a few us); bench/c_math.py's fused loop measures it, and on this
+# loaded 2-core machine one thread won at every size up to 409,600 (NETC_PAR_MIN overrides)
+PAR_MIN = 32768
 SMALL_STEP_FLOPS = 4e6  # a step under this many flops runs single-threaded in auto
 
 
