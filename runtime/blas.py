@@ -122,9 +122,9 @@ def _mkl(path: str | None = None) -> Blas | None:
     if path is None:
         return None
     threading = "Intel OpenMP"
-    gnu = os.path.exists(os.path.join(os.path.dirname(path), "libmkl_gnu_thread.so.3")) or \
-        glob.glob(os.path.join(os.path.dirname(path), "libmkl_gnu_thread.so*"))
-    gomp = _gomp_path() if gnu and "MKL_THREADING_LAYER" not in os.environ else None
+    gnu = bool(glob.glob(os.path.join(os.path.dirname(path), "libmkl_gnu_thread.so*")))
+    chosen = os.environ.get("MKL_THREADING_LAYER")  # the user's choice stands
+    gomp = _gomp_path() if gnu and (chosen is None or chosen.upper() == "GNU") else None
     if gomp:
         # libmkl_gnu_thread takes GOMP_* from the global scope: load libgomp there first
         from .native_build import openmp_env_defaults
@@ -134,12 +134,12 @@ def _mkl(path: str | None = None) -> Blas | None:
         lib = ctypes.CDLL(path)
     except OSError:
         return None
-    if gomp:
+    if gomp and chosen is None:
         lib.MKL_Set_Threading_Layer.argtypes, lib.MKL_Set_Threading_Layer.restype = [ctypes.c_int], ctypes.c_int
         lib.MKL_Set_Threading_Layer(MKL_THREADING_GNU)
         threading = "GNU OpenMP (shared pool)"
-    elif "MKL_THREADING_LAYER" in os.environ:
-        threading = f"MKL_THREADING_LAYER={os.environ['MKL_THREADING_LAYER']}"
+    elif chosen is not None:
+        threading = f"MKL_THREADING_LAYER={chosen}"
     st, gt = _threads_fns(lib, "MKL_Set_Num_Threads", "MKL_Get_Max_Threads")
     for s, d, width in (("cblas_sgemm_64", "cblas_dgemm_64", 64), ("cblas_sgemm", "cblas_dgemm", 32)):
         sa, da = _addr(lib, s), _addr(lib, d)
