@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from netc.compiler.differentiate import grad as _grad
+from netc.compiler.errors import NetcError
 from netc.compiler.node import Node
 from netc.compiler.pipeline import Function, Program
 
@@ -111,42 +112,58 @@ def due(epoch: int, epochs: int, stride: int) -> bool:
     return epoch in (1, epochs) or epoch % stride == 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Probe:
     """What the statistics compute, compiled once for a run as one function: the
     layers' activations, pre-activations, d loss / d activations and the parameters'
-    gradients share one forward and one backward pass."""
+    gradients share one forward and one backward pass. On the native backend the
+    function is native too (compiled in the background from `of` on; NumPy's
+    if that fails), so the statistics follow the step's thread plan."""
     program: Program
     layers: list[str]
     pre_layers: list[str]
-    with_t: Function | None  # all four groups (needs the targets a spec has)
-    without_t: Function | None  # activations and pre-activations (no targets given)
+    acts: list[Node]  # the activations, then the pre-activations
+    outs: list[Node]  # acts, then d loss / d activations and the parameters' gradients ([] without them)
+    backend: str = "numpy"
 
     @staticmethod
-    def of(program: Program) -> "Probe":
+    def of(program: Program, backend: str = "numpy") -> "Probe":
+        """`backend`: numpy, or the program's native one (its arrays are NumPy's too)."""
         spec = program.spec
         layers = _layers(program)
         pres = {k: p for k in layers if (p := pre_activation(spec.named[k])) is not None}
         acts = [spec.named[k] for k in layers] + list(pres.values())
-        inputs = list(spec.inputs.values())
-        without_t = program.function(acts, inputs, name="layer_statistics") if acts else None
         agrads = _grad(spec.graph, spec.loss, [spec.named[k] for k in layers]) \
             if spec.loss is not None and layers else []
         pgrads = [program.grads[k] for k in spec.params] if spec.loss is not None else []
-        outs = acts + agrads + pgrads
-        with_t = program.function(outs, spec.feeds, name="layer_statistics") \
-            if outs and (agrads or pgrads) else None
-        return Probe(program, layers, list(pres), with_t, without_t)
+        probe = Probe(program, layers, list(pres), acts, acts + agrads + pgrads if agrads or pgrads else [], backend)
+        if backend != "numpy":
+            probe.function(True)  # start compiling now: training's first epoch hides it
+        return probe
+
+    def function(self, with_t: bool) -> Function | None:
+        """All four groups (`with_t`: the targets a spec has are given), else activations only."""
+        spec = self.program.spec
+        nodes, feeds = (self.outs, spec.feeds) if with_t else (self.acts, list(spec.inputs.values()))
+        if not nodes:
+            return None
+        return self.program.function(nodes, feeds, name="layer_statistics", backend=self.backend)
 
     def __call__(self, state: dict, x: np.ndarray, t: np.ndarray | None,
                  before_last_step: dict | None = None) -> dict:
         spec = self.program.spec
         out: dict = {"layers": {}, "params": {}}
-        has_t = t is not None or not spec.targets
-        fn = self.with_t if has_t and self.with_t is not None else self.without_t
-        if fn is None:
+        with_t = bool(self.outs) and (t is not None or not spec.targets)
+        if not (self.outs if with_t else self.acts):
             return out
-        values = list(fn(state, *([x] + ([t] if spec.targets and fn is self.with_t else []))))
+        feeds = [x] + ([t] if with_t and spec.targets else [])
+        try:
+            values = list(self.function(with_t)(state, *feeds))
+        except NetcError:
+            if self.backend == "numpy":
+                raise
+            self.backend = "numpy"  # the native build failed: the statistics need not
+            values = list(self.function(with_t)(state, *feeds))
         n_l, n_p = len(self.layers), len(self.pre_layers)
         acts, pres, rest = values[:n_l], values[n_l:n_l + n_p], values[n_l + n_p:]
         with np.errstate(all="ignore"):
@@ -158,7 +175,7 @@ class Probe:
             for name, p in zip(self.pre_layers, pres):
                 p = np.asarray(p, np.float64)
                 out["layers"][name].update(pre_mean=float(p.mean()), pre_std=float(p.std()))
-            if fn is not self.with_t:
+            if not with_t:
                 return out
             agrads = rest[:len(rest) - len(spec.params)] if spec.loss is not None else []
             for name, g in zip(self.layers, agrads):

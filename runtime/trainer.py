@@ -132,7 +132,8 @@ class _Minibatches:
         self.train_seconds = 0.0 if saved is None else saved.train_seconds
         self.stopped = None if saved is None else saved.stopped
         self.before_last = None  # the parameters before an epoch's last step (update ratios)
-        self.probe: stats.Probe | None = None  # the statistics' function, compiled at first use
+        self.probe = stats.Probe.of(prog, "native" if prog.backend == "native" else "numpy") \
+            if cfg.stats else None  # the statistics' function (native: compiling in the background now)
         self.stats_every = stats.every(len(train), min(len(train), stats.SAMPLE))
         self.stats_now = False  # this epoch ends with statistics
         self.bound: dict = {}  # batch size -> the step bound to ts.arrays (_bound)
@@ -357,7 +358,6 @@ class _Minibatches:
                 row[f"{name}_error"] = e
         if self.stats_now:
             k = min(len(train), stats.SAMPLE)
-            self.probe = self.probe or stats.Probe.of(self.prog)
             row.update(self.probe(hosted(ts.arrays), train.x[:k], None if train.t is None else train.t[:k],
                                   hosted(self.before_last)))
         row["seconds"] = time.perf_counter() - t0
