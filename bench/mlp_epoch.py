@@ -113,6 +113,7 @@ class GemmOnly:
 def epoch(step, x, t, rng):
     order = rng.permutation(len(x))
     xb = {}
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for lo in range(0, len(x), B):
         idx = order[lo:lo + B]
@@ -122,7 +123,7 @@ def epoch(step, x, t, rng):
         np.take(x, idx, axis=0, out=xb[n][0])
         np.take(t, idx, axis=0, out=xb[n][1])
         step(*xb[n])
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 SMALL = """
@@ -138,21 +139,22 @@ train {
 """
 
 
-def small_step_us(backend: str, repeats: int = 5, n: int = 2000) -> float:
-    """Median microseconds of one step of the small network (B = 32)."""
+def small_step_us(backend: str, repeats: int = 5, n: int = 2000) -> tuple[float, float]:
+    """Median microseconds of one step of the small network (B = 32): wall, CPU."""
     m = netc.compile(SMALL, backend=backend)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 64)).astype(np.float32)
     t = rng.integers(0, 10, 32)
     step, state = m.program.step, m.state
     step(state, x, t, LR, MU)
-    out = []
+    out, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             step(state, x, t, LR, MU)
         out.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(out)
+        cpu.append((time.process_time() - c0) / n * 1e6)
+    return statistics.median(out), statistics.median(cpu)
 
 
 COMPILE = """
@@ -177,46 +179,31 @@ def native_compile_seconds(spec: str) -> tuple[float, float]:
     return runs[0], runs[1]
 
 
-def profile(fn, state, x, t, n: int = 20) -> dict:
-    """The native step's time split: the whole call, the GEMMs alone (NumPy's matmul into
-    the same shapes, for scale) is not comparable, so time the step with every kernel and
-    then with only GEMMs through an instrumented build: here, the plain measure of the
-    step against the step's GEMMs through the same BLAS via ctypes."""
+def profile(prog, state, x, t, n: int = 30) -> dict:
+    """The native step's CPU time on one thread, split by a profiling build (each kernel
+    between two reads of the thread's CPU clock): GEMMs, elementwise and reduce kernels,
+    and the rest (the Python call, the glue). CPU time, so the machine's load hardly
+    moves it."""
     import ctypes
-    from netc.runtime import blas as blas_mod
-    b = blas_mod.find_blas()
-    P = fn.plan
-    gemms = [k for k in P.kernels if k.kind == "gemm"]
-    B_ = x.shape[0]
-    shapes = []
-    for k in gemms:
-        m = k.members[0]
-        a = k.operands[0]
-        M, N, K = (B_ if d is None else d for d in (m.shape[0], m.shape[1], a.shape[1]))
-        shapes.append((M, N, K))
-    I = ctypes.c_longlong if b.ilp64 else ctypes.c_int
-    sg = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, I, I, I, ctypes.c_float, ctypes.c_void_p,
-                          I, ctypes.c_void_p, I, ctypes.c_float, ctypes.c_void_p, I)(b.sgemm)
-    mats = [(np.ones((M, K), np.float32), np.ones((K, N), np.float32), np.zeros((M, N), np.float32))
-            for M, N, K in shapes]
-
-    def gemm_only():
-        for (M, N, K), (A, Bm, C) in zip(shapes, mats):
-            sg(101, 111, 111, M, N, K, 1.0, A.ctypes.data, K, Bm.ctypes.data, N, 0.0, C.ctypes.data, N)
-
-    def whole():
-        fn(state, x, t, LR, MU)
-
-    out = {}
-    for name, f in (("step", whole), ("gemms", gemm_only)):
-        f()
-        ts = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            ts.append((time.perf_counter() - t0) / n)
-        out[name] = statistics.median(ts)
+    from netc.compiler import lower_c
+    from netc.runtime import threads
+    fn = lower_c.lower(prog.step_outputs, prog.updates, "train_step", feeds=None, profile=True).ready()
+    feeds = {"x": x, "t": t, "lr": LR, "momentum": MU}
+    args = [feeds[f] for f in fn.feeds]
+    step = fn.bind(state, len(x))
+    threads.setup(fn._loaded[0], threads.ThreadPlan(1, 1, 1 << 62, "profile: one thread"))
+    step(*args)
+    prof = (ctypes.c_longlong * len(fn.plan.kernels)).in_dll(fn._loaded[0], "netc_prof_train_step")
+    for i in range(len(prof)):
+        prof[i] = 0
+    c0 = time.process_time()
+    for _ in range(n):
+        step(*args)
+    whole = (time.process_time() - c0) / n
+    out = {"step": whole}
+    for k in fn.plan.kernels:
+        out[k.kind] = out.get(k.kind, 0.0) + prof[k.id] / n / 1e9
+    out["rest"] = whole - sum(prof) / n / 1e9
     return out
 
 
@@ -267,23 +254,29 @@ def main():
     for r in range(args.repeats):
         for k, f in runs.items():
             times[k].append(epoch(f, x, t, np.random.default_rng(r)))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"examples per epoch: {len(x)}, batch {B}, repeats {args.repeats} (median seconds per epoch)")
+    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    print(f"examples per epoch: {len(x)}, batch {B}, repeats {args.repeats} (median seconds per epoch; "
+          f"cpu: the process's CPU seconds, all threads, spinning included)")
     for k in runs:
-        print(f"  {k:<6} {med[k]:8.3f} s   runs: {', '.join(f'{v:.3f}' for v in times[k])}")
+        print(f"  {k:<6} wall {med[k]:8.3f} s  cpu {cpu[k]:8.3f} s   runs: "
+              f"{', '.join(f'{w:.3f}' for w, _ in times[k])}")
+    print(f"cpu ratios: native/numpy {cpu['native'] / cpu['numpy']:.3f}  native/netc-numpy "
+          f"{cpu['native'] / cpu['netc']:.3f}  native/gemm {cpu['native'] / cpu['gemm']:.3f}")
     print(f"ratio native/numpy: {med['native'] / med['numpy']:.3f}   native/netc-numpy: "
           f"{med['native'] / med['netc']:.3f}   native/gemm: {med['native'] / med['gemm']:.3f}")
     print(f"ratio netc/numpy: {med['netc'] / med['numpy']:.3f}   (target <= 1.15)")
     if args.profile:
         xb, tb = x[:B].copy(), t[:B].copy()
-        pr = profile(nprog.step, {k: v.copy() for k, v in nstate.items()}, xb, tb)
+        pr = profile(nprog, {k: v.copy() for k, v in nstate.items()}, xb, tb)
         steps = -(-len(x) // B)
-        print(f"native step profile (B={B}): step {pr['step'] * 1e3:.2f} ms, its GEMMs alone {pr['gemms'] * 1e3:.2f} ms "
-              f"({pr['gemms'] / pr['step']:.0%}); the rest (kernels, call) {(pr['step'] - pr['gemms']) * 1e3:.2f} ms; "
-              f"x {steps} steps = {pr['step'] * steps:.2f} s; the epoch's gather/loop "
-              f"{med['native'] - pr['step'] * steps:.2f} s")
+        parts = ", ".join(f"{k} {pr[k] * 1e3:.2f} ms ({pr[k] / pr['step']:.0%})"
+                          for k in ("gemm", "elementwise", "reduce", "rest") if k in pr)
+        print(f"native step profile, one thread, CPU time (B={B}): step {pr['step'] * 1e3:.2f} ms = {parts}; "
+              f"x {steps} steps = {pr['step'] * steps:.2f} s")
     us = {b: small_step_us(b) for b in ("native", "numpy")}
-    print(f"small step (64-100-10 relu, B=32): native {us['native']:.1f} us, numpy {us['numpy']:.1f} us")
+    print(f"small step (64-100-10 relu, B=32), wall (cpu): native {us['native'][0]:.1f} ({us['native'][1]:.1f}) us, "
+          f"numpy {us['numpy'][0]:.1f} ({us['numpy'][1]:.1f}) us")
     cold, warm = native_compile_seconds(SPEC)
     print(f"native compile of the spec, fresh process: cold {cold:.2f} s (target < 1.5), warm {warm:.3f} s "
           f"(target < 0.1)")

@@ -323,17 +323,18 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names, c_used
 
 
 def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node] | None = None,
-          profile: bool = False, fuse_velocity: bool = True):
+          profile: bool = False, fuse_velocity: bool = True, debug: bool = False):
     """Plan (fused), render C and its glue, start compiling; a NativeFunction. With
     `profile`, each kernel's CPU nanoseconds accumulate in `netc_prof_<name>`
     (bench/mlp_epoch.py); `fuse_velocity=False` keeps every GEMM writing its product."""
-    (fn,) = lower_many([(outputs, updates, name, feeds)], profile=profile, fuse_velocity=fuse_velocity)
+    (fn,) = lower_many([(outputs, updates, name, feeds)], profile=profile, fuse_velocity=fuse_velocity, debug=debug)
     return fn
 
 
-def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True) -> list:
+def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True, debug: bool = False) -> list:
     """Several functions ((outputs, updates, name, feeds) each, distinct names) as one
-    translation unit: one compiler run for all (the op recipes' tests)."""
+    translation unit: one compiler run for all (the op recipes' tests). `debug`: buffers
+    start as NaN."""
     import numpy as np
     from .c_native import prelude
     from .native_function import NativeFunction, start_shared
@@ -349,7 +350,7 @@ def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True) -> list:
         fns.append(NativeFunction(name, R.py_source, [f.name for f in L.feeds], [s.name for s in L.state],
                                   list(L.outputs), len(L.order), _maker(R.py_source, name, impls),
                                   buffers=list(R.allocs), segments=R.segments,
-                                  fused_gemms=R.fused_gemms, plan=L.fused))
+                                  fused_gemms=R.fused_gemms, plan=L.fused, debug=debug))
     source = prelude() + "".join(texts)
     for f in fns:
         f.c_source = source

@@ -59,12 +59,16 @@ class NativeRuntime:
     addresses for the C side, the loaded segment functions."""
     xp = np
 
-    def __init__(self, fns: list):
-        self.fns = fns
+    def __init__(self, fns: list, debug: bool = False):
+        self.fns, self.debug = fns, debug
 
-    @staticmethod
-    def empty(shape, dtype):
-        return np.empty(shape, dtype=dtype)
+    def empty(self, shape, dtype):
+        """A buffer; with `debug` filled with NaN (-1 for integers), so a read of a value
+        never written shows up."""
+        if not self.debug:
+            return np.empty(shape, dtype=dtype)
+        dt = np.dtype(dtype)
+        return np.full(shape, np.nan if dt.kind == "f" else -1, dtype=dt)
 
     @staticmethod
     def table(n: int):
@@ -121,6 +125,7 @@ class NativeFunction(Function):
     segments: list = field(default_factory=list, repr=False)
     fused_gemms: list = field(default_factory=list, repr=False)  # GEMMs that write their velocity
     plan: object = field(default=None, repr=False)
+    debug: bool = False
     _future: Future | None = field(default=None, repr=False)
     _loaded: tuple | None = field(default=None, repr=False)
 
@@ -151,7 +156,7 @@ class NativeFunction(Function):
         from .fuse_stats import plan_stats
         self.ready()
         threads.setup(self._loaded[0], threads.decide(step_flops=plan_stats(self.plan, batch)["gemm_flops"]))
-        rt = NativeRuntime(self._loaded[1])
+        rt = NativeRuntime(self._loaded[1], self.debug)
         return self._make(rt, state, batch)
 
     def emit(self) -> str:

@@ -142,7 +142,7 @@ def _lower(outputs, updates, name, feeds, backend, debug) -> Function:
         return lower_cuda.lower(outputs, updates, name, feeds=feeds)
     if backend == "native":
         from . import lower_c
-        return lower_c.lower(outputs, updates, name, feeds=feeds)
+        return lower_c.lower(outputs, updates, name, feeds=feeds, debug=debug)
     return lower_numpy.lower(outputs, updates, name, feeds=feeds, debug=debug)
 
 

@@ -251,3 +251,15 @@ def test_source_names_cannot_splice_lines_into_the_c():
     x = np.ones((8, 12), np.float32)
     (loss,) = fn(m.state, x, np.zeros(8, np.int64), 0.1, 0.9)
     assert np.isfinite(loss)
+
+
+def test_debug_buffers_start_as_nan_and_no_step_reads_one_unwritten():
+    m = netc.compile(ROOT / "specs" / "denoising_cae.net", backend="native", debug=True)
+    fn = m.program.step
+    rng = np.random.default_rng(5)
+    vals = feed_values(m.program.named("train_step", "cuda"), 6, rng)
+    out = fn(m.state, *[vals[f] for f in fn.feeds])
+    assert all(np.all(np.isfinite(o)) for o in out)
+    assert all(np.all(np.isfinite(v)) for v in m.state.values())
+    step = fn.bind(m.state, 6)
+    assert step is fn.bind(m.state, 6)  # bound once per state and batch size
