@@ -51,6 +51,15 @@ def pretrain(spec: str | Path, *, out: str | Path | None = None, seed: int | Non
              p.stage_text(k, names), folders[k]) for k, s in enumerate(p.stages)]
     runs.append((f"stage {len(p.stages) + 1}/{len(p.stages) + 1}: fine-tuning every layer on the labels",
                  p.finetune_text(names), (folder / FINETUNE).resolve()))
+    for k, (_, stage_text, _) in enumerate(runs):  # every stage compiles before the first one trains
+        try:
+            Model(stage_text, file, seed=seed, allocate=False)
+        except SpecError as e:
+            if e.loc is None or e.loc.line <= text.count("\n") + 1 or k == len(p.stages):
+                raise
+            raise SpecError(f"the auto-encoder of '{p.stages[k].layer}' (the lines netc pretrain adds) does "
+                            f"not compile: {e.message}; its decoder multiplies by {p.stages[k].layer}.W "
+                            f"transposed, so that weight must be [inputs, units]", p.stages[k].loc, text) from None
     rows, model = [], None
     for what, stage_text, where in runs:
         log(f"{what} -> {where}")
