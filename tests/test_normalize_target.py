@@ -175,3 +175,17 @@ def test_damaged_target_statistics_are_refused_with_the_field(diabetes, tmp_path
         netc.load(bad)
     assert str(bad) in str(e.value) and field in str(e.value)
     assert json.loads(str(np.load(io.BytesIO(ms["meta.json.npy"]))[()]))["spec"].count("standardize") == 2
+
+
+def test_each_column_is_scaled_by_its_own_statistics_also_with_sizes_from_the_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    t = np.stack([100 + 50 * x[:, 0], 7 - 30 * x[:, 1]], axis=1)
+    text = ("input x : [_]\ntarget t : [_]\nh = dense(x, 16, act = tanh)\ny = dense(h, dim(t))\n"
+            "loss = mse(y, t)\ndata {\n    normalize_target = standardize\n}\ntrain {\n    epochs = 30\n}\n")
+    m = netc.compile(text).fit(x, t)
+    assert "target t : [2]" in m.text
+    np.testing.assert_allclose(m.target_scaler.arrays["mean"], t.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(m.target_scaler.arrays["scale"], t.std(axis=0), rtol=1e-12)
+    assert m.score(x, t) > 0.9
+    assert abs(m.predict(x).mean(axis=0) - t.mean(axis=0)).max() < 5
