@@ -489,6 +489,11 @@ def _check_target_normalization(cfg: DataConfig, spec, text: str) -> None:
         what = "the spec has no target" if target is None else f"target '{target.name}' is a class(n) target"
         raise SpecError(f"normalize_target = {cfg.normalize_target} scales real targets, but {what}; "
                         f"remove it (class labels are not scaled)", loc, text)
+    out = spec.output
+    if out is None or out.shape[1:] != target.shape[1:]:  # predict maps the output back to t's units
+        shape = "no output" if out is None else f"output {list(out.shape[1:])} per example"
+        raise SpecError(f"normalize_target = {cfg.normalize_target} maps the output back to target "
+                        f"'{target.name}' {list(target.shape[1:])}, but the spec has {shape}", loc, text)
 
 
 def _record_rows(folder, rows: list[dict]) -> None:

@@ -102,6 +102,9 @@ def test_class_targets_refuse_it_where_written():
     with pytest.raises(SpecError) as e:
         netc.compile(text)
     assert "is a class(n) target" in e.value.message and (e.value.loc.line, e.value.loc.col) == (6, 5)
+    with pytest.raises(SpecError, match="but the spec has output \\[3\\] per example"):
+        netc.compile("input x : [2]\ntarget t : [1]\ny = dense(x, 3)\nloss = mean((sum(y, axis = -1) - t) ^ 2)\n"
+                     "data {\n    normalize_target = standardize\n}\n")
     with pytest.raises(SpecError, match="unknown key|normalize_target"):
         netc.compile(text.replace("normalize_target = standardize", "normalize_target = whiten"))
 
