@@ -5,9 +5,10 @@ data is seen, the spec is elaborated twice with two different sets of stand-in
 sizes (PROBES): an error both runs report alike does not depend on the data and
 is reported as it is; an error that appears in one run only, or reads
 differently, depends on a size the data will give, and is reported as such
-("cannot be checked until the data is known"), located where it arises. The
-shapes that differ between the two runs are the unknown ones (`netc check` shows
-them as `?`).
+("cannot be checked until the data gives the sizes written `_`", the stand-in
+sizes written `?`), located where it arises. Such a spec is refused: writing `_`
+promises that the spec holds for whatever size the data has. The shapes that
+differ between the two runs are the unknown ones (`netc check` shows them as `?`).
 
 When the data is there, `bind_text` writes the sizes in place of each `_`: the
 bound text is an ordinary spec, and it is what a run folder and a checkpoint
