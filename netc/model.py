@@ -368,7 +368,8 @@ class Model:
     # -- use -------------------------------------------------------------------------
     def predict_raw(self, x) -> np.ndarray:
         """The network's output for each row of `x` ([n, features]) as the spec computes it
-        (scores where the loss applies the softmax); 0 rows give an empty [0, k] array."""
+        (scores where the loss applies the softmax; on the scale trained on where
+        `normalize_target` scaled the targets: predict undoes it); 0 rows give an empty [0, k] array."""
         return self._output(x, "predict_raw(x)")
 
     def _output(self, x, what: str) -> np.ndarray:
