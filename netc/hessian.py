@@ -33,6 +33,7 @@ from netc.compiler.errors import DataError, Loc, NetcError, SpecError
 from netc.compiler.gauss_newton import curvature_diagonal_function, gauss_newton_vector_function
 from netc.compiler.pipeline import hessian_vector_function
 from netc.runtime import normalize
+from netc.runtime.optimizers import eigen_rate
 from netc.runtime.splits import load_source
 
 MATRICES = ("hessian", "gauss-newton")
@@ -60,6 +61,7 @@ class Report:
     smallest: float  # the most negative (smallest) Ritz value
     probes: int
     rows: list[ParamRow] = field(default_factory=list)
+    method_limit: str | None = None  # the stability limit of the spec's own sgd with momentum, where it has one
 
     @property
     def spread(self) -> float | None:
@@ -91,6 +93,8 @@ class Report:
         if lam > 0:
             out.append(f"plain SGD on this matrix is stable for lr < 2/lambda_max = {2 / lam:.4g} "
                        f"(lr = auto(eigen) picks 1/lambda_max = {1 / lam:.4g})")
+        if self.method_limit:
+            out.append(self.method_limit)
         name = "Hessian" if self.matrix == "hessian" else "Gauss-Newton"
         out.append(f"mean diagonal curvature per parameter (bbprop: the Gauss-Newton diagonal sdlm/vsgd use, "
                    f"cross terms between units dropped; {name}: exact for blocks of <= {self.probes} entries, "
@@ -219,7 +223,23 @@ def command(spec: str, run: str | None = None, k: int = 5, matrix: str = "hessia
         norm, where = trained.normalizer, f"run {run}"
     x, t = _examples(m, batches * m.train_cfg.batch, seed, norm)
     report = analyze(m, x, t, k=k, matrix=matrix, steps=steps, probes=probes, seed=seed, where=where)
+    report.method_limit = _method_limit(m.train_cfg, report.eigenvalues[0])
     return report.to_json() if as_json else report.table()
+
+
+def _method_limit(cfg, lam: float) -> str | None:
+    """The spec's own sgd with momentum: its stability limit on this matrix (twice the rate
+    auto(eigen) would pick, runtime/optimizers.eigen_rate). Not where lr_scale changes
+    the matrix the step multiplies by."""
+    m = cfg.method
+    if m.kind != "sgd" or not m.momentum or lam <= 0 or cfg.lr_scale != 1 or \
+            any(g[0] == "lr_scale" for g in cfg.groups):
+        return None
+    lr = cfg.lr if isinstance(cfg.lr, (int, float)) else m.lr
+    limit = 2 * eigen_rate(cfg, lam)[0]
+    shown = f"{lr:g}" if isinstance(lr, (int, float)) else "auto(eigen)"
+    return (f"the spec's sgd with {'Nesterov ' if m.nesterov else ''}momentum {m.momentum:g} is stable on this "
+            f"matrix for lr < {limit:.4g} (its lr: {shown})")
 
 
 def _copy_state(trained, m, run) -> None:

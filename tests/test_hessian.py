@@ -176,6 +176,15 @@ def test_command_prints_the_table(spec_file, capsys):
     lams = [float(r[1]) for r in rows[:3]]
     assert lams == sorted(lams, reverse=True) and lams[0] > 0
     assert "condition estimate lambda_1/lambda_3" in out and "smallest Ritz value" in out
+    assert "momentum" not in out  # the spec's sgd has none: plain SGD's limit is the one printed
+    plain = next(x for x in out.splitlines() if "lr < 2/lambda_max = " in x)
+    assert float(plain.split("= ")[1].split()[0]) == pytest.approx(2 / lams[0], rel=1e-3)
+    heavy = spec_file.with_name("heavy.net")
+    heavy.write_text(DATA_SPEC.replace("sgd(lr = 0.3)", "sgd(lr = 0.3, momentum = 0.5)"))
+    assert main(["hessian", str(heavy), "--k", "3", "--batches", "3"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "momentum 0.5" in x)
+    limit = float(line.split("lr < ")[1].split()[0])
+    assert limit == pytest.approx(2 * 1.5 / lams[0], rel=1e-3) and "(its lr: 0.3)" in line  # 2(1 + mu)/lambda
     for name in ("h.W", "h.b", "y.W", "y.b"):
         assert f"  {name} " in out
 
