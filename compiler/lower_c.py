@@ -323,18 +323,19 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names, c_used
 
 
 def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node] | None = None,
-          profile: bool = False, fuse_velocity: bool = True, debug: bool = False):
+          profile: bool = False, fuse_velocity: bool = True, debug: bool = False, threads=None):
     """Plan (fused), render C and its glue, start compiling; a NativeFunction. With
     `profile`, each kernel's CPU nanoseconds accumulate in `netc_prof_<name>`
     (bench/mlp_epoch.py); `fuse_velocity=False` keeps every GEMM writing its product."""
-    (fn,) = lower_many([(outputs, updates, name, feeds)], profile=profile, fuse_velocity=fuse_velocity, debug=debug)
+    (fn,) = lower_many([(outputs, updates, name, feeds)], profile=profile, fuse_velocity=fuse_velocity, debug=debug,
+                       threads=threads)
     return fn
 
 
-def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True, debug: bool = False) -> list:
+def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True, debug: bool = False, threads=None) -> list:
     """Several functions ((outputs, updates, name, feeds) each, distinct names) as one
     translation unit: one compiler run for all (the op recipes' tests). `debug`: buffers
-    start as NaN."""
+    start as NaN; `threads`: the train key (runtime/threads.py decides at each bind)."""
     import numpy as np
     from .c_native import prelude
     from .native_function import NativeFunction, start_shared
@@ -350,7 +351,7 @@ def lower_many(jobs, profile: bool = False, fuse_velocity: bool = True, debug: b
         fns.append(NativeFunction(name, R.py_source, [f.name for f in L.feeds], [s.name for s in L.state],
                                   list(L.outputs), len(L.order), _maker(R.py_source, name, impls),
                                   buffers=list(R.allocs), segments=R.segments,
-                                  fused_gemms=R.fused_gemms, plan=L.fused, debug=debug))
+                                  fused_gemms=R.fused_gemms, plan=L.fused, debug=debug, threads=threads))
     source = prelude() + "".join(texts)
     for f in fns:
         f.c_source = source

@@ -126,6 +126,7 @@ class NativeFunction(Function):
     fused_gemms: list = field(default_factory=list, repr=False)  # GEMMs that write their velocity
     plan: object = field(default=None, repr=False)
     debug: bool = False
+    threads: object = None  # the train key `threads` (int, "auto" or None: NETC_THREADS, else auto)
     _future: Future | None = field(default=None, repr=False)
     _loaded: tuple | None = field(default=None, repr=False)
 
@@ -155,7 +156,7 @@ class NativeFunction(Function):
         from ..runtime import threads
         from .fuse_stats import plan_stats
         self.ready()
-        threads.setup(self._loaded[0], threads.decide(step_flops=plan_stats(self.plan, batch)["gemm_flops"]))
+        threads.setup(self._loaded[0], threads.decide(self.threads, step_flops=plan_stats(self.plan, batch)["gemm_flops"]))
         rt = NativeRuntime(self._loaded[1], self.debug)
         return self._make(rt, state, batch)
 

@@ -58,6 +58,7 @@ class Program:
     curvature_outputs: list[Node] | None = None  # per-parameter bbprop diagonal (for sdlm)
     backend: str = "numpy"
     debug: bool = False
+    threads: object = None  # the native backend's thread count (train key `threads`: int, "auto" or None)
     seconds: float = 0.0
     rules_fired: dict[str, int] = field(default_factory=dict)
     _functions: dict = field(default_factory=dict, repr=False)  # key -> Function
@@ -86,7 +87,7 @@ class Program:
                tuple(f.id for f in feeds), backend)
         fn = self._functions.get(key)
         if fn is None:
-            fn = self._functions[key] = _lower(outputs, updates, name, feeds, backend, self.debug)
+            fn = self._functions[key] = _lower(outputs, updates, name, feeds, backend, self.debug, self.threads)
         return fn
 
     def named(self, which: str, backend: str | None = None) -> Function | None:
@@ -136,13 +137,13 @@ class Program:
         return out
 
 
-def _lower(outputs, updates, name, feeds, backend, debug) -> Function:
+def _lower(outputs, updates, name, feeds, backend, debug, threads=None) -> Function:
     if backend == "cuda":
         from . import lower_cuda
         return lower_cuda.lower(outputs, updates, name, feeds=feeds)
     if backend == "native":
         from . import lower_c
-        return lower_c.lower(outputs, updates, name, feeds=feeds, debug=debug)
+        return lower_c.lower(outputs, updates, name, feeds=feeds, debug=debug, threads=threads)
     return lower_numpy.lower(outputs, updates, name, feeds=feeds, debug=debug)
 
 
@@ -218,7 +219,7 @@ def bind_sizes(text: str, values: list) -> str:
 
 def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
                     optimizer: Optimizer | None = None, debug: bool = False, functions: bool = True,
-                    step_misses: bool = False, backend: str = "numpy") -> Program:
+                    step_misses: bool = False, backend: str = "numpy", threads=None) -> Program:
     """Simplify, differentiate, build the update, simplify again, lower.
 
     `step_misses`: the train step also returns which examples of the batch it
@@ -257,7 +258,7 @@ def compile_program(spec: Spec, *, scales: dict[str, float] | None = None,
     step_outputs = [] if loss is None else \
         [loss] + ([errors.inputs[0]] if step_misses and errors is not None else [])
     prog = Program(spec, loss, output, errors, grads, updates, stages, optimizer=optimizer,
-                   step_outputs=step_outputs, backend=backend, debug=debug, rules_fired=fired)
+                   step_outputs=step_outputs, backend=backend, debug=debug, threads=threads, rules_fired=fired)
     if functions and optimizer is not None and optimizer.needs_curvature_state and loss is not None:
         params = list(spec.params.values())
         curv = simplify(G, gauss_newton_diag(G, loss, params, output), fired=fired)

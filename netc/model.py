@@ -128,7 +128,7 @@ class Model:
         self.program = compile_program(spec, scales=lr_scales(spec, self.train_cfg),
                                        optimizer=optimizer_for(spec, self.train_cfg), debug=debug,
                                        step_misses=self.train_cfg.emphasize.kind == "errors", backend=backend,
-                                       functions=not self.free)
+                                       functions=not self.free, threads=self.train_cfg.threads)
         if self.train_cfg.emphasize.kind == "errors" and self.program.errors is None:
             raise SpecError("emphasize = errors(...) needs a class(n) target and an [B, n] output",
                             spec.block_locs.get("train"), text)
