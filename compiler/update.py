@@ -3,8 +3,9 @@ of the one compiled step (scheduled, and later fused, with the rest).
 
 Scalars that change between steps (the learning rate, momentum, 1/T for
 weight decay) enter as `hyper` leaves: schedules change them without
-recompiling. Per-parameter optimizer memory (velocities, accumulated squares,
-curvature averages) is `state`, updated in place.
+recompiling. Per-parameter optimizer memory (velocities, accumulated squares, Adam's
+moments, curvature averages) is `state`, updated in place, so checkpoints hold
+it and a resumed run continues exactly.
 
 Each optimizer is one `UpdateRule` in `RULES`: what it builds once for all
 parameters (`shared`) and what it builds per parameter (`per_param`). The
