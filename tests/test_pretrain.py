@@ -304,3 +304,23 @@ def test_the_shipped_pair_differs_only_by_the_pretrain_block():
         return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     assert body(ROOT / "specs" / "pretrain_1000.net") == body(ROOT / "specs" / "random_1000.net")
     assert "\npretrain {" in (ROOT / "specs" / "pretrain_1000.net").read_text()
+
+
+def test_stage_specs_keep_the_users_lines_and_read_no_label():
+    from netc.compiler.pretrain_spec import plan
+    user = NET.replace("SEED", "1").replace("INIT", "") + PRETRAIN.replace("drop = 0.25", "drop = 0.5").replace(
+        "contractive = 0.1", "reconstruction = mse")
+    p = plan(user, "u.net")
+    one, two = p.stage_text(0, ["/r/h1"]), p.stage_text(1, ["/r/h1", "/r/h2"])
+    lines, first, second = user.splitlines(), one.splitlines(), two.splitlines()
+    at = lines.index("h2 = dense(h1, 4, act = sigmoid)")
+    assert first[at - 1] == "h1 = dense(mask(x, drop = 0.5), 5, act = sigmoid)" and first[at] == ""
+    assert second[at - 1] == lines[at - 1] and second[at] == "h2 = dense(mask(h1, drop = 0.5), 4, act = sigmoid)"
+    for text in (one, two):  # no target, nothing above the layer, the user's train block gone
+        assert "target" not in text and "y = dense" not in text and "nll" not in text and "lr = 0.1)" not in text
+    assert "pretrain_decoder = identity(h2 @ h2.W' + param([dim(h1)]))" in two
+    assert "loss = mse(pretrain_decoder, h1)" in two and "contractive" not in two
+    assert 'freeze h1 = true' in two and 'init h1 = from("/r/h1")' in two and "init h2" not in two
+    finetune = p.finetune_text(["/r/h1", "/r/h2"]).splitlines()
+    assert finetune[:len(lines) - 12] == lines[:len(lines) - 12]  # the user's text up to its train block
+    assert "pretrain {" not in "\n".join(finetune)
