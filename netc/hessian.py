@@ -33,6 +33,7 @@ from netc.compiler.errors import DataError, Loc, NetcError, SpecError
 from netc.compiler.gauss_newton import curvature_diagonal_function, gauss_newton_vector_function
 from netc.compiler.pipeline import hessian_vector_function
 from netc.runtime import normalize
+from netc.runtime.eigen import lanczos
 from netc.runtime.optimizers import eigen_rate
 from netc.runtime.splits import load_source
 
@@ -109,36 +110,6 @@ class Report:
             out.append(f"weight matrices' bbprop means differ by {max(ws) / min(ws):.3g}x: one rate for all is "
                        f"limited by the most curved (per-layer rates: lr_scale SELECTOR = ... [EB 4.7])")
         return "\n".join(out)
-
-
-def lanczos(matvec, n: int, steps: int, rng: np.random.Generator, tol: float = 1e-10):
-    """(Ritz values ascending, residual of each, steps taken, closed) of the symmetric
-    map `matvec` on R^n, from a random start, every new vector orthogonalized
-    against all the earlier ones twice."""
-    steps = min(steps, n)
-    Q = np.zeros((steps + 1, n))
-    alpha, beta = np.zeros(steps), np.zeros(steps)
-    q = rng.normal(size=n)
-    Q[0] = q / np.linalg.norm(q)
-    scale, closed, m = 0.0, False, steps
-    for j in range(steps):
-        w = matvec(Q[j])
-        alpha[j] = Q[j] @ w
-        for _ in range(2):  # full reorthogonalization
-            w -= Q[:j + 1].T @ (Q[:j + 1] @ w)
-        beta[j] = np.linalg.norm(w)
-        scale = max(scale, abs(alpha[j]), beta[j])
-        if beta[j] <= tol * max(scale, 1e-300):
-            closed, m = True, j + 1
-            break
-        Q[j + 1] = w / beta[j]
-    else:
-        closed = steps == n
-    T = np.diag(alpha[:m]) + np.diag(beta[:m - 1], 1) + np.diag(beta[:m - 1], -1)
-    theta, S = np.linalg.eigh(T)
-    residuals = np.abs(beta[m - 1] * S[-1]) if not closed else np.zeros(m)
-    floor = 4 * np.finfo(np.float64).eps * max(scale, 1e-300)  # round-off in the products themselves
-    return theta, np.maximum(residuals, floor), m, closed
 
 
 def analyze(model, x: np.ndarray, t, *, k: int = 5, matrix: str = "hessian", steps: int = 40,

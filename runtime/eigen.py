@@ -4,7 +4,9 @@ rate above 2/lambda_max diverges.
 
 For w <- w - eps P g (P diagonal: lr_scale, and SDLM's 1/(h + mu)) that matrix
 is P H, not H: its eigenvalues are those of the symmetric P^1/2 H P^1/2, on
-which the power method runs."""
+which the power method runs.
+
+`lanczos` gives the top of a spectrum with error bounds (`netc hessian`, netc/hessian.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,3 +44,33 @@ def largest_eigenvalue(program: Program, state: dict, x: np.ndarray, t: np.ndarr
             return new
         lam = new
     return lam
+
+
+def lanczos(matvec, n: int, steps: int, rng: np.random.Generator, tol: float = 1e-10):
+    """(Ritz values ascending, residual of each, steps taken, closed) of the symmetric
+    map `matvec` on R^n, from a random start, every new vector orthogonalized
+    against all the earlier ones twice."""
+    steps = min(steps, n)
+    Q = np.zeros((steps + 1, n))
+    alpha, beta = np.zeros(steps), np.zeros(steps)
+    q = rng.normal(size=n)
+    Q[0] = q / np.linalg.norm(q)
+    scale, closed, m = 0.0, False, steps
+    for j in range(steps):
+        w = matvec(Q[j])
+        alpha[j] = Q[j] @ w
+        for _ in range(2):  # full reorthogonalization
+            w -= Q[:j + 1].T @ (Q[:j + 1] @ w)
+        beta[j] = np.linalg.norm(w)
+        scale = max(scale, abs(alpha[j]), beta[j])
+        if beta[j] <= tol * max(scale, 1e-300):
+            closed, m = True, j + 1
+            break
+        Q[j + 1] = w / beta[j]
+    else:
+        closed = steps == n
+    T = np.diag(alpha[:m]) + np.diag(beta[:m - 1], 1) + np.diag(beta[:m - 1], -1)
+    theta, S = np.linalg.eigh(T)
+    residuals = np.abs(beta[m - 1] * S[-1]) if not closed else np.zeros(m)
+    floor = 4 * np.finfo(np.float64).eps * max(scale, 1e-300)  # round-off in the products themselves
+    return theta, np.maximum(residuals, floor), m, closed

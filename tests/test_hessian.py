@@ -15,7 +15,8 @@ from netc.cli import main
 from netc.compiler.errors import NetcError
 from netc.compiler.gauss_newton import gauss_newton_vector_function
 from netc.gradcheck import sample_batch
-from netc.hessian import analyze, lanczos
+from netc.hessian import analyze
+from netc.runtime.eigen import lanczos
 from test_eigen import SPEC, data, exact_hessian
 
 
