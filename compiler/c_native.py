@@ -3,10 +3,10 @@ plain loops (a static function the native step calls in order).
 
 Elementwise kernels are nested loops over the iteration shape, the innermost
 one `#pragma omp simd` (unit stride on the written buffer, so GCC vectorizes
-it), the outer one OpenMP-parallel where the space is large enough to pay
-(runtime/threads.py's `netc_par_min`, `netc_threads`); reductions loop over
-their output points (parallel the same way), each reduction step a loop over
-the reduced points (sums with a simd reduction). The prelude maps the op
+it), the outer one split across OpenMP threads where the space is large
+enough to pay (runtime/threads.py's `netc_par_min`, `netc_threads`);
+reductions loop over their output points (split the same way), each
+reduction step a loop over the reduced points (sums with a simd reduction). The prelude maps the op
 table's C names onto the CPU: float calls to their float versions (vector math
 from compiler/c_math.py where it exists), `fmax`/`fmin` to selects that
 propagate NaN as NumPy's maximum/minimum do (the reference every backend is
@@ -56,15 +56,6 @@ _LIBM = _libm()
 SMALL = 4096  # elements: a kernel known to be this small never opens a parallel region
 
 
-def _parallel(space) -> str:
-    """The OpenMP clauses of a kernel's outer loop: parallel when its iteration space
-    reaches runtime/threads.py's `netc_par_min` (an `if`, so small batches stay on the
-    calling thread), none where the space is known to be small."""
-    if all(d is not None for d in space) and _size(space) < SMALL:
-        return ""
-    return f"if({prod(space)} >= netc_par_min) num_threads(netc_threads)"
-
-
 def _size(space) -> int:
     n = 1
     for d in space:
@@ -88,10 +79,34 @@ class NativeKernel(CKernel):
     skip: frozenset = frozenset()
 
     def function(self) -> str:
+        """The loops as `<name>_body(lo_, hi_, ...)` over a range of the outer loop, and
+        `<name>(...)` calling it once, or split across the OpenMP team where the space
+        reaches runtime/threads.py's `netc_par_min` (a serial call keeps the loops out
+        of an outlined parallel region, which costs even when it runs on one thread)."""
         K = self.K
+        self.outer = "1LL"
         body = self._elementwise() if K.kind == "elementwise" else self._reduce()
-        return ("\n".join(safe(h) for h in self.head()) + f"\nstatic void {self.name}({self.param_list()}) {{\n"
+        params = self.param_list()
+        args = ", ".join(p.name for p in self.params)
+        head = "\n".join(safe(h) for h in self.head())
+        text = (f"{head}\nstatic void {self.name}_body(const long long lo_, const long long hi_, {params}) {{\n"
                 + "\n".join(body) + "\n}\n")
+        call = f"{self.name}_body(0, {self.outer}, {args});"
+        if self.outer == "1LL" or (all(d is not None for d in K.space) and _size(K.space) < SMALL):
+            return text + f"static void {self.name}({params}) {{ {call} }}\n"
+        return text + (
+            f"static void {self.name}({params}) {{\n"
+            f"    const long long n_ = {self.outer};\n"
+            f"    if (netc_threads > 1 && {prod(K.space)} >= netc_par_min && n_ > 1) {{\n"
+            f"        #pragma omp parallel num_threads(netc_threads)\n"
+            f"        {{\n"
+            f"            const long long t_ = omp_get_thread_num(), T_ = omp_get_num_threads();\n"
+            f"            {self.name}_body(n_ * t_ / T_, n_ * (t_ + 1) / T_, {args});\n"
+            f"        }}\n"
+            f"    }} else {{\n"
+            f"        {call}\n"
+            f"    }}\n"
+            f"}}\n")
 
 
     def _elementwise(self) -> list[str]:
@@ -103,13 +118,14 @@ class NativeKernel(CKernel):
         for d, s in dims:
             if s == 1:
                 out.append(f"{ind}const long long i{d} = 0; (void)i{d};")
-        par = _parallel(K.space)
         for j, (d, s) in enumerate(loops):
-            if j == 0 and par:
-                out.append(f"{ind}#pragma omp parallel for{' simd' if len(loops) == 1 else ''} {par}")
-            elif j == len(loops) - 1:
+            if j == len(loops) - 1:
                 out.append(f"{ind}#pragma omp simd")
-            out.append(f"{ind}for (long long i{d} = 0; i{d} < {prod([s])}; ++i{d}) {{")
+            if j == 0:  # the outer loop: the range this call covers
+                self.outer = prod([s])
+                out.append(f"{ind}for (long long i{d} = lo_; i{d} < hi_; ++i{d}) {{")
+            else:
+                out.append(f"{ind}for (long long i{d} = 0; i{d} < {prod([s])}; ++i{d}) {{")
             ind += "    "
         sc = Scope(self, ind)
         for key, leaf in self.preset.items():  # read where a GEMM stored it
@@ -131,9 +147,10 @@ class NativeKernel(CKernel):
         out = Scope(self, "    ")
         out.emit(f"const long long no_ = {prod([s for _, s in odims])};")
         out.emit(f"const long long nk_ = {prod([s for _, s in rdims])};")
-        if odims and [s for _, s in odims if s != 1] and _parallel(S):
-            out.emit(f"#pragma omp parallel for {_parallel(S)}")
-        out.emit("for (long long o_ = 0; o_ < no_; ++o_) {")
+        self.outer = "no_" if [s for _, s in odims if s != 1] else "1LL"
+        if self.outer == "no_":
+            self.outer = prod([s for _, s in odims])
+        out.emit("for (long long o_ = lo_; o_ < hi_; ++o_) {")
         body = Scope(self, "        ")
         self._zero(body, odims + rdims)
         self.decompose(body, "o_", odims, "qo_")
