@@ -43,12 +43,17 @@ def _replace(text: str, pattern: str, new: str, block: str | None = None) -> str
     return out
 
 
-def shortened(text: str, unlabelled: int, pretrain_epochs: int, epochs: int, valid: int) -> str:
+def shortened(text: str, unlabelled: int, pretrain_epochs: int, epochs: int, valid: int,
+              drop: float | None = None, contractive: float | None = None) -> str:
     text = _replace(text, r'mnist\("train"\)\[0:50000\]', f'mnist("train")[0:{unlabelled}]')
     text = _replace(text, r'mnist\("train"\)\[50000:60000\]', f'mnist("train")[50000:{50000 + valid}]')
     text = _replace(text, r"epochs = \d+", f"epochs = {epochs}", "train")
     if "\npretrain {" in text:
         text = _replace(text, r"epochs = \d+", f"epochs = {pretrain_epochs}", "pretrain")
+        if drop is not None:
+            text = _replace(text, r"drop = [0-9.]+", f"drop = {drop:g}", "pretrain")
+        if contractive is not None:
+            text = _replace(text, r"(\n    drop = )", f"\n    contractive = {contractive:g}\\1", "pretrain")
     return text
 
 
@@ -60,14 +65,20 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-epochs", type=int, default=2, help="epochs per auto-encoder (the spec: 5)")
     ap.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs, both specs (the specs: 100)")
     ap.add_argument("--valid", type=int, default=1000, help="validation digits, reported only (the specs: 10000)")
+    ap.add_argument("--drop", type=float, help="the auto-encoders' masking noise (the spec: 0.25)")
+    ap.add_argument("--contractive", type=float,
+                    help="weight of the contractive penalty (the spec: none); --drop 0 --contractive 0.1: CAEs")
     args = ap.parse_args(argv)
     import netc
 
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
     print(f"settings: {len(args.seeds)} seeds, {args.unlabelled} unlabelled images, {args.pretrain_epochs} "
-          f"epochs per auto-encoder, {args.epochs} fine-tuning epochs on 1000 labels, valid {args.valid}")
-    texts = {name: shortened(path.read_text(), args.unlabelled, args.pretrain_epochs, args.epochs, args.valid)
+          f"epochs per auto-encoder, {args.epochs} fine-tuning epochs on 1000 labels, valid {args.valid}"
+          + (f", drop {args.drop:g}" if args.drop is not None else "")
+          + (f", contractive {args.contractive:g}" if args.contractive is not None else ""))
+    texts = {name: shortened(path.read_text(), args.unlabelled, args.pretrain_epochs, args.epochs, args.valid,
+                             args.drop, args.contractive)
              for name, path in (("pretrained", PRETRAINED), ("random", RANDOM))}
     rows = []
     t_all = time.perf_counter()
