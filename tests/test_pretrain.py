@@ -278,8 +278,8 @@ def test_pretrain_needs_layers_and_a_tied_weight(folder):
 
 def test_a_weight_that_cannot_be_tied_is_refused_before_any_stage_trains(folder):
     (folder / "q.net").write_text(NET.replace("SEED", "1").replace("INIT", "").replace(
-        "h1 = dense(x, 5, act = sigmoid)", "def layer(x, n) {\n    W = param([n, dim(x)])\n    return sigmoid(x @ W')\n}"
-        "\nh1 = layer(x, 5)") + PRETRAIN)
+        "h1 = dense(x, 5, act = sigmoid)",
+        "def layer(x, n) {\n    W = param([n, dim(x)])\n    return sigmoid(x @ W')\n}\nh1 = layer(x, 5)") + PRETRAIN)
     with pytest.raises(netc.NetcError) as e:
         netc.pretrain(folder / "q.net")
     _located(e.value, "layers = [h1, h2]", "the auto-encoder of 'h1'", "[inputs, units]", "[6, 5]")
