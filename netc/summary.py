@@ -83,6 +83,10 @@ def render(summary: dict, out: Path, *, data: str | None = None, already: bool =
     if s.get("recoveries"):
         counts.append(f"{s['recoveries']} recoveries from divergence")
     lines += ["  " + ", ".join(counts), ""]
+    sampled = summary.get("sampled")
+    if isinstance(sampled, dict) and sampled:  # a search space: the point this run trained
+        from netc.search_space import describe_point
+        lines += ["  point       " + describe_point({str(k): v for k, v in sampled.items()}), ""]
     lines += [f"  run folder  {out}",
               f"  model       {out / 'params.npz'} (checkpoint; netc.load({str(out)!r}) in Python)",
               f"  metrics     {out / 'metrics.jsonl'} (one line per epoch), {out / 'summary.json'}",

@@ -179,3 +179,8 @@ def test_the_report_puts_the_final_test_error_beside_the_validation_curve(monkey
     report.learning_curves([each])  # test_every = epoch: its own curve, as before
     assert [p.title for p in panels] == ["validation error", "test error"]
     assert panels[0].lines == {"each": [(10.0, 0.2)]}
+
+
+def test_a_search_space_run_shows_its_point():
+    text = render({"spec": "s.net", "epochs": 1, "sampled": {"method.lr": 0.0123, "batch": 16}}, Path("r"))
+    assert "point       method.lr = 0.0123, batch = 16" in text
