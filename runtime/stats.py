@@ -167,20 +167,22 @@ class Probe:
         n_l, n_p = len(self.layers), len(self.pre_layers)
         acts, pres, rest = values[:n_l], values[n_l:n_l + n_p], values[n_l + n_p:]
         with np.errstate(all="ignore"):
-            for name, a in zip(self.layers, acts):
-                a = np.asarray(a, np.float64)
-                out["layers"][name] = {"mean": float(a.mean()), "std": float(a.std()),
+            for name, a in zip(self.layers, acts):  # float64 sums of the float32 values, no float64 copies
+                a = np.asarray(a)
+                out["layers"][name] = {"mean": float(a.mean(dtype=np.float64)), "std": float(a.std(dtype=np.float64)),
                                        "saturated": saturated(a, unit_range(spec.named[name])),
                                        "dead": float(np.mean(np.all(a == 0, axis=0)))}  # never active on the batch
             for name, p in zip(self.pre_layers, pres):
-                p = np.asarray(p, np.float64)
-                out["layers"][name].update(pre_mean=float(p.mean()), pre_std=float(p.std()))
+                p = np.asarray(p)
+                out["layers"][name].update(pre_mean=float(p.mean(dtype=np.float64)),
+                                           pre_std=float(p.std(dtype=np.float64)))
             if not with_t:
                 return out
             agrads = rest[:len(rest) - len(spec.params)] if spec.loss is not None else []
             for name, g in zip(self.layers, agrads):
-                g = np.asarray(g, np.float64)
-                out["layers"][name]["grad_rms"] = float(np.sqrt(np.mean(g * g))) if g.size else 0.0
+                g = np.asarray(g)
+                out["layers"][name]["grad_rms"] = float(np.sqrt(np.mean(np.square(g, dtype=np.float64)))) \
+                    if g.size else 0.0
             for name, g in zip(spec.params, rest[len(agrads):]):
                 w = state[name]
                 norm = float(np.linalg.norm(w))
@@ -203,7 +205,16 @@ def saturated(a: np.ndarray, bounds: tuple[float, float] | None) -> float | None
         return None
     lo, hi = bounds
     margin = SATURATED * (hi - lo)
-    return float(np.mean((a <= lo + margin) | (a >= hi - margin))) if a.size else 0.0
+    below, above = lo + margin, hi - margin
+    if a.dtype == np.float32:  # the float32 thresholds that compare exactly as the float64 ones do
+        below, above = _float32_at_most(below), -_float32_at_most(-above)
+    return float(np.mean((a <= below) | (a >= above))) if a.size else 0.0
+
+
+def _float32_at_most(v: float) -> np.float32:
+    """The largest float32 <= v: for a float32 x, x <= v exactly when x <= this."""
+    f = np.float32(v)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > v else f
 
 
 def first_nonfinite_layer(program: Program, state: dict, x) -> str | None:

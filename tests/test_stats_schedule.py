@@ -106,3 +106,20 @@ def test_threads_key(value, expect):
 def test_threads_key_refused_where_written(value):
     with pytest.raises(NetcError, match=r"<spec>:11:5: threads"):
         netc.compile(SPEC.replace("epochs = 12", f"epochs = 12\n    threads = {value}"), allocate=False)
+
+
+@pytest.mark.parametrize("bounds", [(-1.0, 1.0), (0.0, 1.0), (-1.7159, 1.7159), (-0.3, 0.7)])
+def test_saturation_of_float32_counts_as_in_float64(bounds):
+    """Statistics read float32 activations without a float64 copy: the thresholds
+    are the float32 values that compare exactly as the float64 bounds do."""
+    lo, hi = bounds
+    margin = stats.SATURATED * (hi - lo)
+    edge = []
+    for e in (lo + margin, hi - margin):
+        f = np.float32(e)
+        edge += [f, np.nextafter(f, np.float32(-np.inf)), np.nextafter(f, np.float32(np.inf))]
+    for v in edge:
+        one = np.array([v], np.float32)
+        assert stats.saturated(one, bounds) == stats.saturated(one.astype(np.float64), bounds), v
+    many = np.random.default_rng(4).uniform(lo, hi, 5000).astype(np.float32)
+    assert stats.saturated(many, bounds) == stats.saturated(many.astype(np.float64), bounds)
