@@ -206,3 +206,56 @@ def test_train_key_threads_absurd_counts_are_refused(value):
 def test_netc_threads_auto_and_counts_hold(value):
     plan = threads.decide(env={"NETC_THREADS": value}, busy=0)
     assert 1 <= plan.threads <= threads.available_cores() or value.strip() == "2"
+
+
+# ---------------------------------------------------------------------------- names reaching the C source
+
+MOMENTUM = """\
+input  x : [12]
+target t : class(4)
+h = dense(x, 9, act = tanh)
+y = dense(h, 4, act = identity)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.1, momentum = 0.9)
+    batch = 8
+}
+"""
+USING = 'use "LIB"\n' + MOMENTUM.replace("act = tanh", "act = squash")
+LIB = "def squash(z) = tanh(z)\n"
+
+
+def _code_only(c: str) -> str:
+    """C text without its comments: what the compiler compiles."""
+    import re
+    c = "\n".join(ln.split("//", 1)[0] for ln in c.splitlines())
+    return re.sub(r"/\*.*?\*/", "", c, flags=re.S)
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["x */ PAYLOAD /* y", "x\\", "x??/", 'x"PAYLOAD', "x\nPAYLOAD", "x\rPAYLOAD",
+                                  "x\u2028PAYLOAD", "\u202ePAYLOAD"])
+def test_hostile_file_names_stay_in_c_comments(tmp_path, name):
+    """A spec file's and a `use`d file's names reach the C as location comments: the
+    code compiled is the same as for plain names (or the name is refused, by name)."""
+    plain_dir, evil_dir = tmp_path / "plain", tmp_path / ("d" + name.replace("/", "_"))
+    models = []
+    for d, stem in ((plain_dir, "plain"), (evil_dir, name.replace("/", "_"))):
+        d.mkdir()
+        (d / f"{stem}.lib").write_text(LIB)
+        spec = d / f"{stem}.net"
+        spec.write_text(USING.replace("LIB", f"{stem}.lib".replace("\\", "\\\\").replace('"', '\\"')
+                                      .replace("\n", "\\n")))
+        try:
+            models.append(netc.compile(spec, backend="native", seed=2))
+        except NetcError as e:
+            assert d == evil_dir and "control character" in str(e), e
+            return
+    a, b = (m.program.step for m in models)
+    assert "PAYLOAD" not in _code_only(b.c_source)
+    assert _code_only(a.c_source) == _code_only(b.c_source)
+    x = np.linspace(-1, 1, 96, dtype=np.float32).reshape(8, 12)
+    t = np.arange(8) % 4
+    la = a(models[0].state, x, t, 0.1, 0.9)
+    lb = b(models[1].state, x, t, 0.1, 0.9)
+    np.testing.assert_array_equal(la[0], lb[0])
