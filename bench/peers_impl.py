@@ -401,7 +401,12 @@ def run(system: str, d: Path, epochs: int, small_steps: int, backend: str) -> di
     x, t, w = load(d, "", MNIST_KEYS)
     order = np.load(d / "order.npy")
     if system == "netc-fit":
-        fit = Fit(x, t, w, backend)
+        try:
+            fit = Fit(x, t, w, backend)
+        except Skip:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported as the reason it was skipped
+            raise Skip(f"backend {backend!r}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
         secs, loss = fit.run(epochs)
         out.update(epochs=secs, epoch1_loss=loss, netc_backend=fit.model.program.backend,
                    rss_mib=peak_rss_mib())
