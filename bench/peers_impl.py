@@ -251,7 +251,7 @@ def jax_system():
         import jax
         import jax.numpy as jnp
     except ImportError as e:
-        raise Skip(f"jax is not importable in {sys.executable}") from e
+        raise Skip(f"jax is not importable in {sys.executable} (see --peers-python)") from e
 
     def make(x, t, w, forward):
         X, T = jnp.asarray(x), jnp.asarray(t.astype(np.int32))
@@ -307,7 +307,7 @@ def torch_system():
         import torch
         import torch.nn.functional as F
     except ImportError as e:
-        raise Skip(f"torch is not importable in {sys.executable}") from e
+        raise Skip(f"torch is not importable in {sys.executable} (see --peers-python)") from e
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
