@@ -191,6 +191,12 @@ def main(argv=None) -> int:
     if rows[ours].get("small") and jax_small:
         print(f"small step: {LABELS[ours]} {rows[ours]['small']:.1f} us, JAX {jax_small:.1f} us: "
               f"{rows[ours]['small'] / jax_small:.2f}x JAX (target <= 0.5)")
+    floors = {s: rows[s]["epoch"] for s in ("gemm-mkl", "gemm-openblas") if "epoch" in rows.get(s, {})}
+    if floors:  # what limits netc's epoch: the GEMMs' share of it, and the rest (elementwise, gather, overhead)
+        floor = min(floors, key=floors.get)
+        share = floors[floor] / rows[ours]["epoch"]
+        print(f"what limits {LABELS[ours]}: {LABELS[floor]} {floors[floor]:.3f} s = {share * 100:.0f}% of its epoch; "
+              f"the rest {rows[ours]['epoch'] - floors[floor]:.3f} s (elementwise, gather, overhead)")
     lower = [s for s in peers if peers[s]["rss"] <= rows[ours]["rss"]]
     print(f"peak RSS: {LABELS[ours]} {rows[ours]['rss']:.0f} MiB; peers at or below it: "
           f"{', '.join(LABELS[s] for s in lower) or 'none'}")
