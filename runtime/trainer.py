@@ -53,9 +53,9 @@ class Batches:
         if b is None:
             b = self.bufs[n] = (np.empty((n,) + self.x.shape[1:], self.x.dtype),
                                 None if self.t is None else np.empty((n,) + self.t.shape[1:], self.t.dtype))
-        np.take(self.x, idx, axis=0, out=b[0])
+        self.x.take(idx, axis=0, out=b[0])  # the method: half of np.take's cost on a small batch
         if self.t is not None:
-            np.take(self.t, idx, axis=0, out=b[1])
+            self.t.take(idx, axis=0, out=b[1])
         return b
 
 
