@@ -259,3 +259,159 @@ def test_hostile_file_names_stay_in_c_comments(tmp_path, name):
     la = a(models[0].state, x, t, 0.1, 0.9)
     lb = b(models[1].state, x, t, 0.1, 0.9)
     np.testing.assert_array_equal(la[0], lb[0])
+
+
+# ---------------------------------------------------------------------------- checkpoints: Adam's state, normalize_target
+
+def _members(path) -> dict[str, bytes]:
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def _write_zip(path, ms: dict[str, bytes]):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        for k, v in ms.items():
+            z.writestr(k, v)
+
+
+def _npy(a) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _arr(ms, k) -> np.ndarray:
+    import io
+    return np.load(io.BytesIO(ms[k]), allow_pickle=False)
+
+
+REGRESSION = """\
+input x : [3]
+target t : [2]
+y = dense(x, 2)
+loss = mean((y - t) * (y - t))
+data { normalize_target = standardize }
+train {
+    method = adam(lr = 0.01)
+    batch = 4
+}
+"""
+RX = np.random.default_rng(0).random((16, 3)).astype(np.float32)
+RT = (np.random.default_rng(1).random((16, 2)) * 100).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def adam_run(tmp_path_factory):
+    """A one-epoch Adam run with normalize_target, and its checkpoint's members."""
+    d = tmp_path_factory.mktemp("adam")
+    m = netc.compile(REGRESSION, seed=1, backend="numpy")
+    m.fit(RX, RT, epochs=1, out=d / "run", progress=False)
+    return d / "run", _members(d / "run" / "params.npz")
+
+
+def _tampered(adam_run, tmp_path, key, change):
+    run, ms = adam_run
+    dest = tmp_path / "run"
+    shutil.copytree(run, dest)
+    ms = dict(ms)
+    if change is None:
+        del ms[key]
+    else:
+        ms[key] = _npy(change(_arr(ms, key)))
+    _write_zip(dest / "params.npz", ms)
+    return dest
+
+
+ADAM_TAMPER = {
+    "moment1 missing": ("a/state/y.W.moment1.npy", None),
+    "moment1 shape": ("a/state/y.W.moment1.npy", lambda a: np.zeros((2, 2), a.dtype)),
+    "moment1 int": ("a/state/y.W.moment1.npy", lambda a: np.zeros(a.shape, np.int64)),
+    "beta1_power shape": ("a/state/adam.beta1_power.npy", lambda a: np.zeros(3, a.dtype)),
+}
+ADAM_VALUES = {
+    "moment1 nan": ("a/state/y.W.moment1.npy", lambda a: a * np.nan),
+    "moment2 inf": ("a/state/y.W.moment2.npy", lambda a: a + np.inf),
+    "moment2 negative": ("a/state/y.W.moment2.npy", lambda a: -np.abs(a) - 1),
+    "beta1_power 1": ("a/state/adam.beta1_power.npy", lambda a: np.ones_like(a)),
+    "beta2_power -3": ("a/state/adam.beta2_power.npy", lambda a: -3 * np.ones_like(a)),
+    "beta1_power 5": ("a/state/adam.beta1_power.npy", lambda a: 5 * np.ones_like(a)),
+}
+
+
+@pytest.mark.parametrize("case", ADAM_TAMPER)
+def test_adam_state_of_the_wrong_shape_is_refused_by_field(adam_run, tmp_path, case):
+    key, change = ADAM_TAMPER[case]
+    dest = _tampered(adam_run, tmp_path, key, change)
+    field = key[len("a/"):-len(".npy")]
+    for attempt in (lambda: netc.load(dest), lambda: netc.resume(dest, RX, RT, epochs=2, progress=False)):
+        with pytest.raises(DataError) as e:
+            attempt()
+        assert str(dest) in str(e.value) and field in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("case", ADAM_VALUES)
+def test_adam_state_that_no_run_can_reach_is_refused_on_resume(adam_run, tmp_path, case):
+    """Moments that are not finite, a negative second moment, a beta power outside
+    (0, 1): no Adam run makes them. Resuming must not train on quietly (the rate cut
+    by 'recoveries' that cannot recover, NaN moments kept to the end): refused by
+    field, or the run ends finite without a recovery."""
+    key, change = ADAM_VALUES[case]
+    dest = _tampered(adam_run, tmp_path, key, change)
+    field = key[len("a/"):-len(".npy")]
+    try:
+        m = netc.resume(dest, RX, RT, epochs=3, progress=False)
+    except DataError as e:
+        assert str(dest) in str(e) and field in str(e), str(e)
+        return
+    assert all(np.isfinite(v).all() for v in m.state.values()), {k: v for k, v in m.state.items()}
+    assert m.summary["recoveries"] == 0, m.summary
+
+
+TNORM_TAMPER = {
+    "scale zero": ("a/tnorm.scale.npy", lambda a: np.zeros_like(a)),
+    "scale negative": ("a/tnorm.scale.npy", lambda a: -a),
+    "scale nan": ("a/tnorm.scale.npy", lambda a: a * np.nan),
+    "scale inf": ("a/tnorm.scale.npy", lambda a: a + np.inf),
+    "scale int": ("a/tnorm.scale.npy", lambda a: np.ones(a.shape, np.int64)),
+    "scale 2-D": ("a/tnorm.scale.npy", lambda a: a.reshape(1, -1)),
+    "mean wide": ("a/tnorm.mean.npy", lambda a: np.zeros(5, a.dtype)),
+    "mean missing": ("a/tnorm.mean.npy", None),
+    "scale missing": ("a/tnorm.scale.npy", None),
+    "kind missing": ("a/tnorm.kind.npy", None),
+    "kind center": ("a/tnorm.kind.npy", lambda a: np.array("center")),
+    "kind code": ("a/tnorm.kind.npy", lambda a: np.array("__import__('os').system('true')")),
+    "kind bytes": ("a/tnorm.kind.npy", lambda a: np.array(b"standardize")),
+}
+
+
+@pytest.mark.parametrize("case", TNORM_TAMPER)
+def test_a_tampered_target_normalization_is_refused_by_field(adam_run, tmp_path, case):
+    key, change = TNORM_TAMPER[case]
+    dest = _tampered(adam_run, tmp_path, key, change)
+    with pytest.raises(DataError) as e:
+        netc.load(dest)
+    assert str(dest) in str(e.value) and "tnorm." in str(e.value), str(e.value)
+
+
+def test_a_target_normalization_the_spec_does_not_ask_for_is_refused(adam_run, tmp_path):
+    run, ms = adam_run
+    m = netc.compile(REGRESSION.replace("standardize", "none"), seed=1, backend="numpy")
+    p = m.save(tmp_path / "plain")
+    plain = _members(p)
+    plain.update({k: v for k, v in ms.items() if k.startswith("a/tnorm.")})
+    _write_zip(p, plain)
+    with pytest.raises(DataError) as e:
+        netc.load(tmp_path / "plain")
+    assert "tnorm." in str(e.value)
+
+
+def test_a_loaded_target_normalization_gives_back_the_targets_units(adam_run):
+    run, _ = adam_run
+    m = netc.load(run)
+    raw = m.predict_raw(RX)
+    y = m.predict(RX)
+    assert np.isfinite(y).all() and not np.allclose(raw, y)
+    assert abs(float(np.mean(y)) - float(np.mean(RT))) < 40  # targets near 50, outputs near 0
