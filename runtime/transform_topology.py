@@ -187,8 +187,8 @@ class _Finder:
                 raise self._error(
                     f"transforms: this sum reads '{layer.name}' but not {self._name(seg.node)}, an input of "
                     f"'{layer.name}', so a refresh of its alpha could not be compensated here; add a "
-                    f"shortcut from {self._name(seg.node)} to this sum (`+ shortcut(...)`, or concat it "
-                    f"into this layer's input) [RV]", m)
+                    f"shortcut from {self._name(seg.node)} to this sum (`+ shortcut(..., n)`, or concat it "
+                    f"into this sum's input as `stack_transformed` does) [RV]", m)
             shortcuts.append(hit)
         if s.bias is None:
             raise self._error(f"transforms: this sum reads '{layer.name}' but has no bias to absorb the "
