@@ -415,3 +415,142 @@ def test_a_loaded_target_normalization_gives_back_the_targets_units(adam_run):
     y = m.predict(RX)
     assert np.isfinite(y).all() and not np.allclose(raw, y)
     assert abs(float(np.mean(y)) - float(np.mean(RT))) < 40  # targets near 50, outputs near 0
+
+
+# ---------------------------------------------------------------------------- netc predict RUN DATA
+
+FREE = """\
+input  x : [_]
+target t : class(_)
+h = dense(x, 4, act = tanh)
+y = dense(h, classes(t))
+loss = nll(softmax(y), t)
+train { batch = 4 }
+"""
+PX = np.random.default_rng(2).random((16, 3)).astype(np.float32)
+PT = np.arange(16) % 3
+
+
+@pytest.fixture(scope="module")
+def free_run(tmp_path_factory):
+    """A run of a spec whose sizes come from the data (3 features, 3 classes), trained on arrays."""
+    d = tmp_path_factory.mktemp("free")
+    m = netc.compile(FREE, seed=1, backend="numpy")
+    m.fit(PX, PT, epochs=1, out=d / "run", progress=False)
+    return d / "run"
+
+
+def _predict(run, data, *more) -> tuple[int, str]:
+    """`netc predict RUN DATA ...` in this process, on a thread that must finish (a FIFO must not block)."""
+    import contextlib
+    import io
+    import threading
+    from netc.cli import main
+    out, err, result = io.StringIO(), io.StringIO(), []
+
+    def go():
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                result.append(main(["predict", str(run), str(data), *map(str, more)]))
+            except SystemExit as e:
+                result.append(e.code)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(60)
+    assert result, "netc predict did not return"
+    return result[0], err.getvalue() + out.getvalue()
+
+
+def _npy_header(tmp_path, shape, name="huge.npy"):
+    h = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    h += b" " * ((-(10 + len(h) + 1)) % 64) + b"\n"
+    p = tmp_path / name
+    p.write_bytes(b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + b"\0" * 64)
+    return p
+
+
+def test_predict_with_sizes_from_the_data_checks_the_width(free_run, tmp_path):
+    np.save(tmp_path / "ok.npy", PX)
+    rc, text = _predict(free_run, tmp_path / "ok.npy")
+    assert rc == 0, text
+    for w in (2, 5):
+        np.save(tmp_path / f"w{w}.npy", np.ones((4, w), np.float32))
+        rc, text = _predict(free_run, tmp_path / f"w{w}.npy")
+        assert rc == 2 and f"w{w}.npy" in text and "3" in text, text
+
+
+def test_predict_refuses_a_csv_one_column_too_wide_for_a_run_without_a_csv(free_run, tmp_path):
+    """The run trained on arrays: there is no target column to drop, so a 4-column CSV for
+    a 3-feature model is the wrong file (a careless user's), not features plus a label."""
+    np.savetxt(tmp_path / "w4.csv", np.ones((4, 4)), delimiter=",")
+    rc, text = _predict(free_run, tmp_path / "w4.csv")
+    assert rc == 2 and "w4.csv" in text and "4" in text, text
+
+
+@pytest.mark.parametrize("shape", ["(1000000000, 1000)", "(100000, 100000)", "(-1, 3)", "(4,)", "()"])
+def test_predict_refuses_an_npy_whose_header_lies_before_allocating(free_run, tmp_path, shape):
+    """An .npy declaring 4 TB (or a bad shape) over 64 bytes: a DataError naming the file
+    (exit 2), not a MemoryError reported as a bug in netc."""
+    rc, text = _predict(free_run, _npy_header(tmp_path, shape))
+    assert rc == 2 and "huge.npy" in text and "internal error" not in text, text
+
+
+@pytest.mark.parametrize("what", ["fifo", "dev_zero", "folder", "truncated_npz", "missing", "not_numbers",
+                                  "pickle_npy", "empty_csv"])
+def test_predict_refuses_files_that_are_not_data(free_run, tmp_path, what):
+    if what == "fifo":
+        p = tmp_path / "f.csv"
+        os.mkfifo(p)
+    elif what == "dev_zero":
+        p = tmp_path / "z.npy"
+        p.symlink_to("/dev/zero")
+    elif what == "folder":
+        p = tmp_path / "d.csv"
+        p.mkdir()
+    elif what == "truncated_npz":
+        np.savez(tmp_path / "full.npz", x=PX)
+        p = tmp_path / "t.npz"
+        p.write_bytes((tmp_path / "full.npz").read_bytes()[:300])
+    elif what == "missing":
+        p = tmp_path / "nothing.csv"
+    elif what == "not_numbers":
+        p = tmp_path / "s.csv"
+        p.write_text("a,b,c\n1,2,x\n")
+    elif what == "pickle_npy":
+        p = tmp_path / "o.npy"
+        np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        p = tmp_path / "e.csv"
+        p.write_text("")
+    rc, text = _predict(free_run, p)
+    assert rc == 2 and p.name in text and "internal error" not in text, text
+
+
+def test_predict_out_through_a_symlink_leaves_its_target_alone(free_run, tmp_path):
+    np.save(tmp_path / "ok.npy", PX)
+    victim = tmp_path / "victim.csv"
+    victim.write_text("precious\n")
+    (tmp_path / "p.csv").symlink_to(victim)
+    rc, text = _predict(free_run, tmp_path / "ok.npy", "--out", tmp_path / "p.csv")
+    assert rc == 0, text
+    assert victim.read_text() == "precious\n"
+    assert (tmp_path / "p.csv").read_text().startswith("label\n")
+
+
+@pytest.mark.parametrize("run", ["loop", "not_a_run", "file", "empty_params"])
+def test_predict_from_something_that_is_not_a_run(tmp_path, run):
+    np.save(tmp_path / "ok.npy", PX)
+    p = tmp_path / run
+    if run == "loop":
+        p.symlink_to(p)
+    elif run == "not_a_run":
+        p.mkdir()
+        (p / "spec.net").write_text(FREE)
+    elif run == "file":
+        p.write_text("x")
+    else:
+        p.mkdir()
+        (p / "params.npz").write_bytes(b"")
+    rc, text = _predict(p, tmp_path / "ok.npy")
+    assert rc == 2 and run in text and "internal error" not in text, text
