@@ -140,7 +140,10 @@ class RunFolder:
         """A new run in `folder`: refused if it holds another run, unless `force`."""
         if folder.exists() and not folder.is_dir():
             raise NetcError(f"{folder} is a file, not a run folder")
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file or device on the way, a symlink loop, no permission
+            raise NetcError(f"{folder}: cannot be a run folder ({e.strerror or e})") from None
         rf = cls(folder)
         rf.held = Lock(folder)
         try:

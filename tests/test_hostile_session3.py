@@ -554,3 +554,120 @@ def test_predict_from_something_that_is_not_a_run(tmp_path, run):
         (p / "params.npz").write_bytes(b"")
     rc, text = _predict(p, tmp_path / "ok.npy")
     assert rc == 2 and run in text and "internal error" not in text, text
+
+
+# ---------------------------------------------------------------------------- init = from(RUN), netc pretrain
+
+STACK = """\
+input x : [6]
+target t : class(3)
+h1 = dense(x, 5, act = sigmoid)
+h2 = dense(h1, 4, act = sigmoid)
+y = dense(h2, 3)
+loss = nll(softmax(y), t)
+data { train = npz("d.npz") }
+train {
+    method = sgd(lr = 0.1)
+    epochs = 1
+INIT}
+"""
+PRETRAIN_BLOCK = "pretrain {\n    layers = [h1, h2]\n    epochs = 1\n}\n"
+
+
+@pytest.fixture
+def stack(tmp_path, monkeypatch):
+    """A folder (the working directory) with d.npz and a one-epoch run of STACK in runs/a."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.uniform(size=(60, 6)).astype("float32"), t=rng.integers(0, 3, 60))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.net").write_text(STACK.replace("INIT", ""))
+    netc.compile(tmp_path / "a.net", backend="numpy").fit(out=tmp_path / "runs" / "a", epochs=1, progress=False)
+    return tmp_path
+
+
+def _init_spec(folder, source: str):
+    p = folder / "b.net"
+    p.write_text(STACK.replace("INIT", f"    init h1 = from({source})\n"))
+    return p
+
+
+@pytest.mark.parametrize("what", ["etc", "dev_zero", "fifo", "loop", "fifo_params", "zero_params", "spec_file",
+                                  "cwd", "parent_of_runs", "newline", "proc_stdin"])
+def test_init_from_what_is_not_a_run_is_refused_where_written(stack, what):
+    d = stack
+    source = {"etc": '"/etc"', "dev_zero": '"/dev/zero"', "fifo": '"fifo"', "loop": '"loop"',
+              "fifo_params": '"fifodir"', "zero_params": '"zdir"', "spec_file": '"runs/a/spec.net"',
+              "cwd": '"."', "parent_of_runs": '"runs"', "newline": '"runs/a\\n"',
+              "proc_stdin": '"/proc/self/fd/0"'}[what]
+    if what == "fifo":
+        os.mkfifo(d / "fifo")
+    elif what == "loop":
+        (d / "loop").symlink_to(d / "loop")
+    elif what == "fifo_params":
+        (d / "fifodir").mkdir()
+        os.mkfifo(d / "fifodir" / "params.npz")
+    elif what == "zero_params":
+        (d / "zdir").mkdir()
+        (d / "zdir" / "params.npz").symlink_to("/dev/zero")
+    spec = _init_spec(d, source)
+    with pytest.raises(netc.SpecError) as e:
+        netc.compile(spec, backend="numpy")
+    assert e.value.loc is not None and e.value.loc.line == 11, e.value  # the init line
+
+
+def test_a_run_initialized_from_another_needs_it_no_more(stack):
+    """A checkpoint is self-contained: once B has trained from A, A can go (or be
+    replaced by /dev/zero) and B still loads and resumes, reading nothing of A."""
+    d = stack
+    b = netc.compile(_init_spec(d, '"runs/a"'), backend="numpy")
+    np.testing.assert_array_equal(b.state["h1.W"], netc.load(d / "runs" / "a").state["h1.W"])
+    b.fit(out=d / "runs" / "b", epochs=1, progress=False)
+    shutil.rmtree(d / "runs" / "a")
+    (d / "runs" / "a").mkdir()
+    (d / "runs" / "a" / "params.npz").symlink_to("/dev/zero")
+    loaded = netc.load(d / "runs" / "b")
+    np.testing.assert_array_equal(loaded.state["h1.W"], b.state["h1.W"])
+    again = netc.resume(d / "runs" / "b", epochs=2, progress=False)
+    assert again.summary["epochs"] == 2
+
+
+@pytest.mark.parametrize("out", ['q"uote', "back\\slash\\", "new\nline", "par) + x(", "cr\rx", "#hash", "??/tri"])
+def test_pretrain_folders_with_hostile_names_round_trip(stack, out):
+    """The stage folders are written into the generated stage specs as string literals:
+    any name stays one literal (the stages train, and again all are found finished)."""
+    d = stack
+    (d / "p.net").write_text(STACK.replace("INIT", "") + PRETRAIN_BLOCK)
+    m = netc.pretrain(d / "p.net", out=d / out, progress=False)
+    assert [r["how"] for r in m.stages] == ["trained"] * 3
+    assert sorted(os.listdir(d / out)) == ["finetune", "h1", "h2"]
+    m = netc.pretrain(d / "p.net", out=d / out, progress=False)
+    assert [r["how"] for r in m.stages] == ["skipped (finished)"] * 3
+
+
+@pytest.mark.parametrize("out", ["loop", "afile", "/dev/null"])
+def test_pretrain_out_that_cannot_be_a_folder_is_a_user_error(stack, out, capsys):
+    """`netc pretrain --out X` where X is a symlink loop, a file or a device: exit 2 naming
+    X, not an internal error (RuntimeError / NotADirectoryError)."""
+    from netc.cli import main
+    d = stack
+    (d / "p.net").write_text(STACK.replace("INIT", "") + PRETRAIN_BLOCK)
+    (d / "loop").symlink_to(d / "loop")
+    (d / "afile").write_text("x")
+    target = out if out.startswith("/") else str(d / out)
+    rc = main(["pretrain", str(d / "p.net"), "--out", target, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "internal error" not in err and target in err, (rc, err)
+
+
+@pytest.mark.parametrize("out", ["afile/sub", "loop", "loop/sub", "/dev/null/x"])
+def test_train_out_that_cannot_be_a_folder_is_a_user_error(stack, out, capsys):
+    """`netc train --out X` where X cannot be made a folder: exit 2 naming X (it was an
+    internal error: NotADirectoryError, FileExistsError, ELOOP from mkdir)."""
+    from netc.cli import main
+    d = stack
+    (d / "loop").symlink_to(d / "loop")
+    (d / "afile").write_text("x")
+    rc = main(["train", str(d / "a.net"), "--out", out, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "internal error" not in err and out in err, (rc, err)
+    assert (d / "afile").read_text() == "x"
