@@ -250,12 +250,16 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names, c_used
     nh = max(hyper_slot.values(), default=-1) + 1
     pre.append(f"    H = rt.hypers({max(nh, 1)})")
     pre += [f"    C{j} = rt.fns[{j}]" for j in range(len(seg_names))]
+    pre.append(f"    last = [None] * {max(nf, 1)}  # per input: the array the C side reads in place")
+    pre.append(f"    D = [None] * {max(nf, 1)}  # per input: the array the C side reads")
     for k, f in enumerate(L.feeds):
         if f.op == "input":
             pre.append(f"    x{k} = rt.empty({_shape_py(f.shape)}, {f.dtype!r})  # {comment(f.name)}")
-            body.append(f"        d{k} = rt.feed(f{k}, x{k})")
-            body.append(f"        P[{k}] = rt.address(d{k})")
-            var[f.id] = f"d{k}"
+            body.append(f"        if f{k} is not last[{k}]:  # the trainer passes the same batch buffers each step")
+            body.append(f"            d = D[{k}] = rt.feed(f{k}, x{k})")
+            body.append(f"            P[{k}] = rt.address(d)")
+            body.append(f"            last[{k}] = f{k} if d is f{k} else None  # a copy is made again every call")
+            var[f.id] = f"D[{k}]"
         else:
             body.append(f"        H[{hyper_slot[f.id]}] = f{k}")
             var[f.id] = f"f{k}"

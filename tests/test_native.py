@@ -263,3 +263,23 @@ def test_debug_buffers_start_as_nan_and_no_step_reads_one_unwritten():
     assert all(np.all(np.isfinite(v)) for v in m.state.values())
     step = fn.bind(m.state, 6)
     assert step is fn.bind(m.state, 6)  # bound once per state and batch size
+
+
+def test_a_reused_batch_buffer_is_read_again_each_call():
+    """The trainer refills the same arrays every step: the native step reads their new
+    contents (it keeps their addresses), and a copied (non-contiguous) feed is copied again."""
+    m = model(ROOT / "specs" / "mnist_mlp.net")
+    ev_np, ev_c = m.program.named("evaluate", "numpy"), m.program.named("evaluate", "native")
+    rng = np.random.default_rng(8)
+    x = np.empty((10, 784), np.float32)
+    wide = np.empty((10, 1568), np.float32)
+    t = np.empty(10, np.int64)
+    for _ in range(3):
+        x[...] = rng.normal(size=x.shape)
+        wide[:, ::2] = x
+        t[...] = rng.integers(0, 10, 10)
+        want = [np.array(v) for v in ev_np(m.state, x, t)]
+        for feed in (x, wide[:, ::2]):
+            got = ev_c(m.state, feed, t)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
