@@ -45,12 +45,16 @@ def pretrain(spec: str | Path, *, out: str | Path | None = None, seed: int | Non
     p = make_plan(text, file)
     _check_tied(user, p)
     folder = validate.path(out, "pretrain(out=...)") if out is not None else _default_folder(file)
-    folders = [(folder / s.layer).resolve() for s in p.stages]
+    try:
+        folder = folder.resolve()  # the stages' runs name each other by absolute paths
+    except (OSError, RuntimeError) as e:  # a symlink loop, ...
+        raise NetcError(f"{folder}: cannot be the folder of the stages' runs ({e})") from None
+    folders = [folder / s.layer for s in p.stages]
     names = [str(f) for f in folders]
     runs = [(f"stage {k + 1}/{len(p.stages) + 1}: {s.layer} as an auto-encoder of {s.input}",
              p.stage_text(k, names), folders[k]) for k, s in enumerate(p.stages)]
     runs.append((f"stage {len(p.stages) + 1}/{len(p.stages) + 1}: fine-tuning every layer on the labels",
-                 p.finetune_text(names), (folder / FINETUNE).resolve()))
+                 p.finetune_text(names), folder / FINETUNE))
     for k, (_, stage_text, _) in enumerate(runs):  # every stage compiles before the first one trains
         try:
             Model(stage_text, file, seed=seed, allocate=False)
