@@ -21,6 +21,10 @@ from .curvature import gauss_newton_diag
 from .graph import Graph, Node
 
 ZERO = {"dist": "constant", "value": 0.0}
+INF = float("inf")
+# What a state's values can be in any run (`valid`, a closed range, finite always): a
+# checkpoint holding others was not written by a run, and is refused where it is read.
+REAL, NONNEGATIVE, UNIT = (-INF, INF), (0.0, INF), (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,15 @@ def _rule(kind: str) -> UpdateRule:
     return rule
 
 
-def _state(G: Graph, p: Node, what: str, init=ZERO, shape=None) -> Node:
+def _state(G: Graph, p: Node, what: str, init=ZERO, shape=None, valid=None) -> Node:
     return G("state", name=f"{p.name}.{what}", shape=p.shape if shape is None else shape,
-             dtype=p.dtype, init=init)
+             dtype=p.dtype, init=init, valid=valid)
+
+
+def state_ranges(leaves: list[Node]) -> dict[str, tuple[float, float]]:
+    """The declared range (`valid`) of each state leaf that has one: what a checkpoint's
+    copy must hold (runtime/checkpoint.py)."""
+    return {n.name: n.attr("valid") for n in leaves if n.op == "state" and n.attr("valid") is not None}
 
 
 def with_decay(G: Graph, opt: Optimizer, params, grads) -> list[Node]:
@@ -147,7 +157,7 @@ def _sgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tu
     if not opt.momentum:
         return [(p, G("sub", p, step))]
     mu = G("hyper", name="momentum", shape=(), dtype=G.float_dtype)
-    v = _state(G, p, "velocity")
+    v = _state(G, p, "velocity", valid=REAL)
     v_new = G("sub", G("mul", mu, v), step)
     p_new = G("sub", G("add", p, G("mul", mu, v_new)), step) if opt.nesterov else G("add", p, v_new)
     return [(v, v_new), (p, p_new)]
@@ -155,7 +165,7 @@ def _sgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tu
 
 def _adagrad(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
     """Each weight's rate divided by the root of its summed squared gradients [PR 6.2]."""
-    acc = _state(G, p, "sum_sq")
+    acc = _state(G, p, "sum_sq", valid=NONNEGATIVE)
     acc_new = G("add", acc, G("mul", g, g))
     step = G("div", G("mul", eps_p, g), G("add", G("sqrt", acc_new), opt.eps))
     return [(acc, acc_new), (p, G("sub", p, step))]
@@ -167,7 +177,8 @@ def _adam_corrections(G: Graph, opt: Optimizer, params, grads, loss, output, sha
     bias toward their zero start [Kingma & Ba 2015, Alg. 1]."""
     one = {"dist": "constant", "value": 1.0}
     for k, beta in (("1", opt.beta1), ("2", opt.beta2)):
-        power = G("state", name=f"adam.beta{k}_power", shape=(), dtype=G.float_dtype, init=one)
+        power = G("state", name=f"adam.beta{k}_power", shape=(), dtype=G.float_dtype, init=one,
+                  valid=UNIT)  # 0 once it underflows
         new = G("mul", power, float(beta))
         shared.updates.append((power, new))
         shared.scalars[f"correction{k}"] = G("div", 1.0, G("sub", 1.0, new))
@@ -178,7 +189,7 @@ def _adam(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float,
     """m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
     w <- w - eps (m c1) / (sqrt(v c2) + e), c the bias corrections [Kingma & Ba 2015, Alg. 1]:
     the first step moves each weight by about eps, whatever the gradient's scale."""
-    m, v = _state(G, p, "moment1"), _state(G, p, "moment2")
+    m, v = _state(G, p, "moment1", valid=REAL), _state(G, p, "moment2", valid=NONNEGATIVE)
     m_new = G("add", G("mul", opt.beta1, m), G("mul", 1.0 - opt.beta1, g))
     v_new = G("add", G("mul", opt.beta2, v), G("mul", 1.0 - opt.beta2, G("mul", g, g)))
     m_hat = G("mul", m_new, shared.scalars["correction1"])
@@ -189,7 +200,7 @@ def _adam(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float,
 
 def _rmsprop(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
     """ms <- rho ms + (1-rho) g^2, w <- w - eps g / (sqrt(ms) + e) [Tieleman & Hinton 2012]."""
-    ms = _state(G, p, "mean_sq")
+    ms = _state(G, p, "mean_sq", valid=NONNEGATIVE)
     ms_new = G("add", G("mul", opt.rho, ms), G("mul", 1.0 - opt.rho, G("mul", g, g)))
     step = G("div", G("mul", eps_p, g), G("add", G("sqrt", ms_new), opt.eps))
     return [(ms, ms_new), (p, G("sub", p, step))]

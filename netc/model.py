@@ -12,6 +12,7 @@ import numpy as np
 
 from netc.compiler.errors import DataError, NetcError, SpecError, did_you_mean
 from netc.compiler import sources, validate
+from netc.compiler.update import state_ranges
 from netc.compiler.pipeline import (choose_backend, compile_program, parse_and_elaborate, require_backend,
                                     to_backend, to_host)
 from netc.runtime import checkpoint, data, init_from, memory, normalize
@@ -544,7 +545,7 @@ def load(path: str | Path) -> Model:
         except NetcError as e:
             raise checkpoint.spec_error(ck, e) from None
         checkpoint.check_params(ck, {k: v.shape for k, v in m.params.items()})
-        assign(m.state, checkpoint.read_state(ck, m.state))
+        assign(m.state, checkpoint.read_state(ck, m.state, state_ranges(m.program.state_leaves)))
         m._init_pending = False  # the saved parameters are the model's
         xs = list(m.program.spec.inputs.values())[:1]
         norm = checkpoint.read_normalizer(ck, xs[0].shape[1] if xs and len(xs[0].shape) == 2 else None)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from netc.compiler import validate
 from netc.compiler.errors import DataError, NetcError
+from netc.compiler.update import state_ranges
 from netc.runtime import checkpoint, run_folder
 from netc.runtime.state import assign
 from netc.runtime.trainer import Saved
@@ -57,7 +58,7 @@ def _resume(folder: Path, held, x, t, valid, test, epochs, progress, log) -> Mod
             checkpoint.check_params(ck, {k: v.shape for k, v in m.params.items()})
             target = epochs or record["epochs"] or m.train_cfg.epochs
             if meta.get("final") and (meta.get("stopped") == "early" or target <= meta.get("epoch", 0)):
-                assign(m.state, checkpoint.read_state(ck, m.state))
+                assign(m.state, checkpoint.read_state(ck, m.state, state_ranges(m.program.state_leaves)))
                 xs = list(m.program.spec.inputs.values())[:1]
                 norm = checkpoint.read_normalizer(ck, xs[0].shape[1] if xs and len(xs[0].shape) == 2 else None)
                 if norm is not None:
@@ -74,7 +75,7 @@ def _resume(folder: Path, held, x, t, valid, test, epochs, progress, log) -> Mod
             if target < done or (target == done and partial):
                 raise NetcError(f"{folder} has trained {done} epoch(s)" + (" and part of the next" if partial else "")
                                 + f": --epochs must be at least {done + 1 if partial else done}")
-            arrays = checkpoint.read_train_state(ck, m.state)
+            arrays = checkpoint.read_train_state(ck, m.state, state_ranges(m.program.state_leaves))
         saved_at = {k: meta.get(k) for k in ("epoch", "batch", "batches", "final")}
         saved = Saved(arrays, read_history(folder, meta.get("metrics_lines", 0)), meta.get("train_seconds", 0.0),
                       meta.get("stopped"), meta.get("examples"))

@@ -407,10 +407,30 @@ def check_params(ck: Checkpoint, shapes: dict[str, tuple]) -> None:
         raise ck.error("params", f"the parameters {[V.shown(d, 40) for d in diff[:3]]} differ from the spec's")
 
 
-def read_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def read_state(ck: Checkpoint, state: dict[str, np.ndarray],
+               ranges: dict[str, tuple[float, float]]) -> dict[str, np.ndarray]:
     """The saved value of every array in `state` (a freshly compiled model's),
-    each checked for that array's shape and type before its data is read."""
-    return {k: ck.read(f"state/{k}", v.shape, v.dtype) for k, v in state.items()}
+    each checked for that array's shape and type before its data is read, and
+    then for the range its declaration gives (`ranges`, compiler/update.py's
+    state_ranges: Adam's moments, RMSprop's mean squares, ...)."""
+    return {k: _in_range(ck, f"state/{k}", ck.read(f"state/{k}", v.shape, v.dtype), ranges.get(k))
+            for k, v in state.items()}
+
+
+def _in_range(ck: Checkpoint, field: str, a: np.ndarray, valid: tuple[float, float] | None) -> np.ndarray:
+    """`a`, refused unless its values are finite and inside `valid` (None: not declared)."""
+    if valid is None:
+        return a
+    lo, hi = valid
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(a) & (a >= lo) & (a <= hi))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = f" at {where}" if where else ""
+        span = "" if (lo, hi) == (-np.inf, np.inf) else f" or outside [{lo:g}, {hi:g}]"
+        raise ck.error(field, f"{int(bad.sum())} value(s) not finite{span} ({float(a[where]):g}{at}): "
+                              f"no run makes them")
+    return a
 
 
 # the training state (runtime/train_state.py TrainState.to_arrays): scalars and small vectors by name
@@ -422,16 +442,19 @@ _TRAIN_COPIES = ("watch/healthy/", "best/arrays/", "average/arrays/")  # copies 
 _TRAIN_VECTORS = {"emphasis/missed": "b", "cursor/sizes": "i", "cursor/order": "i", "batch/w": "f"}
 
 
-def read_train_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def read_train_state(ck: Checkpoint, state: dict[str, np.ndarray],
+                     ranges: dict[str, tuple[float, float]]) -> dict[str, np.ndarray]:
     """The training state saved in a run's checkpoint, for TrainState.from_arrays:
-    every array checked (name, shape, type) before its data is read. The live
+    every array checked (name, shape, type) before its data is read, and state
+    arrays and their copies then for their declared `ranges` (read_state). The live
     arrays are 'live/*' when the final parameters ('state/*') differ from them
     (early stopping's best, Polyak's average), else 'state/*'."""
     if "train/counters" not in ck.entries or "train/rng" not in ck.entries:
         raise DataError(f"{ck.file}: holds no training state (saved by Model.save, or by an older netc); "
                         f"nothing to resume")
     live = "live/" if any(k.startswith("live/") for k in ck.entries) else "state/"
-    out = {f"state/{k}": ck.read(live + k, v.shape, v.dtype) for k, v in state.items()}
+    out = {f"state/{k}": _in_range(ck, live + k, ck.read(live + k, v.shape, v.dtype), ranges.get(k))
+           for k, v in state.items()}
     for name, e in ck.entries.items():
         if name in _TRAIN_FIXED:
             shape, kind = _TRAIN_FIXED[name]
@@ -447,7 +470,7 @@ def read_train_state(ck: Checkpoint, state: dict[str, np.ndarray]) -> dict[str, 
             key = name.split("/", 2)[2]
             if key not in state:
                 raise ck.error(name, "a copy of an array the spec does not have")
-            out[name] = ck.read(name, state[key].shape, state[key].dtype)
+            out[name] = _in_range(ck, name, ck.read(name, state[key].shape, state[key].dtype), ranges.get(key))
         elif name.startswith(_TRAIN_SCALARS) and name.count("/") == 1:
             if e.shape != () or e.dtype.kind not in "biuf":
                 raise ck.error(name, f"expected one number, found {_dtype_name(e.dtype)} {_short(e.shape)}")

@@ -10,7 +10,7 @@ import pytest
 import cuda_harness
 import netc
 from netc.compiler import plan
-from netc.compiler.errors import SpecError
+from netc.compiler.errors import DataError, SpecError
 
 NET = """input x : [4]
 target t : class(3)
@@ -152,6 +152,47 @@ def test_resume_mid_run_is_bit_identical(tmp_path):
     assert set(resumed.state) == set(whole.state)
     for k in whole.state:
         np.testing.assert_array_equal(resumed.state[k], whole.state[k], err_msg=k)
+
+
+# a value just outside each declared range (compiler/update.py: REAL, NONNEGATIVE, UNIT)
+_OUTSIDE = {(-np.inf, np.inf): [np.nan, np.inf], (0.0, np.inf): [-1e-3, np.inf], (0.0, 1.0): [-0.5, 1.5, np.nan]}
+
+
+@pytest.mark.parametrize("method", ["adam()", "rmsprop()", "adagrad()", "sgd(momentum = 0.9)"])
+def test_optimizer_state_no_run_can_reach_is_refused_by_field(tmp_path, method):
+    """Every optimizer state declares the range its values keep in any run; a checkpoint
+    whose copy leaves it (tampered, or not a run's) is refused naming the field, by
+    netc.load and netc.resume; the range's ends (a beta power of 1, fresh; 0, underflowed)
+    are accepted."""
+    from netc.compiler.update import state_ranges
+    x, t = data(n=20)
+    spec = NET.format(method=method, extra="")
+    m = netc.compile(spec).fit(x, t, epochs=1, out=tmp_path / "run")
+    ranges = state_ranges(m.program.state_leaves)
+    assert set(ranges) == set(m.state) - set(m.params) and ranges, ranges  # every optimizer state declared
+    with np.load(tmp_path / "run" / "params.npz", allow_pickle=False) as z:
+        saved = {k: z[k] for k in z.files}
+
+    def tampered(name, value):
+        arrays = dict(saved)
+        a = arrays[f"a/state/{name}"].copy()
+        a.flat[a.size // 2] = value
+        arrays[f"a/state/{name}"] = a
+        dest = tmp_path / f"{name}-{value}"
+        dest.mkdir()
+        np.savez(dest / "params.npz", **arrays)
+        return dest
+
+    for name, valid in ranges.items():
+        for value in _OUTSIDE[valid]:
+            dest = tampered(name, value)
+            for attempt in (lambda: netc.load(dest), lambda: netc.resume(dest, x, t, epochs=2)):
+                with pytest.raises(DataError) as e:
+                    attempt()
+                assert f"{dest}" in str(e.value) and f"'state/{name}'" in str(e.value), str(e.value)
+        if valid == (0.0, 1.0):
+            for value in valid:
+                assert np.isfinite(netc.resume(tampered(name, value), x, t, epochs=2).state[name])
 
 
 @pytest.mark.parametrize("method", ["adam(lr = 0.01)", "rmsprop(lr = 0.003)"])
