@@ -259,7 +259,7 @@ class TrainConfig(_Strict):
                                                                           "keeping the function [RV]")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the compiled step")
     eval_batch: int = Field(1000, ge=1, description="batch size for validation, test and prediction")
-    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+    threads: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] | None = Field(
         None, description="threads of the native backend's GEMMs and loops: a number, or auto (the default: "
                           "$NETC_THREADS, else the cores no other process is busy on; a tiny step runs on one)")
     test_every: Literal["end", "epoch"] = Field(

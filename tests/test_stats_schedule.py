@@ -102,7 +102,7 @@ def test_threads_key(value, expect):
     assert netc.compile(SPEC, allocate=False).train_cfg.threads is None  # unset: auto at run time
 
 
-@pytest.mark.parametrize("value", ["0", "many", "1.5"])
+@pytest.mark.parametrize("value", ["0", "many", "1.5", "4097", "1000000000000"])
 def test_threads_key_refused_where_written(value):
     with pytest.raises(NetcError, match=r"<spec>:11:5: threads"):
         netc.compile(SPEC.replace("epochs = 12", f"epochs = 12\n    threads = {value}"), allocate=False)
