@@ -20,6 +20,7 @@ import functools
 import gzip
 import importlib.resources
 import math
+import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -88,8 +89,21 @@ def _s(v: int | None) -> str:
 
 # ---------------------------------------------------------------------------- IDX
 
+def _regular(path: Path) -> None:
+    """Data files are regular files: a FIFO would block the read, a device (/dev/zero) never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a folder: the reader's own message
+        raise DataError(f"{path}: not a regular file (a device, FIFO or socket)")
+
+
 def _read_bytes(path: Path) -> bytes:
     """File contents, gunzipped if the file starts with the gzip magic."""
+    _regular(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -220,6 +234,7 @@ def csv(path: str | Path, target: str | int | None = -1, header: bool | None = N
     `conform` turns into classes where the spec declares class(n) and every
     value is a whole number. A UTF-8 byte-order mark is skipped."""
     path = Path(path)
+    _regular(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = _csv.reader(f)
@@ -305,8 +320,7 @@ def _target_column(path: Path, target: str | int | None, names: list[str] | None
 def npz(path: str | Path, x: str = "x", t: str | None = "t") -> Dataset:
     """Arrays `x` (reshaped to [n, -1]) and `t` from an .npz, never unpickling."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+    _regular(path)
     try:
         with open(path, "rb") as f:
             magic = f.read(6)

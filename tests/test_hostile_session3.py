@@ -440,8 +440,8 @@ def free_run(tmp_path_factory):
     return d / "run"
 
 
-def _predict(run, data, *more) -> tuple[int, str]:
-    """`netc predict RUN DATA ...` in this process, on a thread that must finish (a FIFO must not block)."""
+def _cli(*args) -> tuple[int, str]:
+    """`netc ARGS` in this process, on a thread that must finish (a FIFO must not block it)."""
     import contextlib
     import io
     import threading
@@ -451,15 +451,19 @@ def _predict(run, data, *more) -> tuple[int, str]:
     def go():
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                result.append(main(["predict", str(run), str(data), *map(str, more)]))
+                result.append(main([str(a) for a in args]))
             except SystemExit as e:
                 result.append(e.code)
 
     t = threading.Thread(target=go, daemon=True)
     t.start()
     t.join(60)
-    assert result, "netc predict did not return"
+    assert result, f"netc {args[0]} did not return in 60 s"
     return result[0], err.getvalue() + out.getvalue()
+
+
+def _predict(run, data, *more) -> tuple[int, str]:
+    return _cli("predict", run, data, *more)
 
 
 def _npy_header(tmp_path, shape, name="huge.npy"):
@@ -671,3 +675,26 @@ def test_train_out_that_cannot_be_a_folder_is_a_user_error(stack, out, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "internal error" not in err and out in err, (rc, err)
     assert (d / "afile").read_text() == "x"
+
+
+# ---------------------------------------------------------------------------- data files, read now by compile and hessian too
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+@pytest.mark.parametrize("source", ['csv("DATA")', 'npz("DATA")'])
+@pytest.mark.parametrize("command", ["compile", "hessian", "train"])
+def test_a_data_file_that_never_ends_is_refused_not_read(tmp_path, kind, source, command):
+    """Sizes written _ are bound from the data block, so `netc compile` and `netc hessian`
+    read the data too: a FIFO (which blocks) or /dev/zero (which never ends) as a data
+    file is refused, located, by every command (train hung on them as well)."""
+    data = tmp_path / "data.bin"
+    if kind == "fifo":
+        os.mkfifo(data)
+    else:
+        data.symlink_to("/dev/zero")
+    src = source.replace("DATA", str(data))
+    spec = tmp_path / "s.net"
+    spec.write_text("input x : [_]\ntarget t : class(_)\ny = dense(x, classes(t))\n"
+                    f"loss = nll(softmax(y), t)\ndata {{ train = {src} }}\ntrain {{ epochs = 1 }}\n")
+    more = ["--no-progress"] if command == "train" else []
+    rc, text = _cli(command, spec, *more, *(["--out", tmp_path / "run"] if command == "train" else []))
+    assert rc == 2 and "data.bin" in text and "internal error" not in text, (rc, text)
