@@ -698,3 +698,78 @@ def test_a_data_file_that_never_ends_is_refused_not_read(tmp_path, kind, source,
     more = ["--no-progress"] if command == "train" else []
     rc, text = _cli(command, spec, *more, *(["--out", tmp_path / "run"] if command == "train" else []))
     assert rc == 2 and "data.bin" in text and "internal error" not in text, (rc, text)
+
+
+# ---------------------------------------------------------------------------- the native step and the arrays it is given
+
+NATIVE_NET = """\
+input x : [12]
+target t : class(4)
+h = dense(x, 9, act = tanh)
+y = dense(h, 4)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.1, momentum = 0.9)
+    batch = 8
+}
+"""
+NX = np.random.default_rng(0).random((16, 12)).astype(np.float32)
+
+
+def _native_available() -> bool:
+    from netc.compiler import native_function
+    return HAS_CC and native_function.unavailable() is None
+
+
+needs_native = pytest.mark.skipif(not _native_available(), reason="no native backend here")
+
+
+@needs_native
+@pytest.mark.parametrize("layout", ["float64", "fortran", "strided"])
+def test_native_reads_a_replaced_parameter_as_numpy_does(layout):
+    """`model.state[name] = array` with the same values in another dtype or memory layout:
+    the native step must compute what the NumPy step computes (or refuse), never read
+    the bytes as if they were C-contiguous float32."""
+    got = {}
+    for backend in ("numpy", "native"):
+        m = netc.compile(NATIVE_NET, seed=1, backend=backend)
+        w = m.state["h.W"]
+        if layout == "float64":
+            m.state["h.W"] = w.astype(np.float64)
+        elif layout == "fortran":
+            m.state["h.W"] = np.asfortranarray(w)
+        else:
+            wide = np.zeros((w.shape[0], 2 * w.shape[1]), np.float32)
+            wide[:, ::2] = w
+            m.state["h.W"] = wide[:, ::2]
+        try:
+            got[backend] = m.predict_raw(NX)
+        except (NetcError, ValueError, TypeError) as e:
+            got[backend] = e
+    if not isinstance(got["native"], Exception):
+        np.testing.assert_allclose(got["native"], got["numpy"], rtol=1e-5, atol=1e-6)
+
+
+NATIVE_WRONG_SHAPE = """
+import numpy as np, netc
+m = netc.compile(open(0).read(), seed=1, backend="native")
+m.state["h.W"] = np.zeros((1, 1), np.float32)
+x = np.random.default_rng(0).random((64, 120)).astype(np.float32)
+try:
+    m.fit(x, np.arange(64) % 4, epochs=2)
+    print("TRAINED", m.state["h.W"].shape)
+except Exception as e:
+    print("REFUSED", type(e).__name__)
+"""
+
+
+@needs_native
+def test_native_never_writes_past_a_parameter_of_the_wrong_shape():
+    """A [1, 1] array put in place of a [120, 90] parameter: the NumPy step refuses
+    (a shape error); the native step must not update 10,800 floats into a 1-float
+    buffer (heap corruption: the process died with SIGSEGV at exit)."""
+    net = NATIVE_NET.replace("[12]", "[120]").replace("dense(x, 9", "dense(x, 90")
+    r = subprocess.run([sys.executable, "-c", NATIVE_WRONG_SHAPE], input=net, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-1500:])
+    assert r.stdout.startswith("REFUSED"), r.stdout
