@@ -773,3 +773,119 @@ def test_native_never_writes_past_a_parameter_of_the_wrong_shape():
                        text=True, timeout=120)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-1500:])
     assert r.stdout.startswith("REFUSED"), r.stdout
+
+
+@needs_native
+@pytest.mark.parametrize("n", [0, 1, 7, 9, 1000])
+def test_native_predicts_any_number_of_records_as_numpy_does(n):
+    x = np.random.default_rng(n).random((n, 12)).astype(np.float32)
+    a = netc.compile(NATIVE_NET, seed=1, backend="numpy").predict_raw(x)
+    b = netc.compile(NATIVE_NET, seed=1, backend="native").predict_raw(x)
+    assert a.shape == b.shape == (n, 4)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["cuda", "NATIVE; rm -rf /", "numpy\n", "nump", "\x01", "gpu"])
+def test_netc_backend_garbage_is_refused_by_name(monkeypatch, value):
+    from netc.compiler.pipeline import choose_backend
+    monkeypatch.setenv("NETC_BACKEND", value)
+    if value.strip().lower() == "numpy":
+        assert choose_backend() == "numpy"
+        return
+    with pytest.raises(NetcError) as e:
+        choose_backend()
+    assert "NETC_BACKEND" in str(e.value)
+
+
+# ---------------------------------------------------------------------------- transforms' buffers in a checkpoint
+
+TRANSFORMED = """\
+input x : [6]
+target t : class(3)
+h = transformed(x, 8)
+y = dense(h, 3) + shortcut(x, 3)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.05)
+    batch = 10
+    transforms = every(1)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def transformed_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("transformed")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6))
+    m = netc.compile(TRANSFORMED, seed=1, backend="numpy")
+    m.fit(x, np.argmax(x[:, :3], 1), epochs=2, out=d / "run", progress=False)
+    return d / "run", _members(d / "run" / "params.npz"), x
+
+
+@pytest.mark.parametrize("case", ["gamma missing", "alpha shape", "beta int", "beta object"])
+def test_tampered_transform_buffers_are_refused_by_field(transformed_run, tmp_path, case):
+    run, ms, _ = transformed_run
+    key = {"gamma missing": "a/state/h.gamma.npy", "alpha shape": "a/state/h.alpha.npy",
+           "beta int": "a/state/h.beta.npy", "beta object": "a/state/h.beta.npy"}[case]
+    ms = dict(ms)
+    if case == "gamma missing":
+        del ms[key]
+    elif case == "alpha shape":
+        ms[key] = _npy(np.zeros(9, np.float32))
+    elif case == "beta int":
+        ms[key] = _npy(np.zeros(8, np.int64))
+    else:
+        import io
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.array([{"a": 1}] * 8, dtype=object), allow_pickle=True)
+        ms[key] = buf.getvalue()
+    dest = tmp_path / "run"
+    shutil.copytree(run, dest)
+    _write_zip(dest / "params.npz", ms)
+    with pytest.raises(DataError) as e:
+        netc.load(dest)
+    assert str(dest) in str(e.value) and key[2:-4] in str(e.value), str(e.value)
+
+
+def test_a_loaded_transformed_network_predicts_as_it_was_saved(transformed_run):
+    run, _, x = transformed_run
+    m = netc.load(run)
+    again = netc.load(run)
+    np.testing.assert_array_equal(m.predict_raw(x), again.predict_raw(x))
+    assert not np.allclose(m.state["h.alpha"], 0)  # the refreshed buffers were saved, not re-initialized
+
+
+# ---------------------------------------------------------------------------- sizes from the data
+
+@pytest.mark.parametrize("labels,words", [
+    ([0, 1, 2, 2 ** 40], "at most"), ([0, 1, -1, 0], "whole numbers"), ([0, 1, np.nan, 0], "nan"),
+    ([0, 1, 0.5, 0], "0.5"), ([0, 0, 0, 0], "two classes"), ([0, 1, 2 ** 31, 0], "at most"),
+    ([0.0, 1.0, np.inf, 0.0], "inf"), (["a", "b", "a", "b"], "non-numeric"),
+])
+def test_class_from_the_data_refuses_labels_that_are_not_class_codes(labels, words):
+    m = netc.compile(FREE, seed=1, backend="numpy")
+    x = np.ones((len(labels), 3), np.float32)
+    with pytest.raises(DataError) as e:
+        m.fit(x, np.array(labels), epochs=1)
+    assert words in str(e.value), str(e.value)
+
+
+def test_class_from_the_data_counts_the_largest_label():
+    m = netc.compile(FREE, seed=1, backend="numpy")
+    m.fit(np.ones((4, 3), np.float32), np.array([0, 1, 6, 1]), epochs=1)
+    assert m.predict_proba(np.ones((2, 3), np.float32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("shape", [(8, 0), (0, 3)])
+def test_sizes_from_the_data_refuse_empty_data(shape):
+    m = netc.compile(FREE, seed=1, backend="numpy")
+    with pytest.raises(NetcError):
+        m.fit(np.zeros(shape, np.float32), np.arange(shape[0]) % 2, epochs=1)
+
+
+def test_a_saved_model_with_sizes_from_the_data_keeps_them(free_run):
+    m = netc.load(free_run)
+    assert m.predict_proba(PX).shape == (16, 3)
+    with pytest.raises(DataError):
+        m.predict(np.ones((2, 4), np.float32))
