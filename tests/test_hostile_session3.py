@@ -889,3 +889,33 @@ def test_a_saved_model_with_sizes_from_the_data_keeps_them(free_run):
     assert m.predict_proba(PX).shape == (16, 3)
     with pytest.raises(DataError):
         m.predict(np.ones((2, 4), np.float32))
+
+
+# ---------------------------------------------------------------------------- netc hessian
+
+@pytest.fixture(scope="module")
+def hessian_folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hessian")
+    rng = np.random.default_rng(0)
+    np.savez(d / "d.npz", x=rng.random((40, 4)).astype("float32"), t=rng.integers(0, 3, 40))
+    net = ("input x : [4]\ntarget t : class(3)\nh = dense(x, 5, act = tanh)\ny = dense(h, 3)\n"
+           f'loss = nll(softmax(y), t)\ndata {{ train = npz("{d / "d.npz"}") }}\ntrain {{ epochs = 1 }}\n')
+    (d / "h.net").write_text(net)
+    (d / "h2.net").write_text(net.replace("dense(x, 5", "dense(x, 6"))
+    netc.compile(d / "h2.net", backend="numpy").fit(out=d / "run2", epochs=1, progress=False)
+    (d / "loopr").symlink_to(d / "loopr")
+    return d
+
+
+@pytest.mark.parametrize("args,rc", [
+    (["--steps", "1000000000"], 0), (["--probes", "1000000000"], 0), (["--batches", "1000000000"], 0),
+    (["--k", "1000000"], 2), (["--k", "0"], 2), (["--seed", "-1"], 2),
+    (["--run", "run2"], 2), (["--run", "loopr"], 2), (["--run", "/dev/null"], 2), (["--run", "d.npz"], 2),
+])
+def test_hessian_absurd_options_and_foreign_runs(hessian_folder, args, rc):
+    """Huge step/probe/batch counts are bounded by the problem (a tiny net: the Krylov
+    space closes), impossible ones and runs of another spec are user errors (exit 2)."""
+    d = hessian_folder
+    args = [str(d / a) if a in ("run2", "loopr", "d.npz") else a for a in args]
+    got, text = _cli("hessian", d / "h.net", *args)
+    assert got == rc and "internal error" not in text, (got, text[-1500:])
