@@ -919,3 +919,15 @@ def test_hessian_absurd_options_and_foreign_runs(hessian_folder, args, rc):
     args = [str(d / a) if a in ("run2", "loopr", "d.npz") else a for a in args]
     got, text = _cli("hessian", d / "h.net", *args)
     assert got == rc and "internal error" not in text, (got, text[-1500:])
+
+
+@needs_cc
+@pytest.mark.parametrize("where", ["/dev/null", "/etc/hostname", "/proc/1", "~nonexistentuser_a1/x"])
+def test_a_cache_folder_that_cannot_be_one_is_a_named_error(monkeypatch, where):
+    """NETC_CACHE_DIR naming a device, a file, a folder of /proc or an unknown user's home:
+    a NetcError naming NETC_CACHE_DIR or the folder (was: raw FileExistsError,
+    FileNotFoundError, RuntimeError, i.e. "internal error")."""
+    monkeypatch.setenv("NETC_CACHE_DIR", where)
+    with pytest.raises(NetcError) as e:
+        nb.load(SRC + "/* " + where + " */\n", "a1")
+    assert "NETC_CACHE_DIR" in str(e.value) or where.lstrip("~").split("/")[0] in str(e.value), str(e.value)
