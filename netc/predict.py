@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from netc.compiler.atomic import atomic_write
 from netc.compiler.errors import DataError, NetcError
-from netc.runtime import data
+from netc.compiler.sources import open_regular
+from netc.runtime import checkpoint, data
 
 OUT_FORMATS = (".csv", ".npy")
 IDX_SUFFIXES = (".gz", ".idx", ".idx1-ubyte", ".idx3-ubyte")
@@ -60,13 +62,7 @@ def read_examples(path: Path, model) -> data.Dataset:
     elif name.endswith(".npz"):
         ds = data.npz(path, x=str(_run_source(model, "npz", "x", "x")), t=None)
     elif name.endswith(".npy"):
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path}: not a readable .npy array of numbers (nothing is unpickled): {e}") from None
-        if not isinstance(a, np.ndarray):
-            raise DataError(f"{path}: an .npz archive, not an .npy array; name it .npz")
-        ds = data.arrays(a, name=str(path))
+        ds = data.arrays(read_npy(path), name=str(path))
     elif name.endswith(IDX_SUFFIXES) or "-ubyte" in name:
         a = data.read_idx(path)
         x = a.astype(np.float32) * np.float32(1 / 255) if a.dtype == np.uint8 else a
@@ -78,6 +74,21 @@ def read_examples(path: Path, model) -> data.Dataset:
         raise DataError(f"{path}: each record has {ds.x.shape[1]} values, the model reads {width} "
                         f"(input '{next(iter(model.program.spec.inputs))}')")
     return ds
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """The array of an .npy file, its header checked against the file's size before
+    anything of the size it claims is allocated (runtime/checkpoint.py's npy_header)."""
+    with open_regular(path, lambda why: DataError(f"{path}: cannot read ({why})")) as f:
+        if f.read(2) == b"PK":
+            raise DataError(f"{path}: an .npz archive, not an .npy array; name it .npz")
+        f.seek(0)
+        checkpoint.npy_header(f, os.fstat(f.fileno()).st_size, f"{path}: not a usable .npy array of numbers")
+        f.seek(0)
+        try:
+            return np.lib.format.read_array(f, allow_pickle=False, max_header_size=checkpoint.HEADER_LIMIT)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npy array of numbers (nothing is unpickled): {e}") from None
 
 
 def predictions(model, ds: data.Dataset, proba: bool) -> tuple[np.ndarray, list[str]]:

@@ -15,6 +15,7 @@ the metadata is checked field by field against closed sets (compiler/validate.py
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zipfile
@@ -307,7 +308,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             if name in entries:
                 raise DataError(f"{file}: field {_field(name)} appears twice")
-            entries[name] = _header(file, zf, info, name)
+            entries[name] = member_header(file, zf, info, name)
         meta_entry = entries.pop(META, None)
         if meta_entry is None:
             raise DataError(f"{file}: not a netc checkpoint (field '{META}' is missing)")
@@ -332,40 +333,53 @@ def _meta(ck: Checkpoint, e: Entry):
         raise ck.error(META, f"not valid JSON ({_why(x)})") from None
 
 
-def _header(file: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> Entry:
+def member_header(file: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> Entry:
     """Read and check one member's .npy header: a plain numeric (or short text)
-    type, and a declared size that the stored bytes really hold."""
+    type, and a declared size that the stored bytes really hold (also what
+    runtime/data.py's npz() checks before reading an array of a data file)."""
     where = f"{file}: field {_field(name)}"
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > DEFLATE_RATIO * max(info.compress_size, 1):
         raise DataError(f"{where}: declares {info.file_size} bytes from {info.compress_size} compressed "
                         f"(not a plausible array; refused before reading)")
     try:
-        with zf.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=HEADER_LIMIT)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=HEADER_LIMIT)
-            else:
-                raise ValueError(f".npy format version {version} is not supported")
-            offset = f.tell()
+        f = zf.open(info)
+    except _BROKEN as e:
+        raise DataError(f"{where}: not a readable array ({_why(e)})") from None
+    with f:
+        shape, dtype, fortran = npy_header(f, info.file_size, where, ARRAY_KINDS + TEXT_KINDS)
+    if dtype.kind in TEXT_KINDS and name != META and (shape != () or dtype.itemsize // 4 > TEXT_CHARS):
+        raise DataError(f"{where}: text of type {dtype} {shape} is not allowed (one short text only)")
+    return Entry(info, shape, dtype, fortran)
+
+
+def npy_header(f, size: int, where: str, kinds: str = ARRAY_KINDS) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """(shape, dtype, fortran order) from the .npy header at `f`'s start, an .npy of
+    `size` bytes in all: a plain type of `kinds` (never pickled objects) and a declared
+    shape whose bytes are exactly the rest of the file. Nothing of the data is read,
+    nothing allocated from the header's claim; a DataError begins with `where`."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=HEADER_LIMIT)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=HEADER_LIMIT)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+        offset = f.tell()
     except _BROKEN as e:
         raise DataError(f"{where}: not a readable array ({_why(e)})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise DataError(f"{where}: type {_dtype_name(dtype)} is not allowed (plain numbers only; never pickled objects)")
-    if dtype.kind not in ARRAY_KINDS + TEXT_KINDS:
+    if dtype.kind not in kinds:
         raise DataError(f"{where}: type {_dtype_name(dtype)} is not allowed (bool, integer or float only)")
-    if dtype.kind in TEXT_KINDS and name != META and (shape != () or dtype.itemsize // 4 > TEXT_CHARS):
-        raise DataError(f"{where}: text of type {dtype} {shape} is not allowed (one short text only)")
-    count = 1
-    for d in shape:
-        count *= d
-    nbytes = count * dtype.itemsize
-    stored = info.file_size - offset
+    if any(d < 0 for d in shape):
+        raise DataError(f"{where}: the header declares shape {_short(shape)}, a size below zero")
+    nbytes = math.prod(shape) * dtype.itemsize
+    stored = size - offset
     if nbytes != stored:
         raise DataError(f"{where}: the header declares shape {_short(shape)} of {dtype} ({nbytes} bytes), "
                         f"but {stored} bytes are stored (refused before reading)")
-    return Entry(info, tuple(shape), dtype, fortran)
+    return tuple(shape), dtype, fortran
 
 
 def _field(name: str) -> str:

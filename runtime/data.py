@@ -31,6 +31,8 @@ import numpy as np
 
 from netc.compiler.errors import DataError, did_you_mean
 
+from . import checkpoint
+
 __all__ = ["Dataset", "Target", "read_idx", "mnist", "csv", "npz", "arrays", "conform",
            "check_arrays", "minibatches", "MNIST_SPLITS"]
 
@@ -340,6 +342,9 @@ def npz(path: str | Path, x: str = "x", t: str | None = "t") -> Dataset:
                     raise DataError(f"{path}: no array named {key!r}; arrays present: "
                                     + (", ".join(present) or "none"),
                                     hint=did_you_mean(key, present))
+                if key is not None:  # its header against its stored size, before allocating its claim
+                    member = f.zip.getinfo(key + ".npy" if key + ".npy" in f.zip.namelist() else key)
+                    checkpoint.member_header(path, f.zip, member, key)
             xa = f[x]
             ta = None if t is None else f[t]
     except DataError:

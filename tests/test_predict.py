@@ -152,3 +152,36 @@ def test_an_npz_is_read_with_the_runs_array_name(tmp_path):
     assert main(["train", str(tmp_path / "s.net"), "--out", str(tmp_path / "r"), "--no-progress", "--json"]) == 0
     assert main(["predict", str(tmp_path / "r"), str(tmp_path / "d.npz"), "--out", str(tmp_path / "p.npy")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), netc.load(tmp_path / "r").predict(x))
+
+
+def _lying_npy(path, shape):
+    """An .npy whose header declares `shape` of float32 over 64 bytes of data."""
+    h = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    h += b" " * ((-(10 + len(h) + 1)) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + b"\0" * 64)
+    return path
+
+
+@pytest.mark.parametrize("shape", ["(1000000000, 1000)", "(-2, -8)", "(4, 20)"])
+def test_an_array_whose_header_lies_is_refused_before_allocating(run, tmp_path, capsys, shape):
+    """The header's claim is checked against the bytes stored before anything of its size
+    exists: a DataError naming the file (exit 2), never a MemoryError ('internal error');
+    the same for an array inside an .npz (netc predict, and the data block's npz())."""
+    import zipfile
+    from netc.compiler.errors import DataError
+    from netc.runtime import data
+    d, x, _ = run
+    npy = _lying_npy(tmp_path / "lie.npy", shape)
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w") as z:
+        z.write(npy, "x.npy")
+    for f in (npy, tmp_path / "lie.npz"):
+        assert main(["predict", str(d / "run"), str(f)]) == 2
+        err = capsys.readouterr().err
+        assert str(f) in err and ("bytes are stored" in err or "below zero" in err), err
+        assert "internal error" not in err
+    with pytest.raises(DataError, match="refused before reading|below zero"):
+        data.npz(tmp_path / "lie.npz", t=None)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(x[:5]))  # an honest array still reads
+    assert main(["predict", str(d / "run"), str(tmp_path / "fortran.npy")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6
+
