@@ -6,7 +6,8 @@ target, the output otherwise) or, with --proba, `Model.predict_proba`; the
 input normalization the run fitted is applied, as the model does. DATA is
 read by the loaders the data block uses (runtime/data.py), so a bad file is
 refused the same way, naming the file and the record: a CSV (features only,
-or with the run's target column, which is dropped), an .npz (array `x`, or
+or, where the run's data block read a CSV, with its target column, which is
+dropped), an .npz (array `x`, or
 the one the run's npz sources name), an .npy array, or an IDX file (gzipped
 or not; uint8 images scaled to [0, 1] as mnist() reads them)."""
 from __future__ import annotations
@@ -48,6 +49,12 @@ def _run_source(model, kind: str, key: str, default):
     return default
 
 
+def _reads(model, kind: str) -> bool:
+    """Whether the run's data block has a source of `kind`."""
+    cfg = model.data_cfg
+    return any(src is not None and src.kind == kind for src in (cfg.train, cfg.valid, cfg.test))
+
+
 def read_examples(path: Path, model) -> data.Dataset:
     """The records of `path` as features [n, width] (DataError naming the file otherwise)."""
     name = path.name.lower()
@@ -56,8 +63,11 @@ def read_examples(path: Path, model) -> data.Dataset:
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     if name.endswith(".csv"):
         ds = data.csv(path, target=None)
-        if width is not None and ds.x.shape[1] == width + 1:  # the labelled file: drop the target column
-            ds = data.csv(path, target=_run_source(model, "csv", "target", -1))
+        target = _run_source(model, "csv", "target", -1) if _reads(model, "csv") else None
+        if width is not None and target is not None and ds.x.shape[1] == width + 1:
+            # a file like the run's labelled CSV: its target column is dropped (a run that read
+            # no CSV with a target has no such column: a wider file is the wrong file)
+            ds = data.csv(path, target=target)
             ds = data.Dataset(ds.x, None, ds.name, ds.source, ds.lines)
     elif name.endswith(".npz"):
         ds = data.npz(path, x=str(_run_source(model, "npz", "x", "x")), t=None)

@@ -185,3 +185,17 @@ def test_an_array_whose_header_lies_is_refused_before_allocating(run, tmp_path, 
     assert main(["predict", str(d / "run"), str(tmp_path / "fortran.npy")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 6
 
+
+def test_a_wider_csv_loses_a_target_column_only_where_the_run_read_a_labelled_csv(run, tmp_path, capsys):
+    """A run trained on arrays read no CSV: one column more than the model reads is the wrong
+    file, refused naming it; the run of a labelled CSV drops that column (its target)."""
+    d, x, t = run
+    m = netc.compile(CLASSIFIER + "train {\n    epochs = 1\n}\n")
+    m.fit(x, t, out=tmp_path / "arrays")
+    np.savetxt(tmp_path / "w21.csv", np.column_stack([x[:5], t[:5]]), delimiter=",", fmt="%.9g")
+    assert main(["predict", str(tmp_path / "arrays"), str(tmp_path / "w21.csv")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "w21.csv") in err and "each record has 21 values, the model reads 20" in err, err
+    assert main(["predict", str(d / "run"), str(tmp_path / "w21.csv")]) == 0
+    got = [int(v) for v in capsys.readouterr().out.splitlines()[1:]]
+    assert got == list(netc.load(d / "run").predict(x[:5]))
