@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -931,3 +932,22 @@ def test_a_cache_folder_that_cannot_be_one_is_a_named_error(monkeypatch, where):
     with pytest.raises(NetcError) as e:
         nb.load(SRC + "/* " + where + " */\n", "a1")
     assert "NETC_CACHE_DIR" in str(e.value) or where.lstrip("~").split("/")[0] in str(e.value), str(e.value)
+
+
+@needs_cc
+def test_the_cache_sweep_deletes_only_what_netc_wrote(tmp_path, monkeypatch):
+    """NETC_CACHE_DIR set carelessly to a folder holding the user's files (~, a project):
+    the sweep before a compile removes netc's own leftovers only, never the user's
+    dotfiles (.bashrc, .env, .gitignore an hour old) or sources."""
+    d = tmp_path / "home"
+    d.mkdir(mode=0o700)
+    theirs = {".bashrc": "alias ll='ls -l'\n", ".env": "TOKEN=x\n", "notes.c": "int main(void) { return 0; }\n",
+              ".gitignore": "*.o\n"}
+    old = time.time() - 7200
+    for name, text in theirs.items():
+        (d / name).write_text(text)
+        os.utime(d / name, (old, old))
+    monkeypatch.setenv("NETC_CACHE_DIR", str(d))
+    nb.load("int netc_a1_sweep(void) { return 1; }\n/* " + str(tmp_path) + " */\n", "a1")
+    for name, text in theirs.items():
+        assert (d / name).exists() and (d / name).read_text() == text, name
