@@ -951,3 +951,22 @@ def test_the_cache_sweep_deletes_only_what_netc_wrote(tmp_path, monkeypatch):
     nb.load("int netc_a1_sweep(void) { return 1; }\n/* " + str(tmp_path) + " */\n", "a1")
     for name, text in theirs.items():
         assert (d / name).exists() and (d / name).read_text() == text, name
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_init_from_a_run_holding_non_finite_weights_names_that_run(stack, bad):
+    """A run whose h1.W holds NaN/inf (tampered, or saved mid-divergence): init from it is
+    refused at the from(...) line, naming the run and the parameter, not reported later
+    as "layer 'h1' gives non-finite values" at a line the user did not get wrong."""
+    d = stack
+    ck = d / "runs" / "a" / "params.npz"
+    ms = _members(ck)
+    w = _arr(ms, "a/state/h1.W.npy")
+    w[0, 0] = bad
+    ms["a/state/h1.W.npy"] = _npy(w)
+    _write_zip(ck, ms)
+    with pytest.raises(NetcError) as e:
+        netc.compile(_init_spec(d, '"runs/a"'), backend="numpy").fit(out=d / "runs" / "b", epochs=1,
+                                                                     progress=False)
+    msg = str(e.value)
+    assert "runs/a" in msg and "h1.W" in msg, msg
