@@ -970,3 +970,35 @@ def test_init_from_a_run_holding_non_finite_weights_names_that_run(stack, bad):
                                                                      progress=False)
     msg = str(e.value)
     assert "runs/a" in msg and "h1.W" in msg, msg
+
+
+@pytest.mark.parametrize("kind", ["standardize", "center"])
+def test_normalize_target_on_a_constant_column_or_one_record_saves_a_loadable_run(tmp_path, kind):
+    """A target column with no spread (std 0) or a single record must not produce a scale of
+    0 that the checkpoint reader then refuses: the run saves, loads and predicts finite values."""
+    net = REGRESSION.replace("standardize", kind)
+    for name, x, t in (("constant", RX, np.column_stack([np.full(16, 5.0), RT[:, 1]])), ("one", RX[:1], RT[:1])):
+        m = netc.compile(net, seed=1, backend="numpy")
+        m.fit(x, t, epochs=1, out=tmp_path / name, progress=False)
+        again = netc.load(tmp_path / name)
+        np.testing.assert_array_equal(again.predict(RX[:3]), m.predict(RX[:3]))
+        assert np.isfinite(again.predict(RX[:3])).all()
+
+
+CONCURRENT = ("import sys; from netc.runtime import native_build as nb; "
+              "print(nb.load(sys.stdin.read(), 'a1').netc_a1_race(20))")
+
+
+@needs_cc
+def test_processes_compiling_the_same_source_at_once_share_one_whole_object(tmp_path):
+    """Four processes miss the cache for the same new source at the same moment: each loads
+    a working object, one object remains, and no temporary is left behind."""
+    d = tmp_path / "cache"
+    src = f"int netc_a1_race(int x) {{ return x + 2; }}\n/* {tmp_path} */\n"
+    env = {**os.environ, "NETC_CACHE_DIR": str(d)}
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    outs = [p.communicate(src, timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert [o[0].split() for o in outs] == [["22"]] * 4
+    assert [f.name for f in d.iterdir() if not f.name.startswith("probe")].__len__() == 1, sorted(os.listdir(d))
