@@ -21,10 +21,13 @@ resume writes a folder, it holds a lock on it: a second process is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -103,6 +106,23 @@ def clean(folder: Path) -> None:
     for p in folder.iterdir():
         if _TEMPORARY.match(p.name) and p.is_file():
             p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C (SIGINT) waits until the block ends, then acts as it would have: the block
+    is done whole or not at all. Only the main thread can; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    caught = []
+    old = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _switch(staging: Path, folder: Path) -> None:
@@ -204,11 +224,12 @@ class RunFolder:
         out = {k: to_host(v) for k, v in arrays.items()}
         out.update(self.extra_arrays())
         meta = {**self.meta, **meta, "metrics_lines": self.lines}
-        checkpoint.save(self.work, out, json.loads(json.dumps(meta, default=str)))
-        if self.work != self.folder:
-            _switch(self.work, self.folder)
-            self.work = self.folder
-        self.saved = {k: meta.get(k) for k in ("epoch", "batch", "batches", "final")}
+        with _uninterrupted():  # params.npz, model.json and what Ctrl-C says was saved agree
+            checkpoint.save(self.work, out, json.loads(json.dumps(meta, default=str)))
+            if self.work != self.folder:
+                _switch(self.work, self.folder)
+                self.work = self.folder
+            self.saved = {k: meta.get(k) for k in ("epoch", "batch", "batches", "final")}
 
     def summary(self, summary: dict) -> None:
         """summary.json, unless the run is still staged (the old run's stays)."""

@@ -273,6 +273,25 @@ def test_ctrl_c_writes_an_honest_summary(tmp_path):
     assert _epochs(run) == list(range(1, saved["epoch"] + 2))  # the rows after the checkpoint: dropped
 
 
+
+def test_ctrl_c_inside_a_checkpoint_waits_until_it_is_written(tmp_path, monkeypatch):
+    """SIGINT while a checkpoint is being written (here: just before params.npz) is acted on
+    after the checkpoint and the record of what it holds are both done, so params.npz,
+    model.json and the interrupted run's 'saved' agree."""
+    from netc.runtime import checkpoint, run_folder
+    real = checkpoint.save
+
+    def save(*args, **kw):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    rf = run_folder.RunFolder(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        rf.checkpoint({"w": np.zeros(3, np.float32)}, {"epoch": 3, "final": False})
+    assert json.loads((tmp_path / "model.json").read_text())["epoch"] == 3
+    assert rf.saved["epoch"] == 3 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
 def test_ctrl_c_before_any_checkpoint_says_nothing_was_saved(tmp_path):
     spec = _problem(tmp_path, epochs=100000, every=10 ** 9)
     spec.write_text(spec.read_text().replace("train = npz(\"tiny.npz\")[0:150]",
