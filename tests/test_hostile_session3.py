@@ -1002,3 +1002,20 @@ def test_processes_compiling_the_same_source_at_once_share_one_whole_object(tmp_
     assert [p.returncode for p in procs] == [0] * 4, outs
     assert [o[0].split() for o in outs] == [["22"]] * 4
     assert [f.name for f in d.iterdir() if not f.name.startswith("probe")].__len__() == 1, sorted(os.listdir(d))
+
+
+@needs_native
+def test_a_checkpoint_storing_a_parameter_in_fortran_order_predicts_the_same_natively(tmp_path, monkeypatch):
+    """An .npy member may declare fortran_order: the native step (which reads raw C-order
+    memory) must see the values, not the bytes: the same predictions as NumPy's."""
+    import io
+    m = netc.compile(NATIVE_NET, seed=1, backend="numpy")
+    p = m.save(tmp_path / "r")
+    ms = _members(p)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asfortranarray(_arr(ms, "a/state/h.W.npy")))
+    ms["a/state/h.W.npy"] = buf.getvalue()
+    _write_zip(p, ms)
+    monkeypatch.setenv("NETC_BACKEND", "native")
+    native = netc.load(tmp_path / "r").predict_raw(NX)
+    np.testing.assert_allclose(native, m.predict_raw(NX), rtol=1e-5, atol=1e-6)
