@@ -1019,3 +1019,19 @@ def test_a_checkpoint_storing_a_parameter_in_fortran_order_predicts_the_same_nat
     monkeypatch.setenv("NETC_BACKEND", "native")
     native = netc.load(tmp_path / "r").predict_raw(NX)
     np.testing.assert_allclose(native, m.predict_raw(NX), rtol=1e-5, atol=1e-6)
+
+
+THREADS_SPEC = "input x : [3]\ntarget t : [1]\ny = dense(x, 1)\nloss = mean((y - t) * (y - t))\ntrain {\n    threads = V\n}\n"
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "1.5", "1e9", "1000000000000", "nan", "[2]", "x", "true", "false"])
+def test_train_key_threads_refuses_what_is_not_a_count_where_written(value):
+    """`threads = true` ("turn threading on") must not quietly mean one thread."""
+    with pytest.raises(NetcError) as e:
+        netc.compile(THREADS_SPEC.replace("V", value), backend="numpy")
+    assert "6:5" in str(e.value) and "threads" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("value,expected", [("auto", "auto"), ("3", 3), ("4096", 4096)])
+def test_train_key_threads_accepts_counts_and_auto(value, expected):
+    assert netc.compile(THREADS_SPEC.replace("V", value), backend="numpy").train_cfg.threads == expected
