@@ -1035,3 +1035,16 @@ def test_train_key_threads_refuses_what_is_not_a_count_where_written(value):
 @pytest.mark.parametrize("value,expected", [("auto", "auto"), ("3", 3), ("4096", 4096)])
 def test_train_key_threads_accepts_counts_and_auto(value, expected):
     assert netc.compile(THREADS_SPEC.replace("V", value), backend="numpy").train_cfg.threads == expected
+
+
+@pytest.mark.parametrize("second", ["class(_)", "class(3)"])
+def test_a_second_target_is_refused_where_declared_or_trained(second):
+    """fit feeds one target: a spec declaring a second one (a careless copy) is refused,
+    located at it, not a KeyError from inside the trainer."""
+    s = f"input x : [3]\ntarget t : class(_)\ntarget u : {second}\ny = dense(x, classes(t))\nloss = nll(softmax(y), t)\n"
+    m = None
+    try:
+        m = netc.compile(s, backend="numpy", seed=1)
+        m.fit(np.random.default_rng(0).random((8, 3)).astype(np.float32), np.arange(8) % 3, epochs=1)
+    except NetcError as e:
+        assert "'u'" in str(e) or "3:8" in str(e), str(e)
