@@ -304,7 +304,10 @@ class Model:
 
     def _prepare(self, ds: data.Dataset, dtype: str) -> data.Dataset:
         self._check_data(ds)
-        x = self.normalizer.apply(ds.x).astype(dtype, copy=False)
+        # normalize = none: the caller's array itself where it is already of the step's type
+        # and C-contiguous (the trainer only reads it), not a copy of the training set
+        x = ds.x if self.normalizer.kind == "none" else self.normalizer.apply(ds.x)
+        x = np.ascontiguousarray(x, dtype=dtype)
         t = ds.t
         spec = self.program.spec
         if t is not None and spec.targets:
@@ -314,7 +317,7 @@ class Model:
                 t = t[:, None]
             if tnode.dtype != "int64" and self.target_scaler.kind != "none":
                 t = self.target_scaler.apply(t).astype(tnode.dtype, copy=False)
-        return data.Dataset(np.ascontiguousarray(x), t, ds.name)
+        return data.Dataset(x, t, ds.name)
 
     def _check_data(self, ds: data.Dataset, norm: normalize.Normalizer | None = None) -> None:
         spec = self.program.spec

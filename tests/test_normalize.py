@@ -479,3 +479,24 @@ def test_mnist_pca_fits_in_chunks_without_a_float64_copy():
     zu = u.apply(test)
     dead = x.min(axis=0) == x.max(axis=0)
     assert zu.min() >= -1 and zu.max() <= 1 and dead.sum() > 10 and np.all(zu[:, dead] == 0)
+
+
+def test_normalize_none_trains_on_the_callers_array_not_a_copy():
+    """normalize = none: fit reads a float32 C-contiguous x in place (no copy of the training
+    set), never writes it (a read-only x trains), and gives the same parameters as a copy."""
+    from netc.runtime import data
+    spec = ("input x : [5]\ntarget t : class(2)\nh = dense(x, 4, act = tanh)\ny = dense(h, 2)\n"
+            "loss = nll(softmax(y), t)\ntrain {\n    batch = 8\n    epochs = 2\n}\n")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    t = (x[:, 0] > 0).astype(np.int64)
+    m = netc.compile(spec, seed=3)
+    assert np.shares_memory(m._prepare(data.arrays(x, t), "float32").x, x)
+    assert not np.shares_memory(m._prepare(data.arrays(x.astype(np.float64), t), "float32").x, x)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    a = netc.compile(spec, seed=3).fit(frozen, t)
+    b = netc.compile(spec, seed=3).fit(x.copy(), t)
+    np.testing.assert_array_equal(frozen, x)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
