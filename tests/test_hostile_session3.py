@@ -1048,3 +1048,21 @@ def test_a_second_target_is_refused_where_declared_or_trained(second):
         m.fit(np.random.default_rng(0).random((8, 3)).astype(np.float32), np.arange(8) % 3, epochs=1)
     except NetcError as e:
         assert "'u'" in str(e) or "3:8" in str(e), str(e)
+
+
+# ---------------------------------------------------------------------------- what reaches the terminal
+
+def test_the_end_of_run_summary_prints_no_terminal_escapes_from_the_spec(tmp_path):
+    """A spec (someone else's) names its data file with terminal control sequences (clear
+    the screen, set the title): the summary's suggested commands show the name with
+    the controls made visible, never send them to the terminal."""
+    rng = np.random.default_rng(0)
+    evil = "d\x1b]0;PWN\x07\x1b[2J.npz"
+    np.savez(tmp_path / "plain.npz", x=rng.random((30, 4)).astype("float32"), t=rng.integers(0, 3, 30))
+    os.rename(tmp_path / "plain.npz", tmp_path / evil)
+    spec = tmp_path / "e.net"
+    spec.write_text("input x : [4]\ntarget t : class(3)\ny = dense(x, 3)\nloss = nll(softmax(y), t)\n"
+                    f'data {{ train = npz("{tmp_path / evil}") }}\ntrain {{ epochs = 1 }}\n')
+    rc, text = _cli("train", spec, "--out", tmp_path / "run", "--no-progress")
+    assert rc == 0, text
+    assert "\x1b" not in text and "\x07" not in text, repr(text[-800:])
