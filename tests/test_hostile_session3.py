@@ -1066,3 +1066,24 @@ def test_the_end_of_run_summary_prints_no_terminal_escapes_from_the_spec(tmp_pat
     rc, text = _cli("train", spec, "--out", tmp_path / "run", "--no-progress")
     assert rc == 0, text
     assert "\x1b" not in text and "\x07" not in text, repr(text[-800:])
+
+
+@pytest.mark.parametrize("case", ["options str", "run list", "no options", "limit obj"])
+def test_pretrain_refuses_a_stage_whose_run_record_was_tampered(stack, case):
+    import io
+    import json
+    d = stack
+    (d / "p.net").write_text(STACK.replace("INIT", "") + PRETRAIN_BLOCK)
+    netc.pretrain(d / "p.net", out=d / "P", progress=False)
+    ck = d / "P" / "h1" / "params.npz"
+    ms = _members(ck)
+    meta = json.loads(str(np.load(io.BytesIO(ms["meta.json.npy"]))[()]))
+    run = meta["run"]
+    meta["run"] = {"options str": {**run, "options": "x"}, "run list": [1],
+                   "no options": {k: v for k, v in run.items() if k != "options"},
+                   "limit obj": {**run, "limit": {"a": 1}}}[case]
+    ms["meta.json.npy"] = _npy(np.array(json.dumps(meta)))
+    _write_zip(ck, ms)
+    with pytest.raises(DataError) as e:
+        netc.pretrain(d / "p.net", out=d / "P", progress=False)
+    assert str(ck) in str(e.value) and "'run'" in str(e.value), str(e.value)
