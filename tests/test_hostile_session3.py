@@ -1087,3 +1087,22 @@ def test_pretrain_refuses_a_stage_whose_run_record_was_tampered(stack, case):
     with pytest.raises(DataError) as e:
         netc.pretrain(d / "p.net", out=d / "P", progress=False)
     assert str(ck) in str(e.value) and "'run'" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("cc", ['"gcc', "gcc -DX='1", "/nonexistent/cc", "   "])
+def test_a_malformed_cc_is_a_named_error_or_no_compiler(monkeypatch, cc):
+    """$CC with an unclosed quote (or naming nothing): the auto backend falls back to NumPy
+    or the error names CC; never a raw ValueError from shlex (every netc.compile crashed)."""
+    from netc.compiler.pipeline import choose_backend
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.delenv("NETC_BACKEND", raising=False)
+    try:
+        available = nb.compiler_available()
+    except NetcError as e:
+        assert "CC" in str(e), str(e)
+    else:
+        assert available in (True, False)
+    try:
+        assert choose_backend() in ("native", "numpy")
+    except NetcError as e:
+        assert "CC" in str(e), str(e)
