@@ -208,7 +208,7 @@ def _rmsprop(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> lis
 
 def _sdlm(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, *_) -> list[tuple[Node, Node]]:
     """eta_k = eps / (h_k + mu) with h a running Gauss-Newton diagonal kept by the trainer [EB 9.1]."""
-    h = _state(G, p, "curvature")
+    h = _state(G, p, "curvature", valid=REAL)  # the loss's own second derivative may be negative
     return [(p, G("sub", p, G("mul", G("div", eps_p, G("add", h, opt.mu)), g)))]
 
 
@@ -217,13 +217,14 @@ def _adaptive_rate(G: Graph, opt: Optimizer, params, grads, loss, output, shared
     eta <- eta + alpha eta (beta |r| - eta), with the step using the new eta."""
     norm_sq = None
     for p, g in zip(params, grads):
-        r = _state(G, p, "flow")
+        r = _state(G, p, "flow", valid=REAL)
         r_new = G("add", G("mul", 1.0 - opt.delta, r), G("mul", opt.delta, g))
         shared.updates.append((r, r_new))
         s = G("sum", G("mul", r_new, r_new))
         norm_sq = s if norm_sq is None else G("add", norm_sq, s)
     lr0 = G("hyper", name="lr", shape=(), dtype=G.float_dtype)
-    eta = G("state", name="adaptive.eta", shape=(), dtype=G.float_dtype, init={"dist": "constant", "value": opt.lr0})
+    eta = G("state", name="adaptive.eta", shape=(), dtype=G.float_dtype, init={"dist": "constant", "value": opt.lr0},
+            valid=NONNEGATIVE)
     eta_new = G("add", eta, G("mul", G("mul", opt.alpha, eta), G("sub", G("mul", opt.beta, G("sqrt", norm_sq)), eta)))
     eta_new = G("minimum", G("maximum", eta_new, G("mul", lr0, 1e-3)), G("mul", lr0, 1e3))  # keep it sane
     shared.updates.append((eta, eta_new))
@@ -251,8 +252,9 @@ def _vsgd(G: Graph, opt: Optimizer, p: Node, g: Node, eps_p: Node, scale: float,
         # block, an upper bound on its largest eigenvalue (the diagonal alone under-
         # estimates it by up to the fan-in when inputs are correlated, and then diverges)
         h_now = G("broadcast", G("sum", h_now, axis=(0,), keepdims=True), shape=p.shape)
-    tau_s = _state(G, p, "tau")
-    gb, vb, hb = _state(G, p, "g_avg"), _state(G, p, "v_avg"), _state(G, p, "h_avg")
+    tau_s = _state(G, p, "tau", valid=REAL)
+    gb, vb = _state(G, p, "g_avg", valid=REAL), _state(G, p, "v_avg", valid=NONNEGATIVE)
+    hb = _state(G, p, "h_avg", valid=REAL)
     # a gradient farther from g_ than one standard deviation slows the averages (tau + 1),
     # as the reference code's outlier detection does
     dev = G("sub", g, gb)

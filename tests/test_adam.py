@@ -158,7 +158,8 @@ def test_resume_mid_run_is_bit_identical(tmp_path):
 _OUTSIDE = {(-np.inf, np.inf): [np.nan, np.inf], (0.0, np.inf): [-1e-3, np.inf], (0.0, 1.0): [-0.5, 1.5, np.nan]}
 
 
-@pytest.mark.parametrize("method", ["adam()", "rmsprop()", "adagrad()", "sgd(momentum = 0.9)"])
+@pytest.mark.parametrize("method", ["adam()", "rmsprop()", "adagrad()", "sgd(momentum = 0.9)", "sdlm()", "vsgd()",
+                                    "adaptive()"])
 def test_optimizer_state_no_run_can_reach_is_refused_by_field(tmp_path, method):
     """Every optimizer state declares the range its values keep in any run; a checkpoint
     whose copy leaves it (tampered, or not a run's) is refused naming the field, by
