@@ -1106,3 +1106,16 @@ def test_a_malformed_cc_is_a_named_error_or_no_compiler(monkeypatch, cc):
         assert choose_backend() in ("native", "numpy")
     except NetcError as e:
         assert "CC" in str(e), str(e)
+
+
+@needs_cc
+@pytest.mark.parametrize("blas", ["nonsense", "/dev/null", "/etc/passwd", "libc.so.6"])
+def test_netc_blas_naming_no_blas_is_an_error_that_names_it(monkeypatch, blas):
+    """NETC_BLAS naming nothing, a device, a text file or a library without cblas_sgemm:
+    a NetcError that says NETC_BLAS was the problem (not "no BLAS was found")."""
+    from netc.compiler.pipeline import choose_backend
+    monkeypatch.setenv("NETC_BLAS", blas)
+    monkeypatch.setenv("NETC_BACKEND", "native")
+    with pytest.raises(NetcError) as e:
+        choose_backend()
+    assert "NETC_BLAS" in str(e.value), str(e.value)
