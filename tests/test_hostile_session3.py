@@ -1119,3 +1119,16 @@ def test_netc_blas_naming_no_blas_is_an_error_that_names_it(monkeypatch, blas):
     with pytest.raises(NetcError) as e:
         choose_backend()
     assert "NETC_BLAS" in str(e.value), str(e.value)
+
+
+@needs_native
+@pytest.mark.parametrize("literal", ["1e39", "1e-50", "3.4028235e38", "1e400", "123456789012345678901234567890"])
+def test_extreme_literals_reach_the_c_as_the_numpy_backend_reads_them(literal):
+    """Spec constants beyond float32 (overflow to inf, underflow to 0, the largest float)
+    are written into the C as values, not as text the compiler reads differently."""
+    s = f"input x : [3]\ntarget t : [3]\ny = x * {literal} + x\nloss = mean((y - t) * (y - t))\n"
+    x = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        a = netc.compile(s, seed=1, backend="numpy").predict_raw(x)
+        b = netc.compile(s, seed=1, backend="native").predict_raw(x)
+    np.testing.assert_array_equal(a, b)
