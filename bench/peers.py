@@ -10,7 +10,9 @@ relu, B = 32, one SGD+momentum step (minibatch gather included), microseconds.
                           [--systems netc-native,netc-numpy,...]
 
 Systems (each in a process of its own, so that its peak RSS is its own; the
-repeats interleave the systems, so machine noise hits all alike):
+repeats interleave the systems, so machine noise hits all alike; `cores_used`
+is the process's CPU time over the timed epochs' wall time, how many cores it
+kept busy):
 
   netc-native    the compiled step, native backend (skipped with the reason if unavailable)
   netc-numpy     the compiled step, generated NumPy
@@ -86,7 +88,8 @@ def run_one(system: str, d: Path, python: str, args) -> dict:
     env = dict(os.environ)
     if args.threads:  # every system alike: netc, the BLASes, OpenMP, PyTorch, XLA
         n = str(args.threads)
-        env.update(NETC_THREADS=n, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, MKL_NUM_THREADS=n)
+        env.update(NETC_THREADS=n, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, MKL_NUM_THREADS=n,
+                   NETC_PEERS_CPUS=n)  # and the process pinned to n cores (XLA sizes its pool by them)
         if args.threads == 1:
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
                                 "intra_op_parallelism_threads=1").strip()
@@ -115,7 +118,7 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
         row = {"epoch": statistics.median(later), "runs": [statistics.median(r["epochs"][1:4]) for r in ok],
                "rss": max(r["rss_mib"] for r in ok), "first_loss": ok[0].get("first_loss"),
                "epoch1_loss": ok[0].get("epoch1_loss"), "info": {k: v for k, v in ok[0].items() if k in (
-                   "netc_backend", "blas", "jax", "torch", "torch_threads", "python")}}
+                   "cores_used", "netc_backend", "blas", "jax", "torch", "torch_threads", "python")}}
         smalls = [r["small_us"] for r in ok if r.get("small_us") is not None]
         row["small"] = statistics.median(smalls) if smalls else None
         out[system] = row
@@ -135,7 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers-python", default=sys.executable, help="the interpreter for JAX and PyTorch")
     ap.add_argument("--systems", default=",".join(ORDER), help="comma-separated subset of: " + ", ".join(ORDER))
     ap.add_argument("--threads", type=int, default=None,
-                    help="threads for every system (NETC_THREADS, OMP/OpenBLAS/MKL, PyTorch, XLA); "
+                    help="threads for every system (NETC_THREADS, OMP/OpenBLAS/MKL, PyTorch, XLA), each "
+                         "process pinned to that many cores; "
                          "default: each its own choice. 1 gives steadier figures on a busy machine")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per process")
     ap.add_argument("--seed", type=int, default=0)

@@ -407,8 +407,11 @@ def run(system: str, d: Path, epochs: int, small_steps: int, backend: str) -> di
             raise
         except Exception as e:  # noqa: BLE001 - reported as the reason it was skipped
             raise Skip(f"backend {backend!r}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
+        cpu0 = os.times()
         secs, loss = fit.run(epochs)
+        cpu1 = os.times()
         out.update(epochs=secs, epoch1_loss=loss, netc_backend=fit.model.program.backend,
+                   cores_used=round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / sum(secs), 2),
                    rss_mib=peak_rss_mib())
         return out
     mnist, small = SYSTEMS[system]()
@@ -420,11 +423,14 @@ def run(system: str, d: Path, epochs: int, small_steps: int, backend: str) -> di
     else:
         out["first_loss"] = first_loss(mnist, x, t, w, order[0], B)
     secs, losses = [], []
+    cpu0 = os.times()
     for e in range(epochs):
         s, loss = runner.epoch(order[e % len(order)], B)
         secs.append(s)
         losses.append(loss)
-    out.update(epochs=secs, epoch1_loss=None if system.startswith("gemm") else losses[0])
+    cpu1 = os.times()
+    out.update(epochs=secs, epoch1_loss=None if system.startswith("gemm") else losses[0],
+               cores_used=round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / sum(secs), 2))
     out["rss_mib"] = peak_rss_mib()  # the MNIST workload's peak, before the small network's
     del runner, made, x, t
     if small is not None and small_steps > 0:
@@ -436,6 +442,8 @@ def run(system: str, d: Path, epochs: int, small_steps: int, backend: str) -> di
 
 def main(argv=None) -> int:
     import argparse
+    if os.environ.get("NETC_PEERS_CPUS"):  # bench/peers.py --threads: every thread of this process on N cores
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:int(os.environ["NETC_PEERS_CPUS"])]))
     ap = argparse.ArgumentParser()
     ap.add_argument("system", choices=sorted(SYSTEMS))
     ap.add_argument("dir", type=Path)
