@@ -1132,3 +1132,38 @@ def test_extreme_literals_reach_the_c_as_the_numpy_backend_reads_them(literal):
         a = netc.compile(s, seed=1, backend="numpy").predict_raw(x)
         b = netc.compile(s, seed=1, backend="native").predict_raw(x)
     np.testing.assert_array_equal(a, b)
+
+
+THREADED = """
+import hashlib, numpy as np, netc
+S = '''input x : [64]
+target t : class(10)
+h = dense(x, 512, act = tanh)
+y = dense(h, 10)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.05, momentum = 0.9)
+    batch = 128
+}
+'''
+r = np.random.default_rng(0)
+x = r.random((512, 64)).astype(np.float32)
+m = netc.compile(S, seed=1, backend="native")
+m.fit(x, r.integers(0, 10, 512), epochs=1)
+print(hashlib.sha256(b"".join(m.state[k].tobytes() for k in sorted(m.state))).hexdigest())
+"""
+
+
+@needs_native
+def test_native_training_does_not_depend_on_the_thread_count():
+    """threads = auto picks the count from the cores other processes leave free at each
+    bind, so the same spec and seed on a busier machine (or a run resumed at another
+    load) gets another count: the parameters must not depend on it, or runs and
+    resumed runs are not reproducible (README: a resumed run ends bit-identical)."""
+    got = []
+    for n in ("1", "2"):
+        env = {**os.environ, "NETC_THREADS": n}
+        r = subprocess.run([sys.executable, "-c", THREADED], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-1500:]
+        got.append(r.stdout.split()[-1])
+    assert got[0] == got[1], "1 thread and 2 threads train different parameters"
