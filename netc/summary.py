@@ -66,9 +66,9 @@ def _checked(summary: dict) -> dict:
 def render(summary: dict, out: Path, *, data: str | None = None, already: bool = False) -> str:
     """The summary text of a run in folder `out`. `data`: a data file to show in the
     `netc predict` line (else DATA); `already`: the run had finished before (resume)."""
-    s, run = _checked(summary), shlex.quote(str(out))
-    spec = s.get("spec") or "the spec"
-    stopped = STOPPED.get(s.get("stopped"), s.get("stopped") or "")
+    s, run = _checked(summary), _arg(str(out))
+    spec = _visible(s.get("spec") or "the spec")
+    stopped = _visible(STOPPED.get(s.get("stopped"), s.get("stopped") or ""))
     head = (f"{spec}: finished before, after {int(s.get('epochs', 0))} epochs ({stopped}); "
             f"netc train --resume {run} --epochs N trains up to N in all" if already
             else f"{spec}: trained {int(s.get('epochs', 0))} epochs in {_seconds(s.get('seconds'))} ({stopped})")
@@ -87,16 +87,36 @@ def render(summary: dict, out: Path, *, data: str | None = None, already: bool =
     if isinstance(sampled, dict) and sampled:  # a search space: the point this run trained
         from netc.search_space import describe_point
         lines += ["  point       " + describe_point({str(k): v for k, v in sampled.items()}), ""]
-    lines += [f"  run folder  {out}",
-              f"  model       {out / 'params.npz'} (checkpoint; netc.load({str(out)!r}) in Python)",
-              f"  metrics     {out / 'metrics.jsonl'} (one line per epoch), {out / 'summary.json'}",
-              f"  report      {out / 'report.html'} (after netc report)", "",
+    shown = _visible(str(out))
+    lines += [f"  run folder  {shown}",
+              f"  model       {_visible(str(out / 'params.npz'))} (checkpoint; netc.load({str(out)!r}) in Python)",
+              f"  metrics     {_visible(str(out / 'metrics.jsonl'))} (one line per epoch), "
+              f"{_visible(str(out / 'summary.json'))}",
+              f"  report      {_visible(str(out / 'report.html'))} (after netc report)", "",
               "next:",
               f"  netc report {run}",
-              f"  netc export {run} --format onnx --out {shlex.quote(str(out / 'model.onnx'))}",
-              f"  netc predict {run} {shlex.quote(data) if data else 'DATA'} --out "
-              f"{shlex.quote(str(out / 'predictions.csv'))}"]
+              f"  netc export {run} --format onnx --out {_arg(str(out / 'model.onnx'))}",
+              f"  netc predict {run} {_arg(data) if data else 'DATA'} --out "
+              f"{_arg(str(out / 'predictions.csv'))}"]
     return "\n".join(lines)
+
+
+def _escaped(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+
+
+def _visible(text: str) -> str:
+    """`text` (a name from a spec, a folder, summary.json) with its control characters
+    shown as escapes: nothing printed here drives the terminal."""
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _arg(text: str) -> str:
+    """`text` as one shell word to copy: shlex.quote's, or where it holds control
+    characters, bash's $'...' with them escaped (the same name, shown, not sent)."""
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + "".join("\\" + c if c in "\\'" else c if c.isprintable() else _escaped(c) for c in text) + "'"
 
 
 def example_data(model) -> str | None:

@@ -184,3 +184,19 @@ def test_the_report_puts_the_final_test_error_beside_the_validation_curve(monkey
 def test_a_search_space_run_shows_its_point():
     text = render({"spec": "s.net", "epochs": 1, "sampled": {"method.lr": 0.0123, "batch": 16}}, Path("r"))
     assert "point       method.lr = 0.0123, batch = 16" in text
+
+
+def test_names_with_control_characters_are_shown_not_sent_to_the_terminal(tmp_path):
+    """A data file, a run folder or summary.json's own strings may hold terminal controls
+    (clear the screen, set the title): the summary shows them escaped, and the commands
+    it suggests are one bash word each that names the same file."""
+    import subprocess
+    evil = "d\x1b]0;PWN\x07\x1b[2J'.npz"
+    text = render({"spec": "s\x1b[2J.net", "stopped": "x\x9b31m", "epochs": 1}, tmp_path / "r\x07un", data=evil)
+    assert all(c.isprintable() for line in text.splitlines() for c in line), repr(text)
+    assert "\\x1b[2J" in text and "r\\x07un" in text
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("netc predict"))
+    words = subprocess.run(["bash", "-c", f'printf "%s\\0" {line.split("netc predict", 1)[1]}'],
+                           capture_output=True, check=True).stdout.split(b"\0")[:-1]
+    assert [w.decode() for w in words] == [str(tmp_path / "r\x07un"), evil, "--out",
+                                           str(tmp_path / "r\x07un" / "predictions.csv")]
