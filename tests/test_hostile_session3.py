@@ -1167,3 +1167,27 @@ def test_native_training_does_not_depend_on_the_thread_count():
         assert r.returncode == 0, r.stderr[-1500:]
         got.append(r.stdout.split()[-1])
     assert got[0] == got[1], "1 thread and 2 threads train different parameters"
+
+
+@pytest.mark.parametrize("layout", ["crlf", "cr", "tab", "bom", "wide", "formfeed"])
+def test_sizes_from_the_data_are_written_at_the_right_place_in_any_layout(tmp_path, layout):
+    """The bound sizes replace each `_` by its position: line endings, tabs, a BOM and
+    wide characters before it must not shift where they land."""
+    text = {"crlf": FREE.replace("\n", "\r\n"), "cr": FREE.replace("\n", "\r"),
+            "tab": FREE.replace("input  x : [_]", "input\tx :\t[\t_\t]"), "bom": "\ufeff" + FREE,
+            "wide": "# ｘ ＿ 😀😀\n" + FREE.replace("input  x : [_]", "input  x : [ _ ] # 😀 [_]"),
+            "formfeed": FREE.replace("\n", "\n\x0c", 1)}[layout]
+    f = tmp_path / "s.net"
+    f.write_bytes(text.encode())
+    m = netc.compile(f, backend="numpy", seed=1)
+    m.fit(PX, PT, epochs=1)
+    assert m.predict_proba(PX[:2]).shape == (2, 3)
+
+
+def test_the_memory_estimate_counts_adams_moments():
+    s = ("input x : [1000]\ntarget t : class(10)\nh = dense(x, 1000)\ny = dense(h, 10)\n"
+         "loss = nll(softmax(y), t)\ntrain {\n    method = METHOD\n    batch = 10\n}\n")
+    sgd = netc.compile(s.replace("METHOD", "sgd(lr = 0.1)"), backend="numpy")
+    adam = netc.compile(s.replace("METHOD", "adam(lr = 0.01)"), backend="numpy")
+    held = lambda m: sum(p.bytes for p in m.memory.parts if p.kind in ("parameters", "optimizer state"))
+    assert held(adam) == sum(v.nbytes for v in adam.state.values()) == 3 * held(sgd) + 8
