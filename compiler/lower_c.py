@@ -243,7 +243,7 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names, c_used
     var: dict[int, str] = {}
     for k, s in enumerate(L.state):
         var[s.id] = f"s{k}"
-        pre.append(f"    s{k} = S[{s.name!r}]  # {s.op} {shape_str(s.shape)} {s.dtype}")
+        pre.append(f"    s{k} = rt.state(S, {s.name!r}, {_shape_py(s.shape)}, {s.dtype!r})  # {s.op} {shape_str(s.shape)}")
     pre.append("    # BUFFERS")
     pre.append(f"    P = rt.table({nf + ns + len(bufs.allocs)})")
     pre += [f"    P[{nf + k}] = rt.address(s{k})" for k in range(ns)]

@@ -71,6 +71,20 @@ class NativeRuntime:
         return np.full(shape, np.nan if dt.kind == "f" else -1, dtype=dt)
 
     @staticmethod
+    def state(S: dict, name: str, shape: tuple, dtype: str):
+        """S[name] as the C side reads it: of its shape (else a NetcError naming it: the C
+        would read or write past the array), C-contiguous, writable and of its dtype (else
+        a converted copy, put back in S, so the step updates what the model holds)."""
+        a = S.get(name)
+        if not isinstance(a, np.ndarray) or a.shape != tuple(shape):
+            got = f"an array of shape {list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise NetcError(f"state {name!r} is {got}, the spec's {name!r} has shape {list(shape)}: set its values "
+                            f"in place (np.copyto(model.state[{name!r}], values)) rather than assigning another array")
+        if a.dtype != np.dtype(dtype) or not a.flags.c_contiguous or not a.flags.writeable:
+            a = S[name] = np.array(a, dtype=dtype, order="C")
+        return a
+
+    @staticmethod
     def table(n: int):
         return (ctypes.c_void_p * max(n, 1))()
 

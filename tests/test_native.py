@@ -283,3 +283,21 @@ def test_a_reused_batch_buffer_is_read_again_each_call():
             got = ev_c(m.state, feed, t)
             for g, w in zip(got, want):
                 np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_replaced_state_array_is_checked_at_bind():
+    """The C side reads state by address: an array of another shape is refused by name
+    (it would read and write past it); another dtype or layout is converted, and the
+    converted array is the one the model holds and the step trains."""
+    m = netc.compile(MOMENTUM, backend="native")
+    x, t = np.ones((8, 12), np.float32), np.zeros(8, np.int64)
+    m.state["h.W"] = np.zeros((1, 1), np.float32)
+    with pytest.raises(NetcError, match="state 'h.W' is an array of shape \\[1, 1\\].*\\[12, 9\\]"):
+        m.program.step(m.state, x, t, 0.1, 0.9)
+    m = netc.compile(MOMENTUM, backend="native")
+    w = np.asfortranarray(m.state["h.W"].astype(np.float64))
+    m.state["h.W"] = w
+    m.program.step(m.state, x, t, 0.1, 0.9)
+    held = m.state["h.W"]
+    assert held is not w and held.dtype == np.float32 and held.flags.c_contiguous
+    assert not np.allclose(held, w)  # the step updated the array the model holds
