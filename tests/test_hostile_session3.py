@@ -1191,3 +1191,18 @@ def test_the_memory_estimate_counts_adams_moments():
     adam = netc.compile(s.replace("METHOD", "adam(lr = 0.01)"), backend="numpy")
     held = lambda m: sum(p.bytes for p in m.memory.parts if p.kind in ("parameters", "optimizer state"))
     assert held(adam) == sum(v.nbytes for v in adam.state.values()) == 3 * held(sgd) + 8
+
+
+@pytest.mark.parametrize("block,line", [
+    ("layers = []", 13), ("layers = [h1, h1]", 13), ("layers = [h1]\n    drop = 2", 14),
+    ("layers = [h1]\n    drop = -1", 14), ("layers = [h1]\n    contractive = -5", 14),
+    ("layers = [h1]\n    reconstruction = evil", 14), ("layers = [y]", 13), ("layers = [x]", 13),
+    ("layers = [h2, h1]", 13), ("layers = [h1]\n    epochs = 0", 14), ("layers = [h1]\n    layers = [h2]", 14),
+])
+def test_a_pretrain_block_that_cannot_be_is_refused_where_written(stack, block, line):
+    d = stack
+    (d / "pp.net").write_text(STACK.replace("INIT", "") + "pretrain {\n    " + block + "\n}\n")
+    with pytest.raises(netc.SpecError) as e:
+        netc.pretrain(d / "pp.net", out=d / "PP", progress=False)
+    assert e.value.loc is not None and e.value.loc.line == line, e.value
+    assert not (d / "PP").exists()
