@@ -36,8 +36,11 @@ def _pool() -> ThreadPoolExecutor:
 def unavailable() -> str | None:
     """Why the native backend cannot run here (no C compiler, no BLAS), or None."""
     from ..runtime import blas, native_build
-    if not native_build.compiler_available():
-        return "no working C compiler (cc, gcc or $CC) was found"
+    try:
+        if not native_build.compiler_available():
+            return "no working C compiler (cc, gcc or $CC) was found"
+    except (ValueError, OSError) as e:  # e.g. a $CC shlex cannot split
+        return f"the C compiler could not be used (check $CC: {e})"
     if blas.find_blas() is None:
         return "no BLAS was found (NumPy's OpenBLAS, MKL or a system cblas)"
     return None
