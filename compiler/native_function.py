@@ -22,15 +22,18 @@ import numpy as np
 from .errors import NetcError
 from .lower_numpy import Function
 
-_POOL: list = []  # the one background executor (created on first use)
+_POOL: list = []  # [(pid, executor)]: the background executor (created on first use)
 _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
+    """The executor compiles run on (a new one in a forked child: the parent's threads
+    are not there)."""
+    import os
     with _POOL_LOCK:
-        if not _POOL:
-            _POOL.append(ThreadPoolExecutor(4, thread_name_prefix="netc-cc"))
-        return _POOL[0]
+        if not _POOL or _POOL[0][0] != os.getpid():
+            _POOL[:] = [(os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="netc-cc"))]
+        return _POOL[0][1]
 
 
 def unavailable() -> str | None:
