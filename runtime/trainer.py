@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from netc.compiler.errors import DataError, NetcError
+from netc.compiler.errors import DataError, NetcError, SpecError
 from netc.compiler.pipeline import Program
 
 from . import emphasis
@@ -89,6 +89,7 @@ class Run:
             epochs: int | None = None) -> dict:
         if self.program.step is None:
             raise NetcError("this spec has no loss or no parameters, so there is nothing to train")
+        _one_input_one_target(self.program)
         epochs = epochs or self.cfg.epochs
         if self.folder is None:
             self.folder = RunFolder.start(self.out_dir, None, "") if self.out_dir is not None else RunFolder(None)
@@ -435,3 +436,15 @@ def _valid_every(cfg: TrainConfig, valid: Dataset | None) -> int | None:
     if cfg.valid_every is None or valid is None:
         return None
     return max(cfg.valid_every, len(valid))
+
+
+def _one_input_one_target(prog: Program) -> None:
+    """Training feeds one input and one target (fit(x, t), the data block's sources): a
+    step that reads a second declaration is refused at it, not fed the rate by mistake."""
+    spec = prog.spec
+    fed = list(spec.inputs)[:1] + list(spec.targets)[:1]
+    for name in prog.step.feeds:
+        if name not in fed and (name in spec.inputs or name in spec.targets):
+            kind, node = ("input", spec.inputs[name]) if name in spec.inputs else ("target", spec.targets[name])
+            raise SpecError(f"{kind} {name!r}: a second {kind}, which training cannot feed (it feeds one "
+                            f"input and one target: {', '.join(map(repr, fed))}); remove it", node.loc)

@@ -436,3 +436,19 @@ def test_compiled_functions_are_memoized_on_the_program():
     x, t = make_problem(n=20)
     m.fit(x, t, epochs=1, out=None)
     assert prog.function([prog.loss], prog.spec.feeds) is a  # statistics, evaluation: no recompiling
+
+
+@pytest.mark.parametrize("method", ["sgd", "lbfgs"])
+@pytest.mark.parametrize("second", ["input z : [2]\n", "target u : class(3)\n"])
+def test_a_second_input_or_target_is_refused_at_its_declaration(method, second):
+    """Training feeds one input and one target: a step that reads another declaration is
+    a SpecError located at it, not a KeyError (nor the rate fed in its place)."""
+    from netc.compiler.errors import SpecError
+    read = " + dense(z, 3)" if second.startswith("input") else ""
+    spec = (f"input x : [3]\ntarget t : class(3)\n{second}y = dense(x, 3){read}\nloss = nll(softmax(y), t)\n"
+            f"train {{ method = {method}() }}\n")
+    m = netc.compile(spec, backend="numpy")
+    with pytest.raises(SpecError) as e:
+        m.fit(np.zeros((8, 3), np.float32), np.arange(8) % 3, epochs=1)
+    name = second.split()[1]
+    assert e.value.loc.line == 3 and f"{second.split()[0]} '{name}': a second" in str(e.value), str(e.value)
