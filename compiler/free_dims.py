@@ -101,7 +101,9 @@ def elaborate_unbound(run: Callable[[int], object], free: list[FreeDim], source:
         spec.unknown = _unknown_shapes(spec, twin)
         return spec
     both = {(_where(e), e.message) for e in errors[1]}  # word for word: not about the stand-in sizes
-    out = [e if (_where(e), e.message) in both else _data_dependent(e, 0, free, source) for e in errors[0]]
+    twins = {_where(e): e.message for e in errors[1]}  # the same error in run 1, its sizes differing
+    out = [e if (_where(e), e.message) in both else _data_dependent(e, 0, free, source, twins.get(_where(e)))
+           for e in errors[0]]
     if not errors[0]:  # run 1 alone failed: its errors depend on the sizes
         out = [_data_dependent(e, 1, free, source) for e in errors[1]]
     raise out[0] if len(out) == 1 else ErrorList(out)
@@ -117,9 +119,26 @@ def _plain(message: str, run: int) -> str:
     return re.sub(pattern, "?", message)
 
 
-def _data_dependent(e: NetcError, run: int, free: list[FreeDim], source: str) -> NetcError:
+_NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
+
+
+def _differing(message: str, twin: str | None) -> str | None:
+    """`message` with every number that reads differently in `twin` (the same error in the
+    other run) written `?`: sizes derived from the stand-ins (products, sums) included.
+    None where the two differ in more than their numbers."""
+    if twin is None or _NUMBER.split(message) != _NUMBER.split(twin):
+        return None
+    parts = _NUMBER.split(message)
+    out = [parts[0]]
+    for a, b, rest in zip(_NUMBER.findall(message), _NUMBER.findall(twin), parts[1:]):
+        out += [a if a == b else "?", rest]
+    return "".join(out)
+
+
+def _data_dependent(e: NetcError, run: int, free: list[FreeDim], source: str, twin: str | None = None) -> NetcError:
     where = ", ".join(f"{f.loc.line}:{f.loc.col}" for f in free)
-    msg = f"cannot be checked until the data gives the sizes written `_` (at {where}): {_plain(e.message, run)}"
+    plain = _differing(e.message, twin) or _plain(e.message, run)
+    msg = f"cannot be checked until the data gives the sizes written `_` (at {where}): {plain}"
     hint = ("it fails for the stand-in sizes netc tries; if it holds only for your data's sizes, write them "
             "in place of `_`, or derive the other sizes from them with dim(x) or classes(t)")
     return SpecError(msg, e.loc, e.source if e.source is not None else source, hint=hint)

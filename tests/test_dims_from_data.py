@@ -229,3 +229,16 @@ def test_a_model_bound_from_the_data_exports_to_onnx(tmp_path):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         ["labels"], {"x": x.astype(np.float32)})[0]
     np.testing.assert_array_equal(got, m.predict(x))
+
+
+def test_sizes_derived_from_the_stand_ins_are_written_as_unknown_too():
+    """An error that depends on the data's sizes shows no stand-in size, nor one derived
+    from them (a product of two: the entries per example), only `?`."""
+    from netc.compiler.free_dims import PROBES
+    spec = "input x : [_, _]\ntarget t : class(3)\nh = reshape(x, [dim(x)])\ny = dense(h, 3)\nloss = nll(softmax(y), t)\n"
+    with pytest.raises(SpecError) as e:
+        netc.compile(spec, backend="numpy")
+    text = str(e.value)
+    assert "cannot reshape [B, ?, ?] (? entries per example) to [?]" in text, text
+    stand_ins = {a * b for run in PROBES for a in run for b in run} | {p for run in PROBES for p in run}
+    assert not any(str(n) in text for n in stand_ins), text
