@@ -235,7 +235,8 @@ def test_sizes_derived_from_the_stand_ins_are_written_as_unknown_too():
     """An error that depends on the data's sizes shows no stand-in size, nor one derived
     from them (a product of two: the entries per example), only `?`."""
     from netc.compiler.free_dims import PROBES
-    spec = "input x : [_, _]\ntarget t : class(3)\nh = reshape(x, [dim(x)])\ny = dense(h, 3)\nloss = nll(softmax(y), t)\n"
+    spec = ("input x : [_, _]\ntarget t : class(3)\nh = reshape(x, [dim(x)])\ny = dense(h, 3)\n"
+            "loss = nll(softmax(y), t)\n")
     with pytest.raises(SpecError) as e:
         netc.compile(spec, backend="numpy")
     text = str(e.value)
