@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import math
+import threading
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class Function:
     nodes: int
     _make: Callable = field(repr=False, default=None)
     _steps: dict = field(repr=False, default_factory=dict)
+    _threads: threading.local = field(repr=False, compare=False, default_factory=threading.local)
     buffers: list = field(repr=False, default_factory=list)  # (name, shape, dtype) that bind allocates
 
     def buffer_bytes(self, batch: int) -> int:
@@ -49,8 +51,10 @@ class Function:
 
     def bind(self, state: dict[str, np.ndarray], batch: int):
         """The step bound to `state`'s arrays for this batch size (made once, then cached).
-        The cache holds the dict itself: an id() could be reused by a new dict."""
-        bindings = self._steps.setdefault("bindings", [])  # [(state dict, {batch: step})]
+        The cache holds the dict itself: an id() could be reused by a new dict. Each thread
+        has its own: a step's buffers are its scratch and its outputs, so two threads
+        calling one function at once (a server predicting in threads) must not share them."""
+        bindings = self._threads.__dict__.setdefault("bindings", [])  # [(state dict, {batch: step})]
         steps = next((s for st, s in bindings if st is state), None)
         if steps is None:
             steps = {}
