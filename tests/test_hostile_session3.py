@@ -1236,3 +1236,26 @@ def test_threads_predicting_with_one_model_get_their_own_answers(backend):
     for t in ts:
         t.join()
     assert not wrong, f"{len(wrong)} of 600 predictions were another thread's"
+
+
+@needs_native
+@pytest.mark.parametrize("layout", ["float64", "fortran", "strided", "int64", "wide", "narrow", "3-D"])
+def test_native_functions_take_feeds_of_any_layout_or_refuse_them(layout):
+    """Model.function's feeds are copied into the step's own buffers: another dtype or
+    memory layout gives NumPy's numbers; another width is refused, never read past."""
+    x = NX[:8]
+    feed = {"float64": x.astype(np.float64), "fortran": np.asfortranarray(x),
+            "strided": np.repeat(x, 2, axis=1)[:, ::2], "int64": (x * 10).astype(np.int64),
+            "wide": np.ones((8, 13), np.float32), "narrow": np.ones((8, 11), np.float32),
+            "3-D": x.reshape(8, 12, 1)}[layout]
+    got = {}
+    for backend in ("numpy", "native"):
+        f = netc.compile(NATIVE_NET, seed=1, backend=backend).function("output")
+        try:
+            got[backend] = np.array(f(feed)[0], copy=True)
+        except (ValueError, TypeError, NetcError) as e:
+            got[backend] = e
+    if layout in ("wide", "narrow", "3-D"):
+        assert isinstance(got["native"], Exception) and isinstance(got["numpy"], Exception)
+    else:
+        np.testing.assert_allclose(got["native"], got["numpy"], rtol=1e-5, atol=1e-6)
