@@ -143,6 +143,7 @@ def main(argv=None) -> int:
                          "default: each its own choice. 1 gives steadier figures on a busy machine")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per process")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the summary rows and every process's result here")
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in ORDER]
@@ -168,6 +169,9 @@ def main(argv=None) -> int:
                          "epochs " + ", ".join(f"{v:.3f}" for v in res["epochs"])), file=sys.stderr, flush=True)
     load1 = os.getloadavg()
     rows = summarize(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "load": [load0, load1], "rows": rows,
+                                               "results": results}, indent=1))
     print(f"MNIST 784-800-800-10 tanh, B {mlp_epoch.B}, sgd momentum {mlp_epoch.MU}, float32, "
           f"{args.examples} examples; median of epochs 2-{args.epochs}, {args.repeats} process(es) each; "
           f"threads {args.threads or 'default'}; "
