@@ -239,7 +239,9 @@ class TrainConfig(_Strict):
     freeze: bool = Field(False, description="`freeze SELECTOR = true` keeps a group's parameters fixed")
     init_scale: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="a global factor on every initialization's scale [PR 3.2]")
     recover: bool = Field(True, description="on divergence, restore the last healthy state and divide the rate by 3")
-    stats: bool = Field(True, description="per-layer statistics in metrics.jsonl each epoch [PR 4.2]")
+    stats: bool = Field(True, description="per-layer statistics in metrics.jsonl on the first 500 examples, at "
+                                          "the first and last epoch and every k-th, k keeping them near a tenth "
+                                          "of training (every epoch from 5000 examples) [PR 4.2]")
     stop: Early | Never = Field(default_factory=Never, description="early(patience, grow) or off")
     average: Polyak | Never = Field(default_factory=Never, description="polyak or off")
     decay: float = Field(0.0, ge=0, description="L2 weight decay lambda on the whole training criterion "
