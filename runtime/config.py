@@ -7,7 +7,7 @@ file:line:col, with a did-you-mean for unknown keys.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,6 +19,20 @@ from netc.runtime.init_from import source_of as _init_source
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _flags_where_flags(cls, v, info):
+        """true/false only where a key takes one: pydantic alone reads `threads = true` as 1."""
+        if isinstance(v, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expects a number or a setting, not {str(v).lower()}")
+        return v
+
+
+def _takes_bool(annotation) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(a is bool or a is Any or (get_args(a) and _takes_bool(a)) for a in get_args(annotation))
 
 
 # ---- methods and schedules ------------------------------------------------------

@@ -452,3 +452,19 @@ def test_a_second_input_or_target_is_refused_at_its_declaration(method, second):
         m.fit(np.zeros((8, 3), np.float32), np.arange(8) % 3, epochs=1)
     name = second.split()[1]
     assert e.value.loc.line == 3 and f"{second.split()[0]} '{name}': a second" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("entry", ["batch = true", "epochs = false", "threads = true", "seed = true",
+                                   "method = sgd(momentum = true)", "decay = true"])
+def test_true_or_false_where_a_number_is_expected_is_refused_where_written(entry):
+    """pydantic alone reads `batch = true` as 1 and `momentum = true` as 1.0; a flag is
+    accepted only by a key that takes one (shuffle, nesterov, ...)."""
+    from netc.compiler.errors import SpecError
+    head = "input x : [3]\ntarget t : class(3)\ny = dense(x, 3)\nloss = nll(softmax(y), t)\ntrain {\n"
+    with pytest.raises(SpecError) as e:
+        netc.compile(f"{head}    {entry}\n}}\n", backend="numpy")
+    key = entry.split("(")[-1].split(" = ")[0]
+    assert ":6:" in str(e.value) and key in str(e.value) and "not " in str(e.value), str(e.value)
+    m = netc.compile(f"{head}    shuffle = false\n    method = sgd(momentum = 0.5, nesterov = true)\n}}\n",
+                     backend="numpy")
+    assert m.train_cfg.shuffle is False and m.train_cfg.method.nesterov is True
