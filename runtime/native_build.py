@@ -1,7 +1,8 @@
 """Compile generated C into a shared object, cached on disk, loaded with ctypes.
 
 The native backend compiles its C once per (source, compiler, flags, CPU): the
-cache key is the sha256 of all four, so a cache hit is a stat and a dlopen, and
+cache key is the sha256 of all four, so a cache hit is a check of the object
+(runtime/native_cache.py: ours, whole, built from this source) and a dlopen, and
 a new compiler, new flags or a different CPU (-march=native) never reuse a
 stale object. Writes are atomic (a private temporary file, then rename), so
 processes compiling the same source at once, or one killed mid-compile, never
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 from ..compiler.errors import NetcError
+from . import native_cache
 
 BASE_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
                                "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition",
@@ -47,9 +49,12 @@ class NativeBuildError(NetcError):
 def cache_dir() -> Path:
     """NETC_CACHE_DIR, else ~/.cache/netc/native (XDG_CACHE_HOME honoured)."""
     env = os.environ.get("NETC_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        if env:
+            return Path(env).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError as e:  # ~user that does not exist, no home
+        raise NativeBuildError(f"the native cache folder: {e} (NETC_CACHE_DIR={env!r})") from None
     return Path(base) / "netc" / "native"
 
 
@@ -142,9 +147,9 @@ def _sweep(d: Path, age_s: float = 3600.0, keep_bytes: int = MAX_BYTES) -> None:
         try:
             st = f.stat()
             if f.name.startswith("."):
-                if now - st.st_mtime > age_s:
+                if now - st.st_mtime > age_s and native_cache.ours(f.name, temporary=True):
                     f.unlink()
-            elif f.suffix in (".so", ".c"):
+            elif native_cache.ours(f.name, temporary=False):
                 objects.append((st.st_mtime, st.st_size, f))
         except OSError:
             pass
@@ -162,21 +167,24 @@ def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None)
         raise _no_compiler()
     flags = FLAGS if flags is None else tuple(flags)
     key = cache_key(source, flags)
-    d = cache_dir()
+    d = native_cache.private_folder(cache_dir(), NativeBuildError)
     final = d / f"{_safe(name)}-{key[:32]}.so"
-    if final.is_file():
+    if native_cache.usable(final, key, NativeBuildError):  # ours, whole, and built from this source
         try:
             os.utime(final)  # most recently used: the last the sweep removes
         except OSError:
             pass
         return final
-    d.mkdir(parents=True, exist_ok=True)
     _sweep(d)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", dir=d)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", dir=d)
+    except OSError as e:
+        raise NativeBuildError(f"the native cache folder {d} cannot be written ({e.strerror or e}); "
+                               f"set NETC_CACHE_DIR to a folder of yours") from None
     os.close(fd)
     c_file, so_file = Path(tmp + ".c"), Path(tmp + ".so")
     try:
-        c_file.write_text(source)
+        c_file.write_text(native_cache.stamp(source, key))
         try:
             r = subprocess.run([*cmd, *flags, "-o", str(so_file), str(c_file)],
                                capture_output=True, text=True, timeout=600)
@@ -193,6 +201,7 @@ def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None)
                 f"{kept}\n{' '.join(cmd + list(flags))}\n{msg}",
                 hint="this is a netc bug (please report it with the kept source); "
                      "--backend numpy runs without the compiler")
+        os.chmod(so_file, 0o755)  # never group/other-writable, whatever the umask (native_cache.usable)
         os.replace(so_file, final)  # atomic: readers see no file or a whole one
         return final
     finally:
