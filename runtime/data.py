@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import gzip
 import importlib.resources
+import io
 import math
 import stat
 import zipfile
@@ -114,10 +115,41 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
-            return gzip.decompress(raw)
+            return _gunzip_idx(path, raw)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: corrupt gzip data: {e}") from None
     return raw
+
+
+def _gunzip_idx(path: Path, raw: bytes) -> bytes:
+    """The gunzipped IDX bytes, never more than the header declares (and one byte to see
+    trailing data): a claim beyond what the compressed bytes can expand to is refused
+    before anything of its size exists (a gzip bomb, a lying header)."""
+    f = gzip.GzipFile(fileobj=io.BytesIO(raw))
+    head = f.read(4)
+    if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES:
+        head += f.read(4 * head[3])
+        if len(head) == 4 + 4 * head[3]:
+            dims = [int(d) for d in np.frombuffer(head, ">u4", head[3], 4)]
+            need = math.prod(dims) * np.dtype(_IDX_DTYPES[head[2]]).itemsize
+            if need > checkpoint.DEFLATE_RATIO * len(raw):
+                raise DataError(f"{path}: the IDX header declares {need} bytes of data, more than {len(raw)} "
+                                f"gzipped bytes can hold (refused before reading)")
+            body = f.read(need)  # read_idx reports what is missing
+            extra = _drain(f)
+            if extra:
+                raise DataError(f"{path}: {extra} bytes of trailing garbage after the last of {dims[0]} records")
+            return head + body
+    _drain(f)  # a damaged stream is reported as such before the header's own faults
+    return head
+
+
+def _drain(f) -> int:
+    """The bytes left in `f`, counted, not kept."""
+    n = 0
+    while chunk := f.read(1 << 20):
+        n += len(chunk)
+    return n
 
 
 def read_idx(path: str | Path) -> np.ndarray:

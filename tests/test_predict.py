@@ -199,3 +199,31 @@ def test_a_wider_csv_loses_a_target_column_only_where_the_run_read_a_labelled_cs
     assert main(["predict", str(d / "run"), str(tmp_path / "w21.csv")]) == 0
     got = [int(v) for v in capsys.readouterr().out.splitlines()[1:]]
     assert got == list(netc.load(d / "run").predict(x[:5]))
+
+
+def test_a_gzipped_idx_is_never_expanded_beyond_its_header(tmp_path):
+    """A gzipped IDX file is read as far as its header declares: a claim beyond what the
+    compressed bytes can expand to is refused before reading, and 50 MB of zeros after
+    the declared records (a gzip bomb) are counted, not held in memory."""
+    import tracemalloc
+    import zlib
+    from netc.compiler.errors import DataError
+    from netc.runtime import data
+    claim = bytes([0, 0, 0x08, 2]) + (10 ** 9).to_bytes(4, "big") + (1000).to_bytes(4, "big")
+    (tmp_path / "claim.gz").write_bytes(gzip.compress(claim + bytes(100)))
+    with pytest.raises(DataError, match=r"claim\.gz: the IDX header declares 1000000000000 bytes.*before reading"):
+        data.read_idx(tmp_path / "claim.gz")
+    head = bytes([0, 0, 0x08, 2]) + (10).to_bytes(4, "big") + (4).to_bytes(4, "big")
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = z.compress(head + bytes(40)) + b"".join(z.compress(bytes(1 << 20)) for _ in range(50)) + z.flush()
+    (tmp_path / "bomb.gz").write_bytes(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"bomb\.gz: 52428800 bytes of trailing garbage after the last of 10"):
+            data.read_idx(tmp_path / "bomb.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    (tmp_path / "ok.gz").write_bytes(gzip.compress(head + bytes(range(40))))
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "ok.gz"), np.arange(40, dtype=np.uint8).reshape(10, 4))
