@@ -1259,3 +1259,15 @@ def test_native_functions_take_feeds_of_any_layout_or_refuse_them(layout):
         assert isinstance(got["native"], Exception) and isinstance(got["numpy"], Exception)
     else:
         np.testing.assert_allclose(got["native"], got["numpy"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("command", ["train", "check", "compile"])
+def test_error_messages_print_no_terminal_escapes_from_the_spec(tmp_path, command):
+    """A located error quotes the spec's text and names its files: a spec (someone
+    else's) whose data path holds terminal controls must not drive the terminal
+    through the error message either (exit 2, controls shown, not sent)."""
+    spec = tmp_path / "e.net"
+    spec.write_text("input x : [_]\ntarget t : class(3)\ny = dense(x, 3)\nloss = nll(softmax(y), t)\n"
+                    'data { train = npz("missing\x1b]0;PWN\x07\x1b[2J.npz") }\ntrain { epochs = 1 }\n')
+    rc, text = _cli(command, spec, *(["--no-progress", "--out", tmp_path / "r"] if command == "train" else []))
+    assert "\x1b" not in text and "\x07" not in text, repr(text[-600:])
