@@ -62,8 +62,11 @@ def compiler_command() -> list[str] | None:
     """The C compiler as an argv prefix: $CC (may carry words, e.g. `ccache gcc`), else cc, else gcc."""
     env = os.environ.get("CC", "").strip()
     if env:
-        words = shlex.split(env)
-        return words if shutil.which(words[0]) else None
+        try:
+            words = shlex.split(env)
+        except ValueError:  # an unclosed quote: no compiler (_no_compiler names CC)
+            return None
+        return words if words and shutil.which(words[0]) else None
     for name in ("cc", "gcc"):
         found = shutil.which(name)
         if found:
@@ -123,7 +126,8 @@ def cache_key(source: str, flags: tuple[str, ...]) -> str:
 
 def _no_compiler() -> NativeBuildError:
     cc = os.environ.get("CC")
-    what = f"CC={cc!r} is not an executable" if cc else "no C compiler (cc or gcc) on PATH"
+    what = f"CC={cc!r} is not a command that runs a compiler" if cc and cc.strip() else \
+        "no C compiler (cc or gcc) on PATH"
     return NativeBuildError(f"the native backend needs a C compiler: {what}",
                             hint="install gcc (or set CC), or use --backend numpy")
 

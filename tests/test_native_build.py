@@ -89,6 +89,17 @@ def test_no_compiler_is_reported_not_crashed(cache, monkeypatch):
         nb.build(_src("1"))
 
 
+
+@pytest.mark.parametrize("cc", ['"gcc', "gcc -DX='1", "''"])
+def test_a_cc_that_is_not_a_command_line_is_no_compiler_named_as_cc(cache, monkeypatch, cc):
+    """$CC with an unclosed quote (shlex cannot split it) or naming nothing: no compiler,
+    and the error names CC, never a raw ValueError from shlex."""
+    monkeypatch.setenv("CC", cc)
+    assert nb.compiler_command() is None and not nb.compiler_available()
+    with pytest.raises(nb.NativeBuildError, match=r"CC=.* is not a command that runs a compiler"):
+        nb.build(_src("1"))
+
+
 @needs_cc
 def test_damaged_object_in_cache_is_rebuilt(cache):
     p = nb.build(_src("3"))
