@@ -41,7 +41,8 @@ def private_folder(d: Path, error) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise error(f"the native cache folder {d} is not a folder; set NETC_CACHE_DIR to a folder of yours")
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        who = "another user's" if st.st_uid != os.getuid() else f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+        who = ("another user's" if st.st_uid != os.getuid()
+               else f"writable by others (mode {stat.S_IMODE(st.st_mode):o})")
         raise error(f"the native cache folder {d} is {who}: anyone who can write there could plant code "
                     f"this process runs; use a private folder (chmod 700 {d}, or set NETC_CACHE_DIR)")
     return d

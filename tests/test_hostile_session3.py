@@ -262,7 +262,7 @@ def test_hostile_file_names_stay_in_c_comments(tmp_path, name):
     np.testing.assert_array_equal(la[0], lb[0])
 
 
-# ---------------------------------------------------------------------------- checkpoints: Adam's state, normalize_target
+# ------------------------------------------------------------------ checkpoints: Adam's state, normalize_target
 
 def _members(path) -> dict[str, bytes]:
     import zipfile
@@ -678,7 +678,7 @@ def test_train_out_that_cannot_be_a_folder_is_a_user_error(stack, out, capsys):
     assert (d / "afile").read_text() == "x"
 
 
-# ---------------------------------------------------------------------------- data files, read now by compile and hessian too
+# ------------------------------------------------------------------ data files, read now by compile and hessian too
 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
 @pytest.mark.parametrize("source", ['csv("DATA")', 'npz("DATA")'])
@@ -701,7 +701,7 @@ def test_a_data_file_that_never_ends_is_refused_not_read(tmp_path, kind, source,
     assert rc == 2 and "data.bin" in text and "internal error" not in text, (rc, text)
 
 
-# ---------------------------------------------------------------------------- the native step and the arrays it is given
+# ------------------------------------------------------------------ the native step and the arrays it is given
 
 NATIVE_NET = """\
 input x : [12]
@@ -1021,7 +1021,8 @@ def test_a_checkpoint_storing_a_parameter_in_fortran_order_predicts_the_same_nat
     np.testing.assert_allclose(native, m.predict_raw(NX), rtol=1e-5, atol=1e-6)
 
 
-THREADS_SPEC = "input x : [3]\ntarget t : [1]\ny = dense(x, 1)\nloss = mean((y - t) * (y - t))\ntrain {\n    threads = V\n}\n"
+THREADS_SPEC = ("input x : [3]\ntarget t : [1]\ny = dense(x, 1)\nloss = mean((y - t) * (y - t))\n"
+                "train {\n    threads = V\n}\n")
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "1.5", "1e9", "1000000000000", "nan", "[2]", "x", "true", "false"])
@@ -1041,7 +1042,8 @@ def test_train_key_threads_accepts_counts_and_auto(value, expected):
 def test_a_second_target_is_refused_where_declared_or_trained(second):
     """fit feeds one target: a spec declaring a second one (a careless copy) is refused,
     located at it, not a KeyError from inside the trainer."""
-    s = f"input x : [3]\ntarget t : class(_)\ntarget u : {second}\ny = dense(x, classes(t))\nloss = nll(softmax(y), t)\n"
+    s = (f"input x : [3]\ntarget t : class(_)\ntarget u : {second}\ny = dense(x, classes(t))\n"
+         "loss = nll(softmax(y), t)\n")
     m = None
     try:
         m = netc.compile(s, backend="numpy", seed=1)
@@ -1210,7 +1212,8 @@ def test_a_pretrain_block_that_cannot_be_is_refused_where_written(stack, block, 
 
 # ---------------------------------------------------------------------------- one model, several threads
 
-RACE_NET = "input x : [64]\ntarget t : class(10)\nh = dense(x, 256, act = tanh)\ny = dense(h, 10)\nloss = nll(softmax(y), t)\n"
+RACE_NET = ("input x : [64]\ntarget t : class(10)\nh = dense(x, 256, act = tanh)\ny = dense(h, 10)\n"
+            "loss = nll(softmax(y), t)\n")
 
 
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("native", marks=needs_native)])
