@@ -195,8 +195,17 @@ def _system() -> Blas | None:
 def find_blas(choice: str | None = None) -> Blas | None:
     """The BLAS to use: `choice` (or NETC_BLAS) = mkl | openblas | system | a library path;
     default MKL, else NumPy's OpenBLAS, else a system one; None if none is found.
-    Resolved once per choice and process (libraries stay loaded anyway)."""
-    return _find(choice or os.environ.get("NETC_BLAS", "").strip() or None)
+    Resolved once per choice and process (libraries stay loaded anyway). A NETC_BLAS
+    that resolves to nothing is the user's setting gone wrong: a NetcError naming it."""
+    env = os.environ.get("NETC_BLAS", "").strip()
+    found = _find(choice or env or None)
+    if found is None and choice is None and env:
+        what = f"no {env} BLAS was found here" if env in ("mkl", "openblas", "system") else \
+            "not a BLAS library this process can load (with cblas_sgemm and cblas_dgemm)"
+        from netc.compiler.errors import NetcError
+        raise NetcError(f"NETC_BLAS={env!r}: {what}",
+                        hint="set it to mkl, openblas, system or a BLAS library's path, or unset it")
+    return found
 
 
 @functools.lru_cache(maxsize=8)

@@ -163,6 +163,18 @@ def test_mkl_is_preferred_when_installed():
     assert blas_mod.find_blas() is not None
 
 
+@pytest.mark.parametrize("value", ["nonsense", "/dev/null", "/etc/passwd", "libc.so.6"])
+def test_a_netc_blas_that_names_no_blas_is_an_error_naming_it(monkeypatch, value):
+    """The user's NETC_BLAS resolving to nothing is said as such (not "no BLAS was found");
+    a choice passed by a caller still gives None."""
+    monkeypatch.setenv("NETC_BLAS", value)
+    with pytest.raises(NetcError, match=f"NETC_BLAS={value!r}: not a BLAS library"):
+        blas_mod.find_blas()
+    assert blas_mod.find_blas(value) is None
+    monkeypatch.delenv("NETC_BLAS")
+    assert blas_mod.find_blas() is not None
+
+
 def test_gemm_refuses_mismatched_shapes():
     b = blas_mod.find_blas()
     with pytest.raises(ValueError, match="inner"):
