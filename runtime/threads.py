@@ -52,16 +52,21 @@ def available_cores() -> int:
     return max(1, n)
 
 
-def _count(value, what: str) -> int | None:
-    """A positive thread count, None for auto (None, "auto", 0); anything else is refused."""
+MAX_THREADS = 4096  # more is a typo (or a count the C int it is passed as cannot hold), as the train key says
+MAX_PAR_MIN = 1 << 62  # elements: what the C long long holds
+
+
+def _count(value, what: str, unit: str = "threads", limit: int = MAX_THREADS) -> int | None:
+    """A positive count of `unit` up to `limit`, None for auto (None, "auto", 0); anything
+    else is refused naming `what`."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
         return None
     try:
         n = int(str(value).strip()) if not isinstance(value, bool) else -1
     except ValueError:
         n = -1
-    if n < 0 or (isinstance(value, float) and value != int(value)):
-        raise NetcError(f"{what} must be a whole number of threads >= 1 or auto, got {value!r}")
+    if n < 0 or n > limit or (isinstance(value, float) and value != int(value)):
+        raise NetcError(f"{what} must be a whole number of {unit} from 1 to {limit} or auto, got {value!r}")
     return n or None
 
 
@@ -73,7 +78,7 @@ def decide(requested=None, step_flops: float | None = None, env=None, busy: int 
     env = os.environ if env is None else env
     par_min = PAR_MIN
     if env.get("NETC_PAR_MIN"):
-        par_min = _count(env["NETC_PAR_MIN"], "NETC_PAR_MIN") or PAR_MIN
+        par_min = _count(env["NETC_PAR_MIN"], "NETC_PAR_MIN", "elements (a loop length)", MAX_PAR_MIN) or PAR_MIN
     n = _count(requested, "train key `threads`")
     if n is not None:
         return ThreadPlan(n, n, par_min, f"threads = {n} (train key)")

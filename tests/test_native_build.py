@@ -204,6 +204,23 @@ def test_thread_plan_precedence_and_refusals():
         threads.decide(None, env={"NETC_THREADS": "many"})
 
 
+
+def test_thread_counts_beyond_the_bound_are_refused_by_name():
+    """A count no machine has (or the C int it is passed as cannot hold) is refused where it
+    comes from; NETC_PAR_MIN is a loop length, said as such."""
+    for bad in ("4097", "1000000000", str(2 ** 31), "99999999999999999999"):
+        with pytest.raises(NetcError, match="NETC_THREADS must be a whole number of threads from 1 to 4096"):
+            threads.decide(None, env={"NETC_THREADS": bad})
+    for bad in (4097, 10 ** 12):
+        with pytest.raises(NetcError, match="train key `threads`"):
+            threads.decide(bad, env={})
+    assert threads.decide(threads.MAX_THREADS, env={}).threads == 4096
+    for bad in ("abc", "99999999999999999999"):
+        with pytest.raises(NetcError, match="NETC_PAR_MIN must be a whole number of elements"):
+            threads.decide(None, env={"NETC_PAR_MIN": bad})
+    assert threads.decide(None, env={"NETC_PAR_MIN": "100"}, busy=0).par_min == 100
+
+
 def test_openmp_spin_is_shortened_unless_the_user_chose():
     env = {}
     nb.openmp_env_defaults(env)
