@@ -1274,3 +1274,16 @@ def test_error_messages_print_no_terminal_escapes_from_the_spec(tmp_path, comman
                     'data { train = npz("missing\x1b]0;PWN\x07\x1b[2J.npz") }\ntrain { epochs = 1 }\n')
     rc, text = _cli(command, spec, *(["--no-progress", "--out", tmp_path / "r"] if command == "train" else []))
     assert "\x1b" not in text and "\x07" not in text, repr(text[-600:])
+
+
+@pytest.mark.parametrize("what", ["save", "predict", "predict_proba", "function", "score", "refresh_transforms"])
+def test_a_model_whose_sizes_are_not_bound_yet_says_fit_first(tmp_path, what):
+    m = netc.compile(FREE, backend="numpy", seed=1)
+    x = np.ones((2, 3), np.float32)
+    call = {"save": lambda: m.save(tmp_path / "r"), "predict": lambda: m.predict(x),
+            "predict_proba": lambda: m.predict_proba(x), "function": lambda: m.function("output"),
+            "score": lambda: m.score(x, np.array([0, 1])), "refresh_transforms": lambda: m.refresh_transforms(x)}[what]
+    with pytest.raises(NetcError) as e:
+        call()
+    assert "fit it first" in str(e.value), str(e.value)
+    assert not (tmp_path / "r").exists()
