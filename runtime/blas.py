@@ -39,6 +39,7 @@ _OPENBLAS_SYMBOLS = [
     ("cblas_sgemm", "cblas_dgemm", 32, "openblas_set_num_threads", "openblas_get_num_threads"),
 ]
 MKL_THREADING_GNU = 3  # mkl_service.h: INTEL=0, SEQUENTIAL=1, PGI=2, GNU=3, TBB=4
+MKL_CBWR_AUTO, MKL_CBWR_STRICT = 2, 0x10000  # mkl_cbwr.h: conditional numerical reproducibility
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,12 @@ def _mkl(path: str | None = None) -> Blas | None:
         threading = "GNU OpenMP (shared pool)"
     elif chosen is not None:
         threading = f"MKL_THREADING_LAYER={chosen}"
+    if "MKL_CBWR" not in os.environ:  # the user's choice stands
+        # results that do not depend on the thread count (threads = auto follows the load,
+        # and a resumed run must end bit-identical): MKL's default GEMM sums in an order
+        # that does; before any computation, as MKL requires
+        lib.MKL_CBWR_Set.argtypes, lib.MKL_CBWR_Set.restype = [ctypes.c_int], ctypes.c_int
+        lib.MKL_CBWR_Set(MKL_CBWR_AUTO | MKL_CBWR_STRICT)
     st, gt = _threads_fns(lib, "MKL_Set_Num_Threads", "MKL_Get_Max_Threads")
     for s, d, width in (("cblas_sgemm_64", "cblas_dgemm_64", 64), ("cblas_sgemm", "cblas_dgemm", 32)):
         sa, da = _addr(lib, s), _addr(lib, d)

@@ -175,6 +175,20 @@ def test_a_netc_blas_that_names_no_blas_is_an_error_naming_it(monkeypatch, value
     assert blas_mod.find_blas() is not None
 
 
+@pytest.mark.skipif(blas_mod.mkl_path() is None, reason="the optional mkl wheel is not installed")
+def test_mkl_sums_in_an_order_independent_of_its_thread_count():
+    """MKL is put in conditional numerical reproducibility (AUTO, STRICT) unless the user set
+    MKL_CBWR: its GEMMs then give the same bits whatever thread count auto picks."""
+    code = ("import ctypes; from netc.runtime import blas; b = blas.find_blas('mkl'); "
+            "f = ctypes.CDLL(b.path).MKL_CBWR_Get; f.argtypes = [ctypes.c_int]; print(f(-1))")
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == blas_mod.MKL_CBWR_AUTO | blas_mod.MKL_CBWR_STRICT, out.stdout
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "MKL_CBWR": "COMPATIBLE"},
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout) != blas_mod.MKL_CBWR_AUTO | blas_mod.MKL_CBWR_STRICT  # the user's choice stands
+
+
 def test_gemm_refuses_mismatched_shapes():
     b = blas_mod.find_blas()
     with pytest.raises(ValueError, match="inner"):
