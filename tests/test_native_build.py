@@ -187,6 +187,14 @@ def test_mkl_sums_in_an_order_independent_of_its_thread_count():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "MKL_CBWR": "COMPATIBLE"},
                          capture_output=True, text=True, check=True)
     assert int(out.stdout) != blas_mod.MKL_CBWR_AUTO | blas_mod.MKL_CBWR_STRICT  # the user's choice stands
+    b = blas_mod.find_blas("mkl")
+    rng = np.random.default_rng(0)
+    a, w = rng.standard_normal((128, 784)).astype(np.float32), rng.standard_normal((784, 512)).astype(np.float32)
+    got = []
+    for n in (1, 2, 1):
+        b.set_threads(n)
+        got.append(blas_mod.gemm(b, a, w).tobytes())
+    assert got[0] == got[1] == got[2]
 
 
 def test_gemm_refuses_mismatched_shapes():
