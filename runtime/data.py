@@ -387,6 +387,8 @@ def npz(path: str | Path, x: str = "x", t: str | None = "t") -> Dataset:
                         f"allowed) or malformed .npz: {e}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file: {e}") from None
+    except MemoryError as e:  # a few MB of deflated zeros may hold GBs: the claim is honest, the memory is not there
+        raise DataError(f"{path}: its arrays do not fit in the memory this process can get ({e})") from None
     return _make(xa, ta, f'npz("{path}")', str(path), x, t)
 
 

@@ -1287,3 +1287,20 @@ def test_a_model_whose_sizes_are_not_bound_yet_says_fit_first(tmp_path, what):
         call()
     assert "fit it first" in str(e.value), str(e.value)
     assert not (tmp_path / "r").exists()
+
+
+def test_an_npz_whose_arrays_do_not_fit_in_memory_is_a_data_error(tmp_path, monkeypatch):
+    """A 1.5 MB .npz of deflated zeros declares (and holds) 1.6 GB: under a memory limit the
+    read fails with MemoryError, which was "netc: internal error"; it is a DataError
+    naming the file (measured by hand: `ulimit -v 1500000; netc train` -> exit 2). Here the
+    allocation failure is simulated, to stay fast."""
+    from netc.runtime import data
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 3), np.float32), t=np.zeros(4, np.int64))
+
+    def no_memory(self, key):
+        raise MemoryError(f"Unable to allocate 1.49 GiB for {key}")
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", no_memory)
+    with pytest.raises(DataError) as e:
+        data.npz(tmp_path / "d.npz")
+    assert "d.npz" in str(e.value) and "memory" in str(e.value)
