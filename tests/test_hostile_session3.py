@@ -1304,3 +1304,13 @@ def test_an_npz_whose_arrays_do_not_fit_in_memory_is_a_data_error(tmp_path, monk
     with pytest.raises(DataError) as e:
         data.npz(tmp_path / "d.npz")
     assert "d.npz" in str(e.value) and "memory" in str(e.value)
+
+
+def test_hessian_of_a_loss_with_no_curvature_is_not_an_internal_error(hessian_folder):
+    """A loss linear in the parameters (its Hessian is zero; bbprop's diagonal reads no
+    feed): `netc hessian --k 1` reports it (exit 0) or refuses it (exit 2)."""
+    d = hessian_folder
+    text = (d / "h.net").read_text().replace("h = dense(x, 5, act = tanh)\ny = dense(h, 3)\n", "y = dense(x, 3)\n")
+    (d / "lin.net").write_text(text.replace("loss = nll(softmax(y), t)", "loss = mean(y) + nll(softmax(y * 0), t)"))
+    rc, text = _cli("hessian", d / "lin.net", "--k", "1")
+    assert rc in (0, 2) and "internal error" not in text, (rc, text[-1500:])
