@@ -36,18 +36,22 @@ class NetcError(Exception):
         self.hint = hint
 
     def render(self) -> str:
-        """`path:line:col: message`, the source line, a caret, and a hint."""
+        """`path:line:col: message`, the source line, a caret, and a hint; control
+        characters from files (names, quoted text) shown escaped (`visible`)."""
         head = f"{self.loc}: {self.message}" if self.loc else self.message
-        lines = [head]
+        lines = [visible(head)]
         text = self.source_line()
         if text is not None:
-            lines.append("    " + text.rstrip("\n"))
-            width = 1
+            text = text.rstrip("\n")
+            lines.append("    " + visible(text))
+            col, width = self.loc.col - 1, 1
             if self.loc.end_line == self.loc.line and self.loc.end_col:
                 width = max(1, self.loc.end_col - self.loc.col)
-            lines.append("    " + " " * (self.loc.col - 1) + "^" * width)
+            under = text[col:col + width]  # the caret's offsets in the escaped line
+            pad = len(visible(text[:col])) + max(0, col - len(text))
+            lines.append("    " + " " * pad + "^" * (len(visible(under)) + width - len(under)))
         if self.hint:
-            lines.append(f"    hint: {self.hint}")
+            lines.append(visible(f"    hint: {self.hint}"))
         return "\n".join(lines)
 
     def source_line(self) -> str | None:
@@ -79,6 +83,18 @@ class ErrorList(SpecError):
 
     def render(self) -> str:
         return "\n".join(e.render() for e in self.errors)
+
+
+def escaped(c: str) -> str:
+    """One character as a backslash escape (the form Python and bash's $'...' read)."""
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters (newlines and tabs kept) shown as escapes: a
+    name or a line from someone else's file never drives the terminal it is printed on."""
+    return "".join(c if c.isprintable() or c in "\n\t" else escaped(c) for c in text)
 
 
 def did_you_mean(name: str, candidates) -> str | None:

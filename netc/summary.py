@@ -9,6 +9,8 @@ import importlib.resources
 import shlex
 from pathlib import Path
 
+from netc.compiler.errors import escaped
+
 STOPPED = {"epochs": "ran all its epochs", "early": "stopped early: validation stopped improving",
            "interrupted": "interrupted"}
 
@@ -101,14 +103,10 @@ def render(summary: dict, out: Path, *, data: str | None = None, already: bool =
     return "\n".join(lines)
 
 
-def _escaped(c: str) -> str:
-    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
-
-
 def _visible(text: str) -> str:
-    """`text` (a name from a spec, a folder, summary.json) with its control characters
-    shown as escapes: nothing printed here drives the terminal."""
-    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+    """`text` (a name from a spec, a folder, summary.json) on one line, its control
+    characters shown as escapes: nothing printed here drives the terminal."""
+    return "".join(c if c.isprintable() else escaped(c) for c in text)
 
 
 def _arg(text: str) -> str:
@@ -116,7 +114,7 @@ def _arg(text: str) -> str:
     characters, bash's $'...' with them escaped (the same name, shown, not sent)."""
     if text.isprintable():
         return shlex.quote(text)
-    return "$'" + "".join("\\" + c if c in "\\'" else c if c.isprintable() else _escaped(c) for c in text) + "'"
+    return "$'" + "".join("\\" + c if c in "\\'" else c if c.isprintable() else escaped(c) for c in text) + "'"
 
 
 def example_data(model) -> str | None:

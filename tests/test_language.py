@@ -232,3 +232,20 @@ def test_independent_syntax_errors_are_all_reported():
         spec(HEAD + "h = dense(x, 5,, act = tanh)\ny = dense(h 3)\nloss = nll(softmax(y), t)\nz = = 2\n")
     assert [(err.loc.line, err.loc.col) for err in e.value.errors] == [(3, 16), (4, 13), (6, 5)]
     assert all(err.source_line() is not None for err in e.value.errors)
+
+
+
+def test_a_located_error_shows_control_characters_escaped_with_the_caret_under_them():
+    """A spec's text and the names it quotes reach the terminal through error messages:
+    controls (clear screen, bell, a title) are shown as escapes, never sent, and the caret
+    still points at the offending text in the escaped line."""
+    import netc
+    from netc.compiler.errors import NetcError, visible
+    spec = 'input x : [3]\nz = "\x1b[2J" + \x07\n'
+    with pytest.raises(NetcError) as e:
+        netc.compile(spec)
+    text = e.value.render()
+    assert all(c.isprintable() or c == "\n" for c in text), repr(text)
+    line, caret = text.splitlines()[1:3]
+    assert line == '    z = "\\x1b[2J" + \\x07' and caret.index("^") == line.index("\\x07") and caret.count("^") == 4
+    assert visible("a\tb\nc\x9b\u202e") == "a\tb\nc\\x9b\\u202e"
