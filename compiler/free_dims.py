@@ -50,9 +50,9 @@ def is_free(e: S.Expr | None) -> bool:
 
 
 def declared_items(t: S.Expr) -> list[S.Expr] | None:
-    """The size expressions of a declaration's shape (`[a, b]` or a bare size), or None
-    for class(...)."""
-    if isinstance(t, S.Call):
+    """The size expressions of a declaration's shape (`[a, b]`, or one size: a number, a
+    name, any expression such as abs(10)), or None for class(...)."""
+    if isinstance(t, S.Call) and isinstance(t.func, S.Name) and t.func.name == "class":
         return None
     return list(t.items) if isinstance(t, S.ListLit) else [t]
 

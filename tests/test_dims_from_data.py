@@ -243,3 +243,15 @@ def test_sizes_derived_from_the_stand_ins_are_written_as_unknown_too():
     assert "cannot reshape [B, ?, ?] (? entries per example) to [?]" in text, text
     stand_ins = {a * b for run in PROBES for a in run for b in run} | {p for run in PROBES for p in run}
     assert not any(str(n) in text for n in stand_ins), text
+
+
+@pytest.mark.parametrize("size, shape", [("abs(10)", (10,)), ("[abs(2), 3]", (2, 3)), ("class(3)", ())])
+def test_a_declared_size_may_be_any_expression_not_only_class(size, shape):
+    """Only class(...) is a class count; any other call in a declaration is a size expression
+    (a TypeError inside the elaborator before: an internal error found by the fuzzer)."""
+    m = netc.compile(f"input x : {size}\ntarget t : {size}\ny = x\nloss = sum(y)\n", backend="numpy") \
+        if size != "class(3)" else None
+    if m is not None:
+        assert m.program.spec.inputs["x"].shape[1:] == shape == m.program.spec.targets["t"].shape[1:]
+    m = netc.compile(f"input x : [4]\ntarget t : {size}\ny = dense(x, 3)\nloss = sum(y)\n", backend="numpy")
+    assert m.program.spec.targets["t"].shape[1:] == shape
