@@ -1314,3 +1314,15 @@ def test_hessian_of_a_loss_with_no_curvature_is_not_an_internal_error(hessian_fo
     (d / "lin.net").write_text(text.replace("loss = nll(softmax(y), t)", "loss = mean(y) + nll(softmax(y * 0), t)"))
     rc, text = _cli("hessian", d / "lin.net", "--k", "1")
     assert rc in (0, 2) and "internal error" not in text, (rc, text[-1500:])
+
+
+def test_predict_reads_the_raw_width_before_pca(tmp_path):
+    """With normalize = pca(dims = 2) and x : [_], the model reads 3 raw values per record:
+    2 (the width after PCA) and 4 are refused naming the file, 3 is predicted."""
+    m = netc.compile(FREE + "data { normalize = pca(dims = 2) }\n", backend="numpy", seed=1)
+    m.fit(np.random.default_rng(0).random((30, 3)).astype(np.float32), np.arange(30) % 3, epochs=1,
+          out=tmp_path / "run", progress=False)
+    for w, rc in ((2, 2), (3, 0), (4, 2)):
+        np.save(tmp_path / f"w{w}.npy", np.ones((4, w), np.float32))
+        got, text = _predict(tmp_path / "run", tmp_path / f"w{w}.npy")
+        assert got == rc and (rc == 0 or f"w{w}.npy" in text), (w, got, text)
