@@ -1326,3 +1326,20 @@ def test_predict_reads_the_raw_width_before_pca(tmp_path):
         np.save(tmp_path / f"w{w}.npy", np.ones((4, w), np.float32))
         got, text = _predict(tmp_path / "run", tmp_path / f"w{w}.npy")
         assert got == rc and (rc == 0 or f"w{w}.npy" in text), (w, got, text)
+
+
+@needs_native
+def test_transform_refreshes_reach_the_native_step():
+    """transforms = every(1) re-estimates alpha/beta on the host between epochs: the native
+    step must train with the refreshed buffers (not the ones it bound first), as NumPy's does."""
+    spec = TRANSFORMED.replace("method = sgd(lr = 0.05)", "method = sgd(lr = 0.05)\n    dtype = float64")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6))
+    got = []
+    for backend in ("numpy", "native"):
+        m = netc.compile(spec, seed=1, backend=backend)
+        m.fit(x, np.argmax(x[:, :3], 1), epochs=3)
+        got.append(m.state)
+    assert not np.allclose(got[0]["h.alpha"], 0)
+    for k in got[0]:
+        np.testing.assert_allclose(got[1][k], got[0][k], rtol=1e-9, atol=1e-12, err_msg=k)
