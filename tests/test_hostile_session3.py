@@ -1343,3 +1343,35 @@ def test_transform_refreshes_reach_the_native_step():
     assert not np.allclose(got[0]["h.alpha"], 0)
     for k in got[0]:
         np.testing.assert_allclose(got[1][k], got[0][k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+POLICIES_NET = """\
+input x : [6]
+target t : class(3)
+h = dense(x, 8, act = tanh)
+y = dense(h, 3)
+loss = nll(softmax(y), t)
+train {
+    method = sgd(lr = 0.1, momentum = 0.9)
+    batch = 10
+    dtype = float64
+EXTRA
+}
+"""
+
+
+@needs_native
+@pytest.mark.parametrize("extra", ["average = polyak", "stop = early(patience = 50, grow = 2.0)"])
+def test_policies_that_swap_parameters_agree_on_the_native_backend(extra):
+    """Polyak averaging and early stopping put other arrays' values into the state the
+    native step is bound to: the final state and predictions equal NumPy's."""
+    rng = np.random.default_rng(0)
+    x, xv = rng.normal(size=(80, 6)), rng.normal(size=(40, 6))
+    got = []
+    for backend in ("numpy", "native"):
+        m = netc.compile(POLICIES_NET.replace("EXTRA", "    " + extra), seed=1, backend=backend)
+        m.fit(x, np.argmax(x[:, :3], 1), valid=(xv, np.argmax(xv[:, :3], 1)), epochs=6)
+        got.append((m.state, m.predict_raw(xv)))
+    for k in got[0][0]:
+        np.testing.assert_allclose(got[1][0][k], got[0][0][k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(got[1][1], got[0][1], rtol=1e-9, atol=1e-12)
