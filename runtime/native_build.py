@@ -249,15 +249,25 @@ def load(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) 
 
 
 @functools.lru_cache(maxsize=1)
-def _probe_ok(cmd: tuple[str, ...]) -> bool:
+def _probe_error(cmd: tuple[str, ...]) -> str | None:
+    """Why the probe object does not build, load or compute (None: it does)."""
     try:
-        return load(PROBE, "probe").netc_probe(41) == 42
-    except (NativeBuildError, AttributeError):
-        return False
+        ok = load(PROBE, "probe").netc_probe(41) == 42
+    except NativeBuildError as e:
+        return e.message
+    except AttributeError:
+        return "the probe object has no netc_probe"
+    return None if ok else "the probe object computes a wrong result"
+
+
+def why_unavailable() -> str | None:
+    """Why native code cannot be built and loaded here, in words (no compiler, $CC not a
+    command, the cache folder refused, a compile failure), or None where it can (a cache
+    hit after the first call on this machine)."""
+    cmd = compiler_command()
+    return _no_compiler().message if cmd is None else _probe_error(tuple(cmd))
 
 
 def compiler_available() -> bool:
-    """Whether a C compiler is there and builds a loadable OpenMP object with FLAGS
-    (a cache hit after the first call on this machine)."""
-    cmd = compiler_command()
-    return cmd is not None and _probe_ok(tuple(cmd))
+    """Whether a C compiler is there and builds a loadable OpenMP object with FLAGS."""
+    return why_unavailable() is None

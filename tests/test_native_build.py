@@ -101,6 +101,26 @@ def test_a_cc_that_is_not_a_command_line_is_no_compiler_named_as_cc(cache, monke
 
 
 @needs_cc
+def test_why_native_is_unavailable_is_said_not_guessed(tmp_path, monkeypatch):
+    """A cache folder others can write to refuses native code: the reason given is that
+    folder, not "no working C compiler"."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("NETC_CACHE_DIR", str(shared))
+    nb._probe_error.cache_clear()
+    try:
+        why = nb.why_unavailable()
+        assert why is not None and str(shared) in why and "writable by others" in why, why
+        assert not nb.compiler_available()
+        monkeypatch.setenv("NETC_CACHE_DIR", str(tmp_path / "private"))
+        nb._probe_error.cache_clear()
+        assert nb.why_unavailable() is None and nb.compiler_available()
+    finally:
+        nb._probe_error.cache_clear()
+
+
+@needs_cc
 def test_damaged_object_in_cache_is_rebuilt(cache):
     p = nb.build(_src("3"))
     p.write_bytes(b"not an ELF file")
