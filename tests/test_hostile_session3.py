@@ -1375,3 +1375,31 @@ def test_policies_that_swap_parameters_agree_on_the_native_backend(extra):
     for k in got[0][0]:
         np.testing.assert_allclose(got[1][0][k], got[0][0][k], rtol=1e-9, atol=1e-12, err_msg=k)
     np.testing.assert_allclose(got[1][1], got[0][1], rtol=1e-9, atol=1e-12)
+
+
+@needs_native
+def test_two_models_training_at_once_in_threads_train_as_alone():
+    """Two models of one spec share one loaded object (its thread count and BLAS pointers are
+    globals of the object): trained at once in two threads, one with threads = 1 and one
+    with threads = 2, each ends bit-identical to training alone."""
+    import threading
+    rng = np.random.default_rng(0)
+    x, t = rng.random((64, 12)).astype(np.float32), rng.integers(0, 4, 64)
+
+    def train(seed, out, threads=None):
+        spec = NATIVE_NET.replace("batch = 8", f"batch = 8\n    threads = {threads}") if threads else NATIVE_NET
+        m = netc.compile(spec, seed=seed, backend="native")
+        m.fit(x, t, epochs=3)
+        out[seed] = {k: v.copy() for k, v in m.state.items()}
+
+    alone, together = {}, {}
+    for s in (1, 2):
+        train(s, alone)
+    ts = [threading.Thread(target=train, args=(s, together, s)) for s in (1, 2)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    for s in (1, 2):
+        for k in alone[s]:
+            np.testing.assert_array_equal(together[s][k], alone[s][k], err_msg=f"seed {s}: {k}")
