@@ -126,8 +126,18 @@ def analyze(model, x: np.ndarray, t, *, k: int = 5, matrix: str = "hessian", ste
     n = sum(sizes)
     if not 1 <= k < n:
         raise NetcError(f"--k {k}: asks for {k} eigenvalues of a {n}x{n} matrix; give 1 <= k < {n}")
-    data = [x] + ([t] if t is not None else [])
-    data = data[:len(fn.feeds) - len(names)]
+    spec = prog.spec
+    fed = {**dict(zip(list(spec.inputs)[:1], [x])), **({} if t is None else dict(zip(list(spec.targets)[:1], [t])))}
+
+    def feeds(f, count: int) -> list:
+        """The data `f`'s first `count` feeds read, by name (a function reads only those its
+        outputs depend on: a loss linear in x's weights gives a curvature reading none)."""
+        missing = [name for name in f.feeds[:count] if name not in fed]
+        if missing:
+            raise NetcError(f"this spec reads '{missing[0]}' but the data has none")
+        return [fed[name] for name in f.feeds[:count]]
+
+    data = feeds(fn, len(fn.feeds) - len(names))
     cuts = np.cumsum(sizes)[:-1]
 
     def matvec(v: np.ndarray) -> np.ndarray:
@@ -145,7 +155,7 @@ def analyze(model, x: np.ndarray, t, *, k: int = 5, matrix: str = "hessian", ste
                         f"exist to report; ask for fewer")
     bb_fn = curvature_diagonal_function(prog)
     with np.errstate(all="ignore"):
-        bb = [np.array(b, dtype=np.float64) for b in bb_fn(state, *data[:len(bb_fn.feeds)])]
+        bb = [np.array(b, dtype=np.float64) for b in bb_fn(state, *feeds(bb_fn, len(bb_fn.feeds)))]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     rows = []
     for i, (name, shape, b) in enumerate(zip(names, shapes, bb)):

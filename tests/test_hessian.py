@@ -228,3 +228,15 @@ def test_errors_are_located(spec_file, tmp_path, capsys):
     assert e.value.code == 2 and "gauss-newton" in capsys.readouterr().err
     with pytest.raises(NetcError):
         analyze(netc.compile(SPEC), *data(), matrix="fisher")
+
+
+def test_a_loss_linear_in_the_parameters_has_a_zero_hessian_reported():
+    """mean(y) + nll(softmax(y * 0), t) is linear in y's weights: its Hessian is zero and
+    its curvature functions read other feeds than (x, t) in order (bbprop's reads none),
+    which are given by name: eigenvalue 0, zero diagonals, no internal error."""
+    spec = SPEC.replace("h = dense(x, 5, act = tanh)\ny = dense(h, 3)\n", "y = dense(x, 3)\n") \
+        .replace("loss = nll(softmax(y), t)", "loss = mean(y) + nll(softmax(y * 0), t)")
+    m = netc.compile(spec)
+    x, t = data()
+    r = analyze(m, x, t, k=1, steps=5)
+    assert abs(r.eigenvalues[0]) < 1e-12 and all(row.bbprop == 0 and row.diagonal == 0 for row in r.rows), r
