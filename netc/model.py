@@ -223,9 +223,9 @@ class Model:
         (netc/dims.py): from now on the model and what it saves hold the bound text."""
         from netc.dims import bind
         text, splits = bind(self, x, t)
-        base = self.base
+        base, free = self.base, self.free
         self.__init__(text, self.file, **self._args)
-        self.base, self._loaded = base, splits
+        self.base, self._loaded, self._bound = base, splits, free
 
     def _record(self, epochs: int | None, limit: int | None, arrays: bool) -> dict:
         """How this run starts (run.json; the checkpoints' field 'run'): enough to start it
@@ -336,8 +336,15 @@ class Model:
                                 f"{list(xnode.shape[1:])}; declare [{width}] or change the normalization")
         elif xnode is not None and ds.x.shape[1:] != tuple(xnode.shape[1:]):
             raise DataError(f"{ds.name}: examples have {ds.x.shape[1:]} features, but input "
-                            f"'{xnode.name}' is declared {list(xnode.shape[1:])}")
+                            f"'{xnode.name}' {self._declared(xnode)}")
         # targets (present, whole-number labels in range, real widths): data.conform, where data enters
+
+    def _declared(self, node) -> str:
+        """How input `node` got its shape: as declared, or from the first fit's data (`_`)."""
+        shape = list(node.shape[1:])
+        if any(f.name == node.name for f in getattr(self, "_bound", ())):
+            return f"was bound to {shape} by the first fit's data (declared with `_`; compile again for other sizes)"
+        return f"is declared {shape}"
 
     def _features(self, x, what: str) -> np.ndarray:
         """`x` as an array of the shape predict/score take ([n] + the input's declared
@@ -354,7 +361,7 @@ class Model:
         width = self.normalizer.in_width
         dims = (width,) if width is not None else tuple(xnode.shape[1:])
         want = "[" + ", ".join(["n"] + [str(d) for d in dims]) + "]"
-        declared = f"input '{xnode.name}' is declared {list(xnode.shape[1:])}"
+        declared = f"input '{xnode.name}' {self._declared(xnode)}"
         if width is not None:  # the raw width, before normalization changes it
             have = f", data has {a.shape[1]}" if a.ndim == 2 else ""
             declared = f"the input normalization {self.normalizer} was fitted on {width} features{have}"

@@ -138,7 +138,7 @@ def test_data_that_does_not_fit_the_declared_axes_or_the_bound_sizes_is_named():
     m = netc.compile(SPEC, train={"epochs": 1}).fit(np.ones((10, 5)), t)  # bound: [5], class(2)
     with pytest.raises(DataError) as e:
         m.fit(np.ones((10, 6)), t)
-    assert "fit(x, t): examples have (6,) features, but input 'x' is declared [5]" in e.value.message
+    assert "fit(x, t): examples have (6,) features, but input 'x' was bound to [5] by the first fit" in e.value.message
     with pytest.raises(DataError) as e:
         m.fit(np.ones((10, 5)), t + 1)
     assert "record 1: label 2 is outside class(2)" in e.value.message
@@ -255,3 +255,20 @@ def test_a_declared_size_may_be_any_expression_not_only_class(size, shape):
         assert m.program.spec.inputs["x"].shape[1:] == shape == m.program.spec.targets["t"].shape[1:]
     m = netc.compile(f"input x : [4]\ntarget t : {size}\ny = dense(x, 3)\nloss = sum(y)\n", backend="numpy")
     assert m.program.spec.targets["t"].shape[1:] == shape
+
+
+def test_a_second_fit_of_other_width_says_the_first_fit_bound_the_size():
+    """The user wrote [_]: a second fit (or predict) with another width is told the first
+    fit's data bound it, not that the input 'is declared [3]'."""
+    m = netc.compile("input x : [_]\ntarget t : class(_)\ny = dense(x, classes(t))\nloss = nll(softmax(y), t)\n",
+                     backend="numpy")
+    m.fit(np.zeros((8, 3), np.float32), np.arange(8) % 3, epochs=1)
+    for attempt in (lambda: m.fit(np.zeros((8, 5), np.float32), np.arange(8) % 3, epochs=1),
+                    lambda: m.predict(np.zeros((2, 5), np.float32))):
+        with pytest.raises(DataError) as e:
+            attempt()
+        assert "was bound to [3] by the first fit's data" in str(e.value), str(e.value)
+    fixed = netc.compile("input x : [3]\ntarget t : class(3)\ny = dense(x, 3)\nloss = nll(softmax(y), t)\n",
+                         backend="numpy")
+    with pytest.raises(DataError, match=r"is declared \[3\]"):
+        fixed.fit(np.zeros((8, 5), np.float32), np.arange(8) % 3, epochs=1)
