@@ -5,8 +5,9 @@ rate (learning_rate.py), the divergence watch (divergence.py), early stopping
 (early_stopping.py), Polyak averaging (averaging.py), the emphasizing scheme
 (emphasis.py), the run folder's metrics and checkpoints (run_folder.py), and
 the batch methods (batch_training.py). Everything the run changes lives in one
-`TrainState` (train_state.py): checkpoints save it between two steps (at each
-epoch's end and every `checkpoint_every` inside one) and a resumed run
+`TrainState` (train_state.py): checkpoints save it between two steps (at an
+epoch's end unless the last checkpoint is too recent for its cost, and every
+`checkpoint_every` inside an epoch) and a resumed run
 restores it (`Saved`), so that it continues bit-identically.
 """
 from __future__ import annotations
@@ -38,6 +39,8 @@ from .run_folder import Interrupted, RunFolder  # noqa: F401 - Interrupted is pa
 from .state import assign, copy_state, hosted
 from . import stats
 from .train_state import EpochCursor, TrainState
+
+CHECKPOINT_SHARE = 0.05  # at most this share of the run's time on epoch-end checkpoints
 
 
 @dataclass
@@ -143,6 +146,7 @@ class _Minibatches:
         self.ck_examples = every if isinstance(every, int) else None
         self.ck_seconds = None if isinstance(every, int) else every.args[0]
         self.ck_age, self.ck_time = self.ts.age, time.monotonic()  # the last checkpoint's
+        self.ck_cost: float | None = None  # seconds the last checkpoint took to write (none yet)
 
     def _fresh_state(self) -> TrainState:
         """The training state before the first step (auto(eigen) estimates the rate here)."""
@@ -254,7 +258,8 @@ class _Minibatches:
         self.early.observe(ts.best, score, epoch, ts.age, self.evaluated)
         ts.epoch = epoch
         stop = stop or (self.valid is not None and EarlyStopping.out_of_patience(ts.best, ts.age))
-        self._checkpoint(stopped="early" if stop else None)
+        if stop or self._epoch_checkpoint_due():
+            self._checkpoint(stopped="early" if stop else None)
         self.log(epoch_line(row, epochs))  # once the epoch is saved
         if stop:
             self.log(f"early stop at age {ts.age}: no new best validation score since epoch {ts.best.epoch}")
@@ -282,6 +287,16 @@ class _Minibatches:
             return self.ts.age - self.ck_age >= self.ck_examples
         return time.monotonic() - self.ck_time >= self.ck_seconds
 
+    def _epoch_checkpoint_due(self) -> bool:
+        """An epoch's end is saved unless the last checkpoint is younger than
+        1/CHECKPOINT_SHARE times its own write time: on a small problem an
+        epoch takes less time than a checkpoint (savez and two fsyncs, 20-40 ms
+        here), so saving every epoch would cost more than training. The first
+        checkpoint and the final one are always written."""
+        if self.ck_cost is None:
+            return True
+        return time.monotonic() - self.ck_time >= self.ck_cost / CHECKPOINT_SHARE
+
     def _checkpoint(self, stopped: str | None = None, partial: float = 0.0) -> None:
         """The training state as it is between two steps (`partial`: seconds of
         the epoch in progress so far)."""
@@ -292,8 +307,10 @@ class _Minibatches:
             meta["stopped"] = stopped
         if self.folder.folder is None:  # no run folder: nothing to save
             return
+        t0 = time.monotonic()
         self.folder.checkpoint(ts.to_arrays(), meta)
         self.ck_age, self.ck_time = ts.age, time.monotonic()
+        self.ck_cost = self.ck_time - t0
 
     def _step(self, epoch: int, last: bool, idx: np.ndarray, bar: Progress) -> bool:
         ts, prog, cfg, hyper, c = self.ts, self.prog, self.cfg, self.hyper, self.ts.cursor

@@ -285,6 +285,10 @@ def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch, cr
 
 
 def test_checkpoint_written_every_epoch(tmp_path, monkeypatch):
+    """Where checkpoints are cheap against epochs, every epoch's end is saved
+    and holds exactly that epoch's state (a share of 1: any age is old enough)."""
+    from netc.runtime import trainer
+    monkeypatch.setattr(trainer, "CHECKPOINT_SHARE", 1e9)
     x, t = make_problem()
     m = netc.compile(spec(MLP, "method = sgd(lr = 0.1)\nbatch = 20\nepochs = 3"))
     seen = []
@@ -300,6 +304,32 @@ def test_checkpoint_written_every_epoch(tmp_path, monkeypatch):
     assert [(e, f) for e, f, _ in seen] == [(1, False), (2, False), (3, False), (3, True)]
     for (epoch, _, w), st in zip(seen, rec.states):
         np.testing.assert_array_equal(w, st["h.W"])
+
+
+def test_epoch_checkpoints_cost_a_bounded_share_of_the_run(tmp_path, monkeypatch):
+    """A checkpoint that takes longer than the epochs it would save is not
+    written at every epoch's end: the first and the final one always are, and
+    the run's result is the same as with every checkpoint."""
+    import time as _time
+    x, t = make_problem()
+    text = spec(MLP, "method = sgd(lr = 0.1, momentum = 0.5)\nbatch = 20\nepochs = 8")
+    seen = []
+    real = checkpoint.save
+
+    def slow(path, arrays, meta):
+        seen.append((meta["epoch"], meta["final"]))
+        _time.sleep(0.05)  # a slow disk: each epoch below takes a few ms
+        return real(path, arrays, meta)
+
+    monkeypatch.setattr(checkpoint, "save", slow)
+    a = netc.compile(text).fit(x, t, out=tmp_path / "slow", progress=False)
+    assert seen[0] == (1, False) and seen[-1] == (8, True)
+    assert len(seen) < 9, seen  # some epoch ends were skipped
+    monkeypatch.setattr(checkpoint, "save", real)
+    b = netc.compile(text).fit(x, t, out=tmp_path / "every", progress=False)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert len((tmp_path / "slow" / "metrics.jsonl").read_text().splitlines()) == 8  # every epoch's row
 
 
 # ---------------------------------------------------------------------------- interruption
