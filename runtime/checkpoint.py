@@ -512,6 +512,7 @@ def read_normalizer(ck: Checkpoint, width: int | None) -> Normalizer | None:
     arrays = {k: ck.read(k) for k in names}
     try:
         norm = Normalizer.from_arrays(arrays)
+        _fitted_statistics(norm)
         if width is not None:
             n_in = norm.in_width if norm.in_width is not None else width
             out = norm.apply(np.zeros((1, n_in)))
@@ -520,6 +521,18 @@ def read_normalizer(ck: Checkpoint, width: int | None) -> Normalizer | None:
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as e:
         raise ck.error("norm.*", f"not a usable input normalization ({_why(e)})") from None
     return norm
+
+
+def _fitted_statistics(norm: Normalizer) -> None:
+    """ValueError unless every statistic is one a fit makes: finite numbers, positive
+    scales (apply divides by them), for each step of a pipeline."""
+    for step in norm.steps:
+        _fitted_statistics(step)
+    for k, v in norm.arrays.items():
+        if v.dtype.kind in "biuf" and not np.isfinite(v).all():
+            raise ValueError(f"'{k}' of {norm.kind} holds a value that is not finite")
+        if k == "scale" and not (v > 0).all():
+            raise ValueError(f"'scale' of {norm.kind} holds a value that is not positive")
 
 
 TARGET_PREFIX = "tnorm."  # the target normalization's arrays (normalize_target), beside "norm.*"

@@ -500,3 +500,26 @@ def test_normalize_none_trains_on_the_callers_array_not_a_copy():
     np.testing.assert_array_equal(frozen, x)
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
+
+
+@pytest.mark.parametrize("norm", ["standardize", "whiten", "[center, standardize]", "uniformize"])
+def test_a_checkpoint_whose_input_statistics_no_fit_makes_is_refused(tmp_path, norm):
+    """NaN/inf in any statistic of the saved input normalization (each step of a pipeline),
+    or a scale <= 0 (apply divides by it), is refused by field on load, not applied to
+    every prediction."""
+    spec = (f"input x : [3]\ntarget t : class(2)\ny = dense(x, 2)\nloss = nll(softmax(y), t)\n"
+            f"data {{ normalize = {norm} }}\n")
+    rng = np.random.default_rng(0)
+    m = netc.compile(spec, backend="numpy").fit(rng.random((40, 3)).astype(np.float32), np.arange(40) % 2, epochs=1)
+    with np.load(m.save(tmp_path / "m"), allow_pickle=False) as z:
+        saved = {k: z[k] for k in z.files}
+    stats = [k for k in saved if k.startswith("a/norm.") and saved[k].dtype.kind == "f"]
+    assert stats
+    for k in stats:
+        for value in [np.nan, np.inf] + ([0.0, -1.0] if k.endswith(".scale") else []):
+            bad = dict(saved)
+            bad[k] = saved[k].copy()
+            bad[k].flat[0] = value
+            np.savez(tmp_path / "bad.npz", **bad)
+            with pytest.raises(DataError, match=r"bad\.npz: field 'norm\.\*': not a usable input normalization"):
+                netc.load(tmp_path / "bad.npz")
