@@ -22,8 +22,9 @@ from .graph import Graph, Node
 
 ZERO = {"dist": "constant", "value": 0.0}
 INF = float("inf")
-# What a state's values can be in any run (`valid`, a closed range, finite always): a
-# checkpoint holding others was not written by a run, and is refused where it is read.
+# What a state's values are while training can go on (`valid`, a closed range, finite
+# always): a checkpoint holding others (changed by hand, or saved as its run diverged)
+# is refused where it is read (runtime/checkpoint.py).
 REAL, NONNEGATIVE, UNIT = (-INF, INF), (0.0, INF), (0.0, 1.0)
 
 

@@ -443,7 +443,8 @@ def _in_range(ck: Checkpoint, field: str, a: np.ndarray, valid: tuple[float, flo
         at = f" at {where}" if where else ""
         span = "" if (lo, hi) == (-np.inf, np.inf) else f" or outside [{lo:g}, {hi:g}]"
         raise ck.error(field, f"{int(bad.sum())} value(s) not finite{span} ({float(a[where]):g}{at}): "
-                              f"no run makes them")
+                              f"not a state training continues from (changed by hand, or saved as the run "
+                              f"diverged)")
     return a
 
 
