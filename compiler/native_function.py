@@ -40,12 +40,16 @@ def unavailable() -> str | None:
     """Why the native backend cannot run here (no C compiler, no BLAS), or None."""
     from ..runtime import blas, native_build
     try:
-        if not native_build.compiler_available():
-            return "no working C compiler (cc, gcc or $CC) was found"
-    except (ValueError, OSError) as e:  # e.g. a $CC shlex cannot split
+        why = native_build.why_unavailable()  # no compiler, $CC not a command, the cache refused, ...
+    except (ValueError, OSError) as e:
         return f"the C compiler could not be used (check $CC: {e})"
-    if blas.find_blas() is None:
-        return "no BLAS was found (NumPy's OpenBLAS, MKL or a system cblas)"
+    if why is not None:
+        return why
+    try:
+        if blas.find_blas() is None:
+            return "no BLAS was found (NumPy's OpenBLAS, MKL or a system cblas)"
+    except NetcError as e:  # NETC_BLAS names no BLAS: said by name
+        return e.message
     return None
 
 

@@ -231,6 +231,17 @@ def test_backend_choice(monkeypatch, capsys):
         choose_backend("native")
 
 
+def test_why_the_native_backend_is_unavailable_names_the_setting_at_fault(monkeypatch, capsys):
+    """A NETC_BLAS naming no BLAS: the auto backend falls back to NumPy with a notice that
+    names NETC_BLAS, an explicit native backend is refused naming it."""
+    monkeypatch.delenv("NETC_BACKEND", raising=False)
+    monkeypatch.setenv("NETC_BLAS", "/nonexistent/libnoblas.so")
+    assert choose_backend(None) == "numpy"
+    assert "NETC_BLAS='/nonexistent/libnoblas.so': not a BLAS library" in capsys.readouterr().err
+    with pytest.raises(NetcError, match="not available here: NETC_BLAS="):
+        choose_backend("native")
+
+
 def test_compile_emit_c_shows_the_source_lines(capsys):
     from netc.cli import main
     assert main(["compile", str(ROOT / "specs" / "mnist_mlp.net"), "--emit", "c"]) == 0
