@@ -84,7 +84,11 @@ def initial_values(params: dict, cfg, base: Path, source: str | None) -> dict[st
                     if e is None or e.dtype.kind != "f":
                         raise SpecError(f"{ck.file}: field 'state/{p.name}' is missing or not floating point",
                                         src.loc, source)
-                    out[p.name] = ck.read(f"state/{p.name}", want).astype(p.dtype)
+                    value = ck.read(f"state/{p.name}", want)
+                    if not np.isfinite(value).all():  # tampered, or saved as that run diverged
+                        raise SpecError(f"{ck.file}: field 'state/{p.name}' holds values that are not finite "
+                                        f"(NaN or inf): not initial values to train from", src.loc, source)
+                    out[p.name] = value.astype(p.dtype)
         except SpecError:
             raise
         except NetcError as e:  # the hostile reader's DataError: where the run is asked for

@@ -127,6 +127,22 @@ def test_init_from_a_corrupt_run_is_refused_by_the_hostile_reader(folder):
              "meta.json")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_init_from_a_run_holding_non_finite_weights_is_located_at_the_from(folder, bad):
+    """Weights that are not finite (tampered, or saved as that run diverged) are refused at
+    the from(...) naming the run and the field, not reported later at the user's layer."""
+    trained(folder)
+    ck = folder / "runs" / "a" / "params.npz"
+    with np.load(ck, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["a/state/h1.W"] = arrays["a/state/h1.W"].copy()
+    arrays["a/state/h1.W"][0, 0] = bad
+    np.savez(ck, **arrays)
+    e = error_of(spec(folder, "b.net", init='    init h1 = from("runs/a")\n'))
+    _located(e, 'from("runs/a")', "runs/a", "'state/h1.W'", "not finite")
+    assert netc.compile(spec(folder, "c.net", init='    init h2 = from("runs/a")\n')) is not None  # h2 is fine
+
+
 def test_init_of_a_parameter_the_run_lacks_is_located(folder):
     trained(folder)
     text = NET.replace("SEED", "1").replace("INIT", '    init h3 = from("runs/a")\n').replace(
