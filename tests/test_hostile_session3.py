@@ -5,9 +5,8 @@ normalize_target's and Adam's checkpoint arrays, `netc predict`'s data file and
 `netc pretrain`'s / `init = from(...)`'s run folders.
 
 Each attack that would run code writes a marker file if it succeeds; the tests
-assert it never appears. A test marked xfail(strict) is a bug still open
-(/work/notes/problems3.md names its owner): it fails now and must start passing
-when the owner fixes it.
+assert it never appears. Tests whose docstring says "was" failed on the code of
+the session before the fix; the others are regression tests of promises that held.
 """
 from __future__ import annotations
 
