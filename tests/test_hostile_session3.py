@@ -5,8 +5,9 @@ normalize_target's and Adam's checkpoint arrays, `netc predict`'s data file and
 `netc pretrain`'s / `init = from(...)`'s run folders.
 
 Each attack that would run code writes a marker file if it succeeds; the tests
-assert it never appears. Tests whose docstring says "was" failed on the code of
-the session before the fix; the others are regression tests of promises that held.
+assert it never appears. The tests of the findings failed before their fixes
+(each named in /work/notes/problems3.md, A1's lines); the others are regression
+tests of promises that held.
 """
 from __future__ import annotations
 
