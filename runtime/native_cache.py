@@ -44,7 +44,8 @@ def private_folder(d: Path, error) -> Path:
         who = ("another user's" if st.st_uid != os.getuid()
                else f"writable by others (mode {stat.S_IMODE(st.st_mode):o})")
         raise error(f"the native cache folder {d} is {who}: anyone who can write there could plant code "
-                    f"this process runs; use a private folder (chmod 700 {d}, or set NETC_CACHE_DIR)")
+                    f"this process runs; set NETC_CACHE_DIR to a folder of yours that only you can write "
+                    f"(or unset it: ~/.cache/netc/native)")
     return d
 
 
