@@ -180,9 +180,10 @@ class NativeFunction(Function):
         from ..runtime import threads
         from .fuse_stats import plan_stats
         self.ready()
-        threads.setup(self._loaded[0], threads.decide(self.threads, step_flops=plan_stats(self.plan, batch)["gemm_flops"]))
+        lib = self._loaded[0]
+        plan = threads.setup(lib, threads.decide(self.threads, step_flops=plan_stats(self.plan, batch)["gemm_flops"]))
         rt = NativeRuntime(self._loaded[1], self.debug)
-        return self._make(rt, state, batch)
+        return threads.Pinned(self._make(rt, state, batch), lib, plan)
 
     def emit(self) -> str:
         glue = "\n".join("// " + line for line in self.source.rstrip("\n").split("\n"))

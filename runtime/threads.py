@@ -26,7 +26,11 @@ from ..compiler.errors import NetcError
 # against a pool wake-up of a few us); bench/c_math.py's fused loop measures it, and on this
 # loaded 2-core machine one thread won at every size up to 409,600 (NETC_PAR_MIN overrides)
 PAR_MIN = 32768
-SMALL_STEP_FLOPS = 4e6  # a step under this many flops runs single-threaded in auto
+# A step under this many GEMM flops runs single-threaded in auto. Measured (quiet 2-core
+# machine, native step with MKL, us per step at 1 / 2 threads): 8.9 MFLOP 157 / 342,
+# 52 MFLOP 413 / 564, 205 MFLOP 1277 / 1072, 488 MFLOP 2623 / 2105: the break-even
+# lies between 52 and 205.
+SMALL_STEP_FLOPS = 1e8
 
 
 @dataclass(frozen=True)
@@ -137,4 +141,30 @@ def setup(lib: ctypes.CDLL, plan: ThreadPlan | None = None, blas=None) -> Thread
     init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
     init.restype = ctypes.c_int
     init(blas.sgemm, blas.dgemm, int(blas.ilp64), plan.threads, plan.par_min)
+    _APPLIED[0] = None  # a Pinned function records itself after its own setup
     return plan
+
+
+# The BLAS's thread count and OpenMP's default are settings of the whole process,
+# while each bound function has its own plan (a tiny step one thread, the
+# evaluation of 1,000 examples two): the plan applied last, so that a call
+# re-applies its own only when another function's changed it.
+_APPLIED: list = [None]
+
+
+class Pinned:
+    """A bound native function that runs under its own thread plan: one identity
+    check per call; `setup` again (microseconds) only after another plan ran."""
+
+    def __init__(self, fn, lib: ctypes.CDLL, plan: ThreadPlan):
+        self._fn, self._key = fn, (lib, plan)
+        _APPLIED[0] = self._key  # bound right after setup(lib, plan)
+
+    def __call__(self, *args, **kwargs):
+        if _APPLIED[0] is not self._key:
+            setup(*self._key)
+            _APPLIED[0] = self._key
+        return self._fn(*args, **kwargs)
+
+    def __getattr__(self, name):  # the bound function's own attributes (buffers, ...)
+        return getattr(self._fn, name)
