@@ -129,14 +129,20 @@ class NativeRuntime:
         buf.fill(value)
 
 
-def _load(c_text: str, name: str):
+def _load(c_text: str, name: str, folder):
     from ..runtime import native_build
-    return native_build.load(c_text, name=f"netc_{name}")
+    return native_build.load(c_text, name=f"netc_{name}", folder=folder)
 
 
 def start_shared(fns: list, c_text: str, name: str) -> None:
-    """Compile one translation unit holding every function of `fns`, in the background."""
-    future = _pool().submit(_load, c_text, name)
+    """Compile one translation unit holding every function of `fns`, in the background,
+    into the cache folder as it is now (NETC_CACHE_DIR may change before it runs)."""
+    from ..runtime import native_build
+    try:
+        folder = native_build.cache_dir()
+    except native_build.NativeBuildError:
+        folder = None  # the compile itself raises it, where it is waited for
+    future = _pool().submit(_load, c_text, name, folder)
     for f in fns:
         f._future = future
 

@@ -164,14 +164,17 @@ def _sweep(d: Path, age_s: float = 3600.0, keep_bytes: int = MAX_BYTES) -> None:
             f.unlink(missing_ok=True)
 
 
-def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> Path:
-    """The shared object compiled from `source`: from the cache, or compiled into it."""
+def build(source: str, name: str = "netc", flags: tuple[str, ...] | None = None,
+          folder: Path | None = None) -> Path:
+    """The shared object compiled from `source`: from the cache, or compiled into it.
+    `folder`: the cache folder, resolved by the caller (a background compile uses the
+    folder of the moment it was asked for, not of when it runs); default cache_dir()."""
     cmd = compiler_command()
     if cmd is None:
         raise _no_compiler()
     flags = FLAGS if flags is None else tuple(flags)
     key = cache_key(source, flags)
-    d = native_cache.private_folder(cache_dir(), NativeBuildError)
+    d = native_cache.private_folder(folder if folder is not None else cache_dir(), NativeBuildError)
     final = d / f"{_safe(name)}-{key[:32]}.so"
     if native_cache.usable(final, key, NativeBuildError):  # ours, whole, and built from this source
         try:
@@ -232,16 +235,17 @@ def openmp_env_defaults(env=None) -> None:
         env["GOMP_SPINCOUNT"] = SPINCOUNT
 
 
-def load(source: str, name: str = "netc", flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
+def load(source: str, name: str = "netc", flags: tuple[str, ...] | None = None,
+         folder: Path | None = None) -> ctypes.CDLL:
     """Build (or find) `source`'s shared object and dlopen it. An object that will
     not load (damaged on disk) is removed and compiled again, once."""
-    path = build(source, name, flags)
+    path = build(source, name, flags, folder)
     openmp_env_defaults()  # before libgomp first loads with the object
     try:
         return ctypes.CDLL(str(path))
     except OSError:
         path.unlink(missing_ok=True)
-        path = build(source, name, flags)
+        path = build(source, name, flags, folder)
         try:
             return ctypes.CDLL(str(path))
         except OSError as e:
