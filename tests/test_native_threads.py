@@ -26,3 +26,28 @@ def test_a_call_reapplies_its_plan_only_after_another_ran(monkeypatch):
 def test_small_steps_stay_on_one_thread_large_ones_do_not():
     assert threads.decide(None, step_flops=9e6, env={}, busy=0).blas_threads == 1  # digits, B = 200
     assert threads.decide(None, step_flops=5e8, env={}, busy=0).blas_threads == threads.available_cores()
+
+
+def test_a_background_compile_uses_the_cache_folder_of_its_request(tmp_path, monkeypatch):
+    """The compile runs later on a pool thread: it must not follow NETC_CACHE_DIR
+    changed in between (by another test, or a caller that set it for one model)."""
+    import threading
+    from netc.compiler import native_function
+    from netc.runtime import native_build
+    gate, seen = threading.Event(), []
+
+    def load(c_text, name, flags=None, folder=None):
+        gate.wait(10)
+        seen.append(folder)
+
+    monkeypatch.setattr(native_build, "load", load)
+    monkeypatch.setenv("NETC_CACHE_DIR", str(tmp_path / "first"))
+
+    class F:
+        _future = None
+    f = F()
+    native_function.start_shared([f], "int x;", "t")
+    monkeypatch.setenv("NETC_CACHE_DIR", str(tmp_path / "second"))
+    gate.set()
+    f._future.result(10)
+    assert seen == [tmp_path / "first"]
