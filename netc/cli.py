@@ -373,6 +373,7 @@ def _fresh_run_dir(stem: str) -> Path:
         k += 1
     return base / f"{stem}-{k}"
 
+
 def _read_summary(out: Path) -> dict | None:
     """The run folder's summary.json (netc train's, with the spec and timings), or None."""
     try:
