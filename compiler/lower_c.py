@@ -235,7 +235,7 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names, c_used
     """The glue's source, and the buffers it allocates: those the C or the glue use
     (a GEMM that writes its velocity leaves its product's buffer unused)."""
     from .lower_cuda import _host_scalars, _library_call
-    from .lower_numpy import _literal
+    from .lower_numpy import host_expr
     P, bufs = L.fused, L.buffers
     nf, ns = len(L.feeds), len(L.state)
     pre = ["    np = rt.xp", "    B_ = B"]
@@ -273,17 +273,7 @@ def _python(L, name, seg_py, py_copies, host_in_c, hyper_slot, seg_names, c_used
             var[h.id] = f"h{h.id}"
 
     def arg(n: Node) -> str:
-        if n.op == "const":
-            return _literal(n)
-        if n.id in var:
-            return var[n.id]
-        spec = OPS[n.op]
-        if spec.alias is not None:
-            return arg(n.inputs[spec.alias])
-        if spec.kind == "view":
-            from .ops import Emit
-            return spec.emit(Emit([arg(i) for i in n.inputs], "", n))
-        raise AssertionError(f"%{n.id} {n.op} has no value here")
+        return host_expr(n, var)
 
     setup: list[str] = []
     written: dict[int, str] = {}

@@ -26,7 +26,7 @@ from .dtypes import comment
 from .kernel_ir import Kernel, Plan, through
 from .fuse_stats import plan_stats
 from .node import Node, shape_str
-from .lower_numpy import Function, _literal
+from .lower_numpy import Function, _literal, host_expr
 from .ops import OPS, Emit
 
 
@@ -90,16 +90,7 @@ def lower(outputs: list[Node], updates=(), name: str = "step", feeds: list[Node]
 
     def arg(n: Node) -> str:
         """A Python expression for n's array (views applied)."""
-        if n.op == "const":
-            return _literal(n)
-        if n.id in var:
-            return var[n.id]
-        spec = OPS[n.op]
-        if spec.alias is not None:
-            return arg(n.inputs[spec.alias])
-        if spec.kind == "view":
-            return spec.emit(Emit([arg(i) for i in n.inputs], "", n))
-        raise AssertionError(f"%{n.id} {n.op} has no value here")
+        return host_expr(n, var)
 
     launches: list[str] = []
     host_calls: set[int] = set()

@@ -78,6 +78,22 @@ def _literal(n: Node) -> str:
     return repr(float(v)) if np.isfinite(v) else f"np.{n.dtype}({str(v)!r})"
 
 
+def host_expr(n: Node, var: dict[int, str]) -> str:
+    """The host (Python) expression of n's array in a renderer's glue: a constant,
+    the buffer `var` names, or a view of one as the op table writes it (an alias
+    is its input). The CUDA and native renderers share it."""
+    if n.op == "const":
+        return _literal(n)
+    if n.id in var:
+        return var[n.id]
+    spec = OPS[n.op]
+    if spec.alias is not None:
+        return host_expr(n.inputs[spec.alias], var)
+    if spec.kind == "view":
+        return spec.emit(Emit([host_expr(i, var) for i in n.inputs], "", n))
+    raise AssertionError(f"%{n.id} {n.op} has no value here")
+
+
 _comment = comment
 
 
